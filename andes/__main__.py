@@ -1,0 +1,5 @@
+import sys
+
+from andes.cli import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""The scheduling-policy contract shared by the simulator and the vLLM scheduler.
+
+An adapter (``engine/sim`` or ``engine/vllm``) builds a snapshot of every live request each step and
+asks a :class:`Policy` which requests should run. Policies are pure Python: no torch, vllm, aiohttp or
+asyncio imports here or in any policy module.
+
+When the adapter calls :meth:`Policy.schedule`: once per engine step, before the engine forms its
+batch. The adapter then runs (or keeps running) the requests in ``Decision.run`` in that priority
+order as far as memory and the batch limit allow, and preempts every running request not in it.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from engine.qoe import QoESpec, QoETracker
+
+__all__ = [
+    "Capacity",
+    "Decision",
+    "Policy",
+    "ReqState",
+    "RequestView",
+    "SlackReport",
+    "available_policies",
+    "get_policy",
+    "register_policy",
+]
+
+
+class ReqState(enum.Enum):
+    WAITING = "waiting"  # never run yet (no KV blocks held)
+    RUNNING = "running"  # in the batch, holds KV blocks
+    PREEMPTED = "preempted"  # ran before, was preempted; resumes by recompute (or swap-in)
+
+
+@dataclass(frozen=True, slots=True)
+class SlackReport:
+    """The latest delivery report for a stream, measured at the gateway or the client."""
+
+    delivered: int  # tokens the gateway has received from the engine for this stream
+    consumed: int  # tokens the reader has read (shown) so far
+    tds_tok_s: float  # the reader's current pace, tokens per second
+    paused: bool  # reader is not reading (tab hidden); slack is unbounded
+    t_s: float  # when it was measured, on the policy's clock
+
+    def slack_s(self, now_s: float) -> float:
+        """Seconds until the reader stalls, aged from ``t_s`` to ``now_s``."""
+        if self.paused:
+            return math.inf
+        return (self.delivered - self.consumed) / self.tds_tok_s - max(now_s - self.t_s, 0.0)
+
+
+@dataclass(slots=True)
+class RequestView:
+    """One live request as a policy sees it. Adapters reuse these objects between steps."""
+
+    req_id: str
+    arrival_s: float  # when the request arrived, on the policy's clock
+    spec: QoESpec
+    state: ReqState
+    prompt_tokens: int  # prompt length
+    output_tokens: int  # tokens generated so far
+    kv_blocks: int  # KV blocks it holds (running) or needs to (re)start (waiting/preempted)
+    tracker: QoETracker  # delivery of its tokens, as the reader sees them (server-side inference)
+    slack: SlackReport | None = None  # latest measured report, if the gateway sent one
+    max_output_tokens: int | None = None  # the request's max_tokens, if known (not its true length)
+    preemptions: int = 0  # times it has been preempted so far
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """What the engine can hold this step."""
+
+    kv_blocks: int  # total KV-cache blocks (GPU)
+    block_size: int  # tokens per KV block
+    max_batch: int  # most requests running at once (vLLM's max_num_seqs)
+    # Per-token (per-iteration) latency of a decode batch of the given size, seconds.
+    token_latency_s: Callable[[int], float] = field(default=lambda batch: 0.05)
+    # Seconds to (re)compute a prompt of the given length before its next token (prefill cost).
+    prefill_latency_s: Callable[[int], float] = field(default=lambda tokens: 0.0)
+
+
+@dataclass(slots=True)
+class Decision:
+    """The policy's answer for one step."""
+
+    # Requests that should run, highest priority first. Running requests not listed are preempted;
+    # waiting/preempted requests listed are admitted in this order as memory and batch allow.
+    run: list[str] = field(default_factory=list)
+    # Running requests to preempt, in the order they should go (a subset of those not in ``run``).
+    preempt: list[str] = field(default_factory=list)
+
+
+class Policy(ABC):
+    """A scheduling policy, chosen by name (``get_policy("andes")``)."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def schedule(
+        self, now_s: float, requests: Sequence[RequestView], capacity: Capacity
+    ) -> Decision:
+        """Decide who runs this step. Must not mutate ``requests``."""
+
+
+_REGISTRY: dict[str, Callable[..., Policy]] = {}
+
+
+def register_policy(cls: type[Policy]) -> type[Policy]:
+    """Class decorator: make ``cls`` available to :func:`get_policy` under ``cls.name``."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_policy(name: str, **options: object) -> Policy:
+    """Build the policy registered as ``name`` with keyword ``options``."""
+    import engine.policy  # noqa: F401  (registers the built-in policies)
+
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}"
+        ) from None
+    return factory(**options)
+
+
+def available_policies() -> list[str]:
+    import engine.policy  # noqa: F401
+
+    return sorted(_REGISTRY)
