@@ -1,0 +1,1 @@
+"""Benchmarks: commands that measure and print, and record their results in BENCHMARKS.md."""
