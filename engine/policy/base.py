@@ -28,8 +28,10 @@ __all__ = [
     "RequestView",
     "SlackReport",
     "available_policies",
+    "build_config",
     "get_policy",
     "register_policy",
+    "step_blocks",
 ]
 
 
@@ -73,6 +75,18 @@ class RequestView:
     preemptions: int = 0  # times it has been preempted so far
 
 
+def step_blocks(view: RequestView, block_size: int) -> int:
+    """KV blocks ``view`` must hold to take its next step (added for the policies; additive).
+
+    A running request's next decode step writes the KV of its last generated token, so it needs
+    room for ``prompt + output`` tokens; a waiting or preempted request (re)computes the same tokens
+    in its prefill. vLLM v1's ``allocate_slots`` asks for exactly this (``num_computed_tokens + 1``).
+    Never less than what the adapter says it holds or needs (``kv_blocks``).
+    """
+    tokens = view.prompt_tokens + view.output_tokens
+    return max(view.kv_blocks, -(-tokens // block_size), 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Capacity:
     """What the engine can hold this step."""
@@ -110,6 +124,25 @@ class Policy(ABC):
 
 
 _REGISTRY: dict[str, Callable[..., Policy]] = {}
+
+
+def build_config(config_cls: type, policy: str, options: dict[str, object]) -> object:
+    """Build a policy's frozen config from keyword ``options``, naming any unknown option.
+
+    Policies call this from ``__init__`` so ``get_policy("fcfs", bogus=1)`` fails with a message
+    that quotes the bad name and lists the valid ones (a bare ``TypeError`` from the dataclass
+    would not).
+    """
+    import dataclasses
+
+    valid = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for policy {policy!r}; "
+            f"valid options: {', '.join(sorted(valid)) or '(none)'}"
+        )
+    return config_cls(**options)
 
 
 def register_policy(cls: type[Policy]) -> type[Policy]:

@@ -1,0 +1,1 @@
+"""Placeholder: the ``andes`` policy is being written; this registers nothing yet."""

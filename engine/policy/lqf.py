@@ -1,0 +1,1 @@
+"""Placeholder: the ``lqf`` policy is being written; this registers nothing yet."""
