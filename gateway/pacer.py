@@ -161,7 +161,9 @@ class Pacer:
         if now_s < self._last_emit_s + self.config.frame_s and now_s + 1e-9 < self._next_s:
             return []
         horizon = now_s + self.config.frame_s
-        if horizon < self._next_s:
+        # The epsilon keeps ``due(next_due_s())`` from coming back empty when
+        # ``(next - frame) + frame`` rounds below ``next`` (a caller would spin).
+        if horizon + 1e-9 < self._next_s:
             return []
         count = min(len(self._pending), int((horizon - self._next_s) * self._tds + 1e-9) + 1)
         count = self._extend_to_word(count)
