@@ -13,7 +13,7 @@ from engine.policy.base import (
 )
 
 # Importing the modules registers the built-in policies.
-from engine.policy import andes, fcfs, lqf, round_robin  # noqa: E402,F401  isort: skip
+from engine.policy import andes, fcfs, lqf, round_robin  # noqa: F401  isort: skip
 
 __all__ = [
     "Capacity",

@@ -1,8 +1,8 @@
 """The scheduling-policy contract shared by the simulator and the vLLM scheduler.
 
-An adapter (``engine/sim`` or ``engine/vllm``) builds a snapshot of every live request each step and
-asks a :class:`Policy` which requests should run. Policies are pure Python: no torch, vllm, aiohttp or
-asyncio imports here or in any policy module.
+An adapter (``engine/sim`` or ``engine/vllm``) builds a snapshot of every live request each step
+and asks a :class:`Policy` which requests should run. Policies are pure Python: no torch, vllm,
+aiohttp or asyncio imports here or in any policy module.
 
 When the adapter calls :meth:`Policy.schedule`: once per engine step, before the engine forms its
 batch. The adapter then runs (or keeps running) the requests in ``Decision.run`` in that priority
@@ -80,7 +80,7 @@ def step_blocks(view: RequestView, block_size: int) -> int:
 
     A running request's next decode step writes the KV of its last generated token, so it needs
     room for ``prompt + output`` tokens; a waiting or preempted request (re)computes the same tokens
-    in its prefill. vLLM v1's ``allocate_slots`` asks for exactly this (``num_computed_tokens + 1``).
+    in its prefill; vLLM v1's ``allocate_slots`` asks for exactly this (computed tokens + 1).
     Never less than what the adapter says it holds or needs (``kv_blocks``).
     """
     tokens = view.prompt_tokens + view.output_tokens
