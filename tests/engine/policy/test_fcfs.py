@@ -1,10 +1,9 @@
 from __future__ import annotations
 
 import pytest
+from policy_snapshots import capacity, make_request
 
 from engine.policy import ReqState, get_policy
-
-from policy_snapshots import capacity, make_request
 
 
 def test_admits_in_arrival_order_while_memory_allows() -> None:

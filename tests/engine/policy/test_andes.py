@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import pytest
+from policy_snapshots import BLOCK, capacity, make_request
+
+from engine.policy import Capacity, ReqState, SlackReport, get_policy
+
+NOW = 100.0
+
+
+def report(slack_s: float, *, paused: bool = False, age_s: float = 0.0, tds: float = 5.0):
+    """A slack report measured ``age_s`` ago that said ``slack_s`` of reading was buffered."""
+    return SlackReport(
+        delivered=round(slack_s * tds), consumed=0, tds_tok_s=tds, paused=paused, t_s=NOW - age_s
+    )
+
+
+def streaming(req_id: str, arrival: float, state: ReqState, slack=None, n: int = 16):
+    # n tokens delivered on time: 32 + 16 tokens = 3 blocks each.
+    return make_request(
+        req_id,
+        arrival,
+        state,
+        delivered_at=[arrival + 1.0 + k * 0.2 for k in range(n)],
+        slack=slack,
+    )
+
+
+def test_everything_fits_behaves_like_fcfs() -> None:
+    reqs = [make_request(f"w{i}", float(i)) for i in range(4)]
+    andes = get_policy("andes")
+    d = andes.schedule(10.0, reqs, capacity(kv_blocks=100))
+    assert d == get_policy("fcfs").schedule(10.0, reqs, capacity(kv_blocks=100))
+    assert not andes.last_triggered
+
+
+def test_prefers_the_request_about_to_stall_over_one_with_large_slack() -> None:
+    reqs = [
+        streaming("relaxed", 0.0, ReqState.PREEMPTED, slack=report(30.0)),  # older: FCFS's pick
+        streaming("stalling", 1.0, ReqState.PREEMPTED, slack=report(0.1)),
+    ]
+    assert get_policy("fcfs").schedule(NOW, reqs, capacity(kv_blocks=3)).run == ["relaxed"]
+    andes = get_policy("andes")
+    assert andes.schedule(NOW, reqs, capacity(kv_blocks=3)).run == ["stalling"]
+    assert andes.last_triggered
+
+
+def test_paused_reader_yields_to_a_waiting_request_and_resumes_with_its_reader() -> None:
+    andes = get_policy("andes", min_run_steps=0)
+    paused = streaming("tab", 0.0, ReqState.RUNNING, slack=report(0.0, paused=True))
+    newcomer = make_request("new", NOW - 0.5, prompt=40)  # 3 blocks
+    d = andes.schedule(NOW, [paused, newcomer], capacity(kv_blocks=3))
+    assert d.run == ["new"] and d.preempt == ["tab"]
+
+    # The reader comes back with nothing buffered; the newcomer's reader has plenty.
+    back = streaming("tab", 0.0, ReqState.PREEMPTED, slack=report(0.0))
+    served = make_request(
+        "new", NOW - 0.5, ReqState.RUNNING, prompt=40, delivered_at=[NOW - 0.4], slack=report(20.0)
+    )
+    served.kv_blocks = 3
+    d = andes.schedule(NOW, [back, served], capacity(kv_blocks=3))
+    assert d.run == ["tab"] and d.preempt == ["new"]
+
+
+def test_stale_slack_falls_back_to_server_inference() -> None:
+    cap = capacity(kv_blocks=3)
+    # Both delivered 16 tokens on time; by the tracker both readers need their next token now.
+    other = streaming("other", NOW - 4.2, ReqState.PREEMPTED, slack=report(3.0))
+    fresh = streaming("tab", NOW - 4.2, ReqState.RUNNING, slack=report(0.0, paused=True))
+    assert get_policy("andes").schedule(NOW, [fresh, other], cap).run == ["other"]
+    # The same paused report, 2 s old: ignored; the tracker says the reader is about to stall.
+    stale = streaming("tab", NOW - 4.2, ReqState.RUNNING, slack=report(0.0, paused=True, age_s=2))
+    assert get_policy("andes").schedule(NOW, [stale, other], cap).run == ["tab"]
+    # A longer staleness limit makes the same report count again.
+    lenient = get_policy("andes", slack_staleness_s=5.0)
+    assert lenient.schedule(NOW, [stale, other], cap).run == ["other"]
+
+
+def test_a_just_admitted_request_is_not_preempted() -> None:
+    andes = get_policy("andes", min_run_steps=4)
+    first = streaming("a", 0.0, ReqState.PREEMPTED, slack=report(0.1))
+    assert andes.schedule(NOW, [first], capacity(kv_blocks=3)).run == ["a"]
+    running = streaming("a", 0.0, ReqState.RUNNING, slack=report(30.0))
+    urgent = streaming("b", 1.0, ReqState.PREEMPTED, slack=report(0.0))
+    for _ in range(3):  # protected for min_run_steps steps after admission
+        assert andes.schedule(NOW, [running, urgent], capacity(kv_blocks=3)).run == ["a"]
+    assert andes.schedule(NOW, [running, urgent], capacity(kv_blocks=3)).run == ["b"]
+
+
+def test_refiner_refuses_a_preemption_whose_recompute_costs_more_than_it_gains() -> None:
+    def cap(prefill_s: float) -> Capacity:
+        return Capacity(
+            kv_blocks=6, block_size=BLOCK, max_batch=2, token_latency_s=lambda b: 0.05,
+            prefill_latency_s=lambda tokens: prefill_s,
+        )  # fmt: skip
+
+    reqs = [
+        streaming("keep", 0.0, ReqState.RUNNING, slack=report(0.0)),
+        streaming("relaxed", 0.0, ReqState.RUNNING, slack=report(4.0)),
+        streaming("stalling", 1.0, ReqState.PREEMPTED, slack=report(3.0)),
+    ]
+    cheap = get_policy("andes").schedule(NOW, reqs, cap(0.0))
+    assert cheap.preempt == ["relaxed"] and "stalling" in cheap.run
+    # A 2 s recompute still lets "stalling" start before its reader runs dry (its value is
+    # unchanged), but stalls the whole batch for 2 s when "relaxed" comes back.
+    costly = get_policy("andes").schedule(NOW, reqs, cap(2.0))
+    assert costly.preempt == [] and set(costly.run) == {"keep", "relaxed"}
+    naive = get_policy("andes", overhead_aware=False).schedule(NOW, reqs, cap(2.0))
+    assert naive.preempt == ["relaxed"]
+
+
+def test_latency_trigger_fires_only_when_the_batch_is_slower_than_its_strictest_reader() -> None:
+    reqs = [streaming(f"r{i}", float(i), ReqState.RUNNING, slack=report(0.0)) for i in range(4)]
+
+    def cap(latency_per_request: float) -> Capacity:
+        return Capacity(
+            kv_blocks=100, block_size=BLOCK, max_batch=4,
+            token_latency_s=lambda b: b * latency_per_request,
+        )  # fmt: skip
+
+    andes = get_policy("andes")
+    andes.schedule(NOW, reqs, cap(0.01))  # 0.04 s per token < 1/5 s: FCFS
+    assert not andes.last_triggered
+    andes.schedule(NOW, reqs, cap(0.125))  # 0.5 s per token: the knapsack weighs batch sizes
+    assert andes.last_triggered
+    off = get_policy("andes", latency_trigger=False)
+    off.schedule(NOW, reqs, cap(0.125))
+    assert not off.last_triggered
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("horizon_s", 0),
+        ("horizon_s", float("inf")),
+        ("slack_staleness_s", -1.0),
+        ("batch_fractions", ()),
+        ("batch_fractions", (0.5, 1.5)),
+        ("min_run_steps", -2),
+        ("overhead_aware", "no"),
+    ],
+)
+def test_bad_config_is_rejected_with_the_value(option: str, value: object) -> None:
+    with pytest.raises(ValueError, match=option):
+        get_policy("andes", **{option: value})
+    with pytest.raises(ValueError, match="'horizon'"):
+        get_policy("andes", horizon=3)
