@@ -1,0 +1,309 @@
+"""``andes bench``: replay a workload against an OpenAI-compatible endpoint, score QoE per request.
+
+::
+
+    andes bench --url http://127.0.0.1:8000 --rate 0.5,1,2 --duration 60 --tds-scale 0.25 \\
+        --json runs.json --plot qoe.png
+
+Every rate replays the same requests (from ``--skip``) at arrival times drawn with the same seed,
+so rates differ only by how compressed the arrivals are. The table has one row per rate (the
+simulator's columns; preemptions are not visible from the client and show as nan).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import signal
+import sys
+from pathlib import Path
+
+from engine.bench.client import API_KINDS, EndpointConfig
+from engine.bench.errors import BenchConfigError, BenchError
+from engine.bench.plan import PlanConfig, PlannedRequest, build_plan, load_prompt_texts
+from engine.bench.result import BenchRun, to_report_summary
+from engine.bench.runner import RunConfig, run_load
+from engine.sim.arrivals import ArrivalSpec
+from engine.sim.errors import SimError
+from engine.sim.workload import TraceRequest, load_workload, synthetic_workload
+
+__all__ = ["DEFAULT_TRACE", "add_arguments", "run"]
+
+DEFAULT_TRACE = (
+    Path(__file__).resolve().parents[2].parent
+    / "shared"
+    / "data"
+    / ("andes_sharegpt_qoe_trace.json")
+)
+"""The paper's trace, read where the project keeps it (never copied into the repository)."""
+
+_ARRIVAL_KINDS = ("poisson", "gamma", "burst")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _rates(text: str) -> list[float]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated rates, got {text!r}")
+    return [_positive_float(p) for p in parts]
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: …)`` where a default is worth showing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default is None
+            or isinstance(default, bool)
+            or (default == argparse.SUPPRESS)
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register ``andes bench``'s options on ``parser``."""
+    parser.description = (
+        "Replay a workload against an OpenAI-compatible streaming endpoint (open loop: requests"
+        " go out when due, whatever came before), time every token's arrival at the client, and"
+        " score each request's QoE against its reader's expectation (engine/qoe.py). Prints a"
+        " table per rate: average and p10 QoE, share with QoE >= 0.9, TTFT, token throughput."
+    )
+    parser.formatter_class = _HelpFormatter
+    where = parser.add_argument_group("endpoint")
+    where.add_argument("--url", default="http://127.0.0.1:8000",
+                       help="server root (or its /v1 prefix): vLLM, the Andes gateway, any"
+                            " OpenAI-compatible server")  # fmt: skip
+    where.add_argument("--api", choices=API_KINDS, default="completions",
+                       help="which streaming API to call: /v1/completions (prompt as text) or"
+                            " /v1/chat/completions (prompt as one user message)")  # fmt: skip
+    where.add_argument(
+        "--model",
+        default=None,
+        help="the model field to send (default: the first of GET /v1/models)",
+    )
+    where.add_argument("--api-key", default=None, help="sent as 'Authorization: Bearer KEY'")
+    where.add_argument("--no-vllm-extras", dest="vllm_extras", action="store_false",
+                       help="do not send vLLM's ignore_eos, vllm_xargs (the QoE spec for the Andes"
+                            " scheduler) and continuous usage stats; for servers that reject"
+                            " them (outputs may then end early and tokens are counted one per"
+                            " non-empty chunk)")  # fmt: skip
+    where.add_argument(
+        "--qoe-field",
+        action="store_true",
+        help="also send the gateway's request field qoe: {ttft, tds}",
+    )
+    where.add_argument("--cache-salt", default=None,
+                       help="vLLM prefix-cache salt, so an earlier run's prompts are not served"
+                            " from cache")  # fmt: skip
+    wl = parser.add_argument_group("workload")
+    wl.add_argument("--workload", default=str(DEFAULT_TRACE),
+                    help="the paper's trace or a ShareGPT JSON file, or 'synthetic' (seeded"
+                         " log-normal lengths like the trace)")  # fmt: skip
+    wl.add_argument(
+        "--skip",
+        type=_non_negative_int,
+        default=0,
+        help="start this many requests into the workload",
+    )
+    wl.add_argument(
+        "--num-requests",
+        type=_positive_int,
+        default=None,
+        help="requests per rate (default: as many as arrive within --duration)",
+    )
+    wl.add_argument("--duration", type=_positive_float, default=None,
+                    help="seconds of arrivals per rate (default 60 if --num-requests is not"
+                         " given)")  # fmt: skip
+    wl.add_argument("--max-prompt-tokens", type=_positive_int, default=512,
+                    help="cut prompts to this many estimated tokens (4 characters each) so they"
+                         " fit the model's context")  # fmt: skip
+    wl.add_argument(
+        "--max-output-tokens",
+        type=_positive_int,
+        default=512,
+        help="force each output to min(its trace length, this) tokens",
+    )
+    wl.add_argument("--tds-scale", type=_positive_float, default=1.0,
+                    help="multiply every reader's pace (tokens/s) by this; < 1 puts a small"
+                         " engine in the paper's regime of generating several times faster than"
+                         " people read (see engine/bench/plan.py)")  # fmt: skip
+    arr = parser.add_argument_group("arrivals")
+    arr.add_argument(
+        "--rate",
+        type=_rates,
+        default="1",
+        help="mean request rate(s) per second, comma-separated: one run per rate",
+    )
+    arr.add_argument(
+        "--arrivals",
+        choices=_ARRIVAL_KINDS,
+        default="poisson",
+        help="arrival process (engine/sim/arrivals.py)",
+    )
+    arr.add_argument(
+        "--cv",
+        type=_positive_float,
+        default=1.0,
+        help="gamma: coefficient of variation of the gaps (> 1 is bursty)",
+    )
+    arr.add_argument(
+        "--burst-period",
+        type=_positive_float,
+        default=1200.0,
+        help="burst: cycle length in seconds (2x the mean rate for 35%% of it)",
+    )
+    arr.add_argument("--seed", type=int, default=0, help="arrival (and synthetic workload) seed")
+    opts = parser.add_argument_group("run")
+    opts.add_argument("--max-concurrency", type=_positive_int, default=1024,
+                     help="requests in flight at once; a request waiting for a slot is still"
+                          " timed from its due time")  # fmt: skip
+    opts.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=900.0,
+        help="seconds a request may take in all before it counts as failed",
+    )
+    opts.add_argument(
+        "--read-timeout",
+        type=_positive_float,
+        default=120.0,
+        help="seconds without a byte before a request counts as failed",
+    )
+    opts.add_argument("--label", default="measured", help="the policy column of the table")
+    opts.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="write every request's token times, QoE inputs and the summaries here",
+    )
+    opts.add_argument(
+        "--plot", type=Path, default=None, help="save a PNG of average QoE against request rate"
+    )
+    opts.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    opts.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar"
+    )
+
+
+def load_requests(workload: str, seed: int = 0) -> tuple[list[TraceRequest], dict[str, str]]:
+    """The workload's requests and their prompt texts (``synthetic``: 3,000 seeded requests)."""
+    if workload == "synthetic":
+        return synthetic_workload(3000, seed=seed), {}
+    path = Path(workload)
+    if not path.is_file():
+        raise BenchConfigError(f"workload file not found: {workload!r}")
+    return load_workload(path), load_prompt_texts(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``andes bench``; one-line errors, exit status 2 on bad input, 130 on Ctrl-C."""
+    try:
+        return asyncio.run(_main(args))
+    except (BenchError, SimError, ValueError) as exc:
+        print(f"andes bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from engine.sim.report import format_table, plot_qoe_vs_rate
+
+    endpoint = EndpointConfig(
+        base_url=args.url, api=args.api, model=args.model, api_key=args.api_key,
+        vllm_extras=args.vllm_extras, qoe_field=args.qoe_field, cache_salt=args.cache_salt,
+        request_timeout_s=args.timeout, read_timeout_s=args.read_timeout,
+    )  # fmt: skip
+    duration = args.duration if (args.duration or args.num_requests) else 60.0
+    workload, texts = load_requests(args.workload, args.seed)
+    plans: list[tuple[float, list[PlannedRequest]]] = []
+    for rate in args.rate:
+        spec = ArrivalSpec(kind=args.arrivals, rate_rps=rate, cv=args.cv,
+                           period_s=args.burst_period)  # fmt: skip
+        plan_cfg = PlanConfig(
+            arrivals=spec, num_requests=args.num_requests, duration_s=duration, seed=args.seed,
+            tds_scale=args.tds_scale, max_prompt_tokens=args.max_prompt_tokens,
+            max_output_tokens=args.max_output_tokens, skip=args.skip,
+        )  # fmt: skip
+        plan = build_plan(workload, plan_cfg, texts)
+        if not plan:
+            raise BenchConfigError(f"no request arrives within {duration} s at rate {rate}")
+        plans.append((rate, plan))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    label = args.arrivals if args.arrivals != "gamma" else f"gamma cv={args.cv:g}"
+    runs: list[tuple[float, BenchRun]] = []
+    for rate, plan in plans:
+        run_cfg = RunConfig(max_concurrency=args.max_concurrency, progress=args.progress,
+                            label=f"rate {rate:g}/s")  # fmt: skip
+        result = await run_load(plan, endpoint, run_cfg, stop)
+        result.meta.update(rate_rps=rate, arrivals=label, tds_scale=args.tds_scale,
+                           workload=args.workload, seed=args.seed)  # fmt: skip
+        runs.append((rate, result))
+        if stop.is_set():
+            break
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.remove_signal_handler(signal.SIGINT)
+
+    summaries = [
+        to_report_summary(r.summary(), args.label, rate, label, wall_s=r.meta.get("wall_s", 0.0))
+        for rate, r in runs
+    ]
+    print(format_table(summaries, markdown=args.markdown))
+    for rate, r in runs:
+        s = r.summary()
+        notes = []
+        if s.num_errors:
+            first = next(rec.error for rec in r.records if rec.error)
+            notes.append(f"{s.num_errors} failed (first: {first})")
+        if s.token_count_mismatches:
+            notes.append(f"{s.token_count_mismatches} token-count mismatches with usage")
+        if notes:
+            print(f"rate {rate:g}/s: " + "; ".join(notes))
+    if args.json is not None:
+        import json
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"runs": [r.to_json() for _, r in runs]}) + "\n")
+    if args.plot is not None:
+        plot_qoe_vs_rate(summaries, args.plot, title=f"measured: {endpoint.url}")
+    if stop.is_set():
+        print("andes bench: interrupted; partial results above", file=sys.stderr)
+        return 130
+    return 0
