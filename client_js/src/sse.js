@@ -106,3 +106,138 @@ export async function readEvents(response, onEvent) {
     reader.releaseLock();
   }
 }
+
+/**
+ * The SSE transport, for networks that block WebSockets: the OpenAI-compatible
+ * `POST /v1/chat/completions` with `pacing: "client"`, read through fetch, and the side channel
+ * `POST /v1/streams/{id}/ack {consumed, tds?, paused?}` for acknowledgements, pace changes and
+ * pauses. It presents the same frames as the WebSocket (started, delta, done, error), so
+ * stream.js does not care which one runs.
+ *
+ * One limitation: an SSE chunk does not say how many tokens it carries; each is counted as one.
+ * Acknowledgements can therefore only undercount (the gateway refuses an ack beyond what it
+ * sent), and the `done` frame's `tokens` is the gateway's exact count.
+ *
+ * @param {{baseUrl: string, apiKey?: string, fetch: typeof fetch | undefined,
+ *   start: import("./protocol.js").StartFrame}} options
+ * @param {import("./stream.js").TransportHandlers} on
+ * @returns {import("./stream.js").Transport}
+ */
+export function openSSE({ baseUrl, apiKey, fetch: fetchImpl, start }, on) {
+  if (typeof fetchImpl !== "function") throw new TypeError("no fetch implementation available");
+  const abort = new AbortController();
+  /** @type {Record<string, string>} */
+  const headers = { "Content-Type": "application/json" };
+  if (apiKey) headers.Authorization = `Bearer ${apiKey}`;
+  /** @type {string | null} */
+  let streamId = null;
+  let closed = false;
+
+  /** @param {Record<string, unknown>} body */
+  function post(body) {
+    if (!streamId || closed) return;
+    fetchImpl(`${baseUrl}/v1/streams/${encodeURIComponent(streamId)}/ack`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+    }).catch(() => {}); // best effort: the stream may have just ended
+  }
+
+  async function run() {
+    const { type: _type, ...fields } = start;
+    const body = { ...fields, stream: true, stream_options: { include_usage: true } };
+    const resp = await fetchImpl(`${baseUrl}/v1/chat/completions`, {
+      method: "POST",
+      headers,
+      body: JSON.stringify(body),
+      signal: abort.signal,
+    });
+    if (!resp.ok) {
+      let err = {};
+      try {
+        err = (await resp.json()).error ?? {};
+      } catch {
+        // not JSON: keep the status
+      }
+      const e = /** @type {{message?: string, code?: string}} */ (err);
+      const error = new Error(e.message ?? `HTTP ${resp.status}`);
+      Object.assign(error, { code: e.code ?? "http_error", status: resp.status });
+      throw error;
+    }
+    streamId = resp.headers.get("X-Andes-Stream-Id");
+    let index = 0;
+    let finish = null;
+    let usage = null;
+    /** @type {any} */
+    let andes = null;
+    let sawDone = false;
+    let startedSent = false;
+    await readEvents(resp, (ev) => {
+      if (closed) return;
+      if (ev.data === "[DONE]") {
+        sawDone = true;
+        return;
+      }
+      /** @type {any} */
+      const obj = JSON.parse(ev.data);
+      if (obj.error) {
+        const error = new Error(obj.error.message ?? "the gateway reported an error");
+        Object.assign(error, { code: obj.error.code ?? "upstream_error" });
+        throw error;
+      }
+      if (!startedSent) {
+        startedSent = true;
+        on.frame({ type: "started", stream_id: streamId ?? String(obj.id ?? ""), model: String(obj.model ?? ""), pacing: start.pacing ?? "client", qoe: start.qoe ?? {}, id: null });
+      }
+      if (obj.usage) usage = obj.usage;
+      if (obj.andes) andes = obj.andes;
+      const choice = obj.choices?.[0];
+      if (!choice) return;
+      if (choice.finish_reason) finish = choice.finish_reason;
+      const text = choice.delta?.content;
+      if (typeof text === "string" && text !== "") {
+        on.frame({ type: "delta", index, count: 1, text });
+        index += 1;
+      }
+    });
+    if (closed) return;
+    if (!sawDone || !andes) {
+      on.closed(1006, "the event stream ended before [DONE]");
+      return;
+    }
+    on.frame({
+      type: "done",
+      finish_reason: finish,
+      usage: usage ?? { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 },
+      qoe: andes.qoe,
+      ttft_s: andes.ttft_s ?? null,
+      tokens: andes.tokens ?? index,
+    });
+  }
+
+  queueMicrotask(() => on.open());
+  return {
+    send(frame) {
+      switch (frame.type) {
+        case "start":
+          run().catch((e) => {
+            if (closed) return;
+            closed = true;
+            abort.abort();
+            const err = /** @type {any} */ (e);
+            on.fail(Object.assign(new Error(err.message), { code: err.code ?? "connection_failed", status: err.status }));
+          });
+          break;
+        case "ack": post({ consumed: frame.consumed }); break;
+        case "pace": post({ tds: frame.tds }); break;
+        case "pause": post({ paused: true }); break;
+        case "resume": post({ paused: false }); break;
+        case "cancel": this.close(); break; // the gateway cancels the engine request on disconnect
+      }
+    },
+    close() {
+      closed = true;
+      abort.abort();
+    },
+  };
+}
