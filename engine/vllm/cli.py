@@ -1,0 +1,161 @@
+"""``andes engine``: vLLM's OpenAI server with the Andes scheduler (bundled model by default).
+
+    andes engine                                   # bundled SmolLM2-135M-Instruct, policy andes
+    andes engine --policy fcfs --enforce-eager     # the Andes plug-in running vLLM's FCFS policy
+    andes engine --stock                           # vLLM's own scheduler, untouched
+    andes engine --model /path/to/hf -- --max-num-seqs 8   # after "--": vLLM's own options
+    andes engine --prepare-model                   # only convert the bundled model, then exit
+
+The process becomes vLLM's server (``exec``), so signals and the exit status are vLLM's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from engine.vllm.launch import EngineConfig
+from engine.vllm.model import BUNDLED_MODEL, prepare_bundled_model, resolve_model
+from engine.vllm.settings import SchedulerSettings
+
+__all__ = ["add_arguments", "config_from_args", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``andes engine`` options."""
+    parser.add_argument(
+        "--model",
+        default=BUNDLED_MODEL,
+        help="model path or name; 'bundled' (default) is SmolLM2-135M-Instruct",
+    )
+    parser.add_argument("--served-model-name", default=None, help="the OpenAI model name")
+    parser.add_argument(
+        "--policy",
+        default="andes",
+        help="scheduling policy: andes, fcfs, lqf, round_robin, or pkg.module:name "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stock", action="store_true", help="run vLLM's own scheduler untouched (no Andes plug-in)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument(
+        "--delta-t",
+        type=float,
+        default=None,
+        metavar="S",
+        help="the policy's horizon Δt, seconds (default: the policy's)",
+    )
+    parser.add_argument(
+        "--default-ttft",
+        type=float,
+        default=None,
+        metavar="S",
+        help="expected time to first token for requests that set none, seconds",
+    )
+    parser.add_argument(
+        "--default-tds",
+        type=float,
+        default=None,
+        metavar="TOK_S",
+        help="reading pace for requests that set none, tokens/s",
+    )
+    parser.add_argument(
+        "--max-model-len", type=int, default=2048, help="tokens (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-num-seqs", type=int, default=None, help="batch limit (vLLM's default)"
+    )
+    parser.add_argument(
+        "--kv-cache-gb",
+        type=float,
+        default=1.0,
+        help="KV-cache size in GiB (whole GiB on the CPU build; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        help="skip graph compilation: faster start, slower steps",
+    )
+    parser.add_argument(
+        "--prepare-model",
+        action="store_true",
+        help="prepare the bundled model (convert once, cached) and exit",
+    )
+    parser.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the server command and environment instead of running it",
+    )
+    parser.add_argument(
+        "vllm_args",
+        nargs=argparse.REMAINDER,
+        help="after '--': options passed to vLLM's server unchanged",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """The :class:`EngineConfig` the options describe (validated)."""
+    scheduler_kwargs: dict[str, object] = {"policy": args.policy}
+    if args.delta_t is not None:
+        scheduler_kwargs["delta_t_s"] = args.delta_t
+    if args.default_ttft is not None:
+        scheduler_kwargs["default_ttft_s"] = args.default_ttft
+    if args.default_tds is not None:
+        scheduler_kwargs["default_tds_tok_s"] = args.default_tds
+    extra = list(args.vllm_args or ())
+    if extra and extra[0] == "--":
+        extra = extra[1:]
+    return EngineConfig(
+        model=args.model,
+        host=args.host,
+        port=args.port,
+        stock=args.stock,
+        scheduler=SchedulerSettings(**scheduler_kwargs),  # type: ignore[arg-type]
+        max_model_len=args.max_model_len,
+        kv_cache_gb=args.kv_cache_gb,
+        enforce_eager=args.enforce_eager,
+        max_num_seqs=args.max_num_seqs,
+        served_model_name=args.served_model_name,
+        extra_args=tuple(extra),
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prepare the model if bundled, then exec vLLM's server."""
+    if args.prepare_model:
+        print(prepare_bundled_model())
+        return 0
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"andes engine: {exc}", file=sys.stderr)
+        return 2
+    if not config.stock:
+        # Fail here, with a clear message, rather than inside vLLM's engine-core process.
+        from engine.vllm.scheduler import check_vllm_version, load_policy
+
+        try:
+            check_vllm_version()
+            load_policy(config.scheduler)
+        except (RuntimeError, ValueError) as exc:
+            print(f"andes engine: {exc}", file=sys.stderr)
+            return 2
+    cmd = config.command(resolve_model(config.model))
+    env = config.environment()
+    if args.print_command:
+        shown = {k: v for k, v in env.items() if k.startswith(("ANDES_", "VLLM_", "PYTHONPATH"))}
+        for key, value in sorted(shown.items()):
+            print(f"{key}={value}")
+        print(" ".join(cmd))
+        return 0
+    print(
+        f"andes engine: serving {config.served_name()!r} on http://{config.host}:{config.port}/v1",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(cmd[0], cmd, env)
+    return 0  # not reached

