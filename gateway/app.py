@@ -1,0 +1,179 @@
+"""The aiohttp application: routes, middlewares, lifecycle. ``create_app(config)`` is what the
+CLI, ``andes serve`` and the tests run; :func:`start` / :func:`serve` run it on a socket.
+
+Routes: the OpenAI API (``gateway/http_api.py``), the WebSocket (``gateway/ws_api.py``),
+``GET /health``, ``GET /metrics``, and the demo page: ``/`` → ``gateway/static/index.html``,
+``/static/`` → ``gateway/static/``, ``/client_js/`` → the repository's ``client_js/src`` (when
+present).
+
+Lifecycle: the upstream session lives in a ``cleanup_ctx``. On shutdown the runner first stops
+accepting connections; then live streams get ``shutdown_grace_s`` to finish, the rest are ended
+cleanly (an SSE error event / a WebSocket ``error`` frame and close 1001) and their engine requests
+cancelled; idle WebSockets are closed with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import http_api, ws_api
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized
+from gateway.errors import openai_error as _openai_error
+from gateway.metrics import CONTENT_TYPE
+from gateway.service import Gateway
+
+__all__ = ["GATEWAY", "create_app", "serve", "start"]
+
+log = logging.getLogger("andes.gateway")
+
+GATEWAY = http_api.GATEWAY
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+CLIENT_JS_DIR = Path(__file__).resolve().parent.parent / "client_js" / "src"
+_OPEN_PATHS = ("/health", "/metrics", "/v1/stream")  # /v1/stream authenticates inside the socket
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map the exception tree to OpenAI error objects; count requests by route and status."""
+    gw = request.app[GATEWAY]
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except GatewayError as exc:
+        status = exc.status
+        return web.json_response(exc.body(), status=exc.status)
+    except web.HTTPRequestEntityTooLarge:
+        status = 413
+        exc413 = PayloadTooLarge(f"request body exceeds {gw.config.max_body_bytes} bytes")
+        return web.json_response(exc413.body(), status=413)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400 or not request.path.startswith("/v1/"):
+            raise
+        return web.json_response(_openai_error(exc.reason, "invalid_request_error"),
+                                 status=exc.status)
+    except (asyncio.CancelledError, ConnectionError):
+        status = 499  # the client went away
+        raise
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return web.json_response(_openai_error("internal error in the gateway", "server_error"),
+                                 status=500)
+    finally:
+        gw.metrics.requests.labels(name, str(status)).inc()
+
+
+@web.middleware
+async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    if (gw.config.api_keys and request.path.startswith("/v1/")
+            and request.path not in _OPEN_PATHS
+            and not ws_api.key_ok(gw, ws_api.bearer(request))):
+        # Never log or echo the presented key.
+        raise Unauthorized("Incorrect or missing API key; send Authorization: Bearer KEY")
+    return await handler(request)
+
+
+async def health(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    upstreams = await gw.upstream.health()
+    ok = any(u["reachable"] for u in upstreams) and not gw.table.draining
+    body = {"status": "ok" if ok else ("draining" if gw.table.draining else "degraded"),
+            "active_streams": len(gw.table), "upstreams": upstreams}
+    return web.json_response(body, status=200 if ok else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    data = request.app[GATEWAY].metrics.exposition()
+    return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def index(request: web.Request) -> web.StreamResponse:
+    page = STATIC_DIR / "index.html"
+    if not page.is_file():
+        return web.Response(text="Andes gateway: the demo page is not installed.\n",
+                            content_type="text/plain")
+    return web.FileResponse(page)
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    gw = app[GATEWAY]
+    await gw.upstream.start()
+    yield
+    await gw.upstream.close()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    gw = app[GATEWAY]
+    if len(gw.table):
+        log.info("shutting down: %d live streams get %.1f s to finish", len(gw.table),
+                 gw.config.shutdown_grace_s)
+    await gw.table.drain(gw.config.shutdown_grace_s)
+    await ws_api.close_all(app)
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    """The gateway as an aiohttp application (not yet started)."""
+    # client_max_size is enforced by aiohttp while reading; the handler checks Content-Length
+    # first so a large body is refused before it is read.
+    app = web.Application(middlewares=[_errors, _auth], client_max_size=config.max_body_bytes)
+    app[GATEWAY] = Gateway(config)
+    http_api.add_routes(app)
+    ws_api.add_routes(app)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", index)
+    if STATIC_DIR.is_dir():
+        app.router.add_static("/static/", STATIC_DIR)
+    if CLIENT_JS_DIR.is_dir():
+        app.router.add_static("/client_js/", CLIENT_JS_DIR)
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    return app
+
+
+async def start(config: GatewayConfig, host: str | None = None,
+                port: int | None = None) -> tuple[web.AppRunner, int]:
+    """Run the gateway on ``host:port`` (port 0 = any free port); returns (runner, port).
+
+    ``await runner.cleanup()`` stops it gracefully. ``handler_cancellation`` makes a client
+    disconnect cancel its handler at once, which cancels the engine request.
+    """
+    app = create_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True,
+                           shutdown_timeout=config.shutdown_grace_s + 10.0,
+                           access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host or config.host, config.port if port is None else port)
+    await site.start()
+    server = site._server
+    bound = server.sockets[0].getsockname()[1] if server is not None else 0  # type: ignore[attr-defined]
+    return runner, bound
+
+
+async def serve(config: GatewayConfig, ready: Callable[[int], None] | None = None) -> None:
+    """Run until cancelled (SIGINT/SIGTERM in the CLI), then shut down gracefully."""
+    runner, port = await start(config)
+    log.info("andes gateway listening on http://%s:%d (upstreams: %s)", config.host, port,
+             ", ".join(config.upstreams))
+    if ready is not None:
+        ready(port)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+

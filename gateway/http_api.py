@@ -1,0 +1,318 @@
+"""The OpenAI-compatible HTTP API: chat/completions and completions (SSE or one JSON answer),
+models, and the SSE side channel for client pacing (acks).
+
+Andes additions, all optional and all removed before the request goes upstream:
+
+* body ``qoe: {ttft, tds}`` or headers ``X-Andes-TTFT`` / ``X-Andes-TDS`` (the body wins);
+* body ``pacing: server|client|off`` or header ``X-Andes-Pacing``;
+* response header ``X-Andes-Stream-Id``; the final chunk (the one with ``finish_reason``, or the
+  JSON answer) carries ``andes: {stream_id, qoe, ttft_s, tokens}``, which OpenAI clients ignore.
+
+Not supported (400): ``n`` other than 1, and ``tools``/``functions`` (tool-call deltas are not
+text a reader paces).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    StreamNotFound,
+    openai_error,
+)
+from gateway.pacer import Chunk
+from gateway.protocol import FrameError, QoEFields, parse_messages, parse_pacing, parse_qoe
+from gateway.service import Gateway, StreamRequest
+from gateway.sse import DONE, KEEPALIVE, data_event
+from gateway.stream import Stream, StreamResult
+from gateway.upstream import Endpoint
+
+__all__ = ["GATEWAY", "add_routes"]
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+_ANDES_FIELDS = ("qoe", "pacing", "stream", "stream_options")
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "Connection": "keep-alive",
+    "X-Accel-Buffering": "no",  # nginx: do not buffer the event stream
+}
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    """The body as JSON; 413 beyond ``limit`` bytes, 400 if it is not JSON."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit "
+                              f"of {limit} bytes")
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def _header_float(request: web.Request, name: str) -> float | None:
+    text = request.headers.get(name)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRequest(f"header {name} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise InvalidRequest(f"header {name} must be a finite number, got {text!r}")
+    return value
+
+
+def parse_request(
+    request: web.Request, body: Any, endpoint: Endpoint
+) -> tuple[StreamRequest, bool, bool]:
+    """Validate an OpenAI request body → (request, stream?, include_usage?). Raises 400s."""
+    if not isinstance(body, dict):
+        raise InvalidRequest(f"the request body must be a JSON object, got {type(body).__name__}")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest(f"model must be a non-empty string, got {model!r}", param="model")
+    try:
+        if endpoint == "chat":
+            parse_messages(body.get("messages"))
+        else:
+            prompt = body.get("prompt")
+            if not (isinstance(prompt, str) or (isinstance(prompt, list) and len(prompt) == 1)):
+                raise InvalidRequest(f"prompt must be a string (or a list of one), got "
+                                     f"{str(prompt)[:80]!r}", param="prompt")
+        qoe = parse_qoe(body.get("qoe"))
+        header_qoe = parse_qoe({"ttft": _header_float(request, "X-Andes-TTFT"),
+                                "tds": _header_float(request, "X-Andes-TDS")}, "X-Andes-*")
+        pacing = parse_pacing(body.get("pacing")) or parse_pacing(
+            request.headers.get("X-Andes-Pacing"), "X-Andes-Pacing")
+    except FrameError as exc:
+        raise InvalidRequest(exc.message) from None
+    qoe = QoEFields(qoe.ttft if qoe.ttft is not None else header_qoe.ttft,
+                    qoe.tds if qoe.tds is not None else header_qoe.tds)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest(f"stream must be a boolean, got {stream!r}", param="stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest(f"stream_options must be an object, got {options!r}",
+                             param="stream_options")
+    include_usage = bool((options or {}).get("include_usage", False))
+    if body.get("n", 1) != 1:
+        raise InvalidRequest(f"n must be 1 through the Andes gateway, got {body.get('n')!r}",
+                             param="n")
+    for key in ("tools", "functions"):
+        if body.get(key):
+            raise InvalidRequest(f"{key} are not supported by the Andes gateway", param=key)
+    for key, lo, hi in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        v = body.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                              or not lo <= v <= hi):
+            raise InvalidRequest(f"{key} must be a number within [{lo}, {hi}], got {v!r}",
+                                 param=key)
+    forward = {k: v for k, v in body.items() if k not in _ANDES_FIELDS}
+    return StreamRequest(endpoint, forward, model, qoe, pacing), stream, include_usage
+
+
+class _Renderer:
+    """OpenAI's chunk objects for one stream."""
+
+    def __init__(self, stream: Stream, endpoint: Endpoint, include_usage: bool) -> None:
+        self.endpoint = endpoint
+        prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
+        self.base = {"id": prefix + stream.id,
+                     "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
+                     "created": int(time.time()), "model": stream.model}
+        self.include_usage = include_usage
+
+    def chunk(self, text: str | None = None, *, role: bool = False,
+              finish_reason: str | None = None, andes: dict[str, Any] | None = None) -> dict:
+        if self.endpoint == "chat":
+            delta: dict[str, Any] = {}
+            if role:
+                delta = {"role": "assistant", "content": ""}
+            elif text is not None:
+                delta = {"content": text}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None,
+                                      "finish_reason": finish_reason}
+        else:
+            choice = {"index": 0, "text": text or "", "logprobs": None,
+                      "finish_reason": finish_reason}
+        out = dict(self.base, choices=[choice])
+        if self.include_usage:
+            out["usage"] = None
+        if andes is not None:
+            out["andes"] = andes
+        return out
+
+    def usage_chunk(self, usage: dict[str, int]) -> dict:
+        return dict(self.base, choices=[], usage=_usage(usage))
+
+
+def _usage(usage: dict[str, int]) -> dict[str, int]:
+    p, c = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
+    return {"prompt_tokens": p, "completion_tokens": c,
+            "total_tokens": int(usage.get("total_tokens", p + c))}
+
+
+class _SSESink:
+    def __init__(self, resp: web.StreamResponse, renderer: _Renderer, keepalive_s: float) -> None:
+        self.resp = resp
+        self.renderer = renderer
+        self.keepalive_s = keepalive_s
+
+    async def delta(self, chunk: Chunk) -> None:
+        await self.resp.write(data_event(self.renderer.chunk(chunk.text)))
+
+    async def keepalive(self) -> None:
+        await self.resp.write(KEEPALIVE)
+
+
+class _CollectSink:
+    keepalive_s = None
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    async def delta(self, chunk: Chunk) -> None:
+        self.parts.append(chunk.text)
+
+    async def keepalive(self) -> None:  # pragma: no cover - keepalive_s is None
+        pass
+
+
+async def _completion(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
+    gw = request.app[GATEWAY]
+    body = await read_json(request, gw.config.max_body_bytes)
+    req, is_stream, include_usage = parse_request(request, body, endpoint)
+    if not is_stream:
+        req = StreamRequest(req.endpoint, req.body, req.model, req.qoe, "off")
+    stream = await gw.open_stream(req)
+    renderer = _Renderer(stream, endpoint, include_usage)
+    headers = {"X-Andes-Stream-Id": stream.id}
+    if not is_stream:
+        return await _single(gw, stream, renderer, headers)
+    resp = web.StreamResponse(headers={**_SSE_HEADERS, **headers})
+    result: StreamResult | None = None
+    try:
+        await resp.prepare(request)
+        await resp.write(data_event(renderer.chunk(role=True)))
+        result = await stream.run(_SSESink(resp, renderer, gw.config.keepalive_s))
+        if result.reason in ("finished", "error"):
+            await _sse_tail(resp, renderer, stream, result)
+    except (ConnectionError, GatewayError):
+        stream.cancel("disconnected")
+    finally:
+        stream.cancel("disconnected")
+        if result is None:
+            result = stream.result or stream.finish("disconnected")
+        gw.end_stream(stream, result, "sse")
+    return resp
+
+
+async def _sse_tail(resp: web.StreamResponse, renderer: _Renderer, stream: Stream,
+                    result: StreamResult) -> None:
+    if result.error is not None:
+        await resp.write(data_event(result.error.body()))
+    else:
+        await resp.write(data_event(renderer.chunk(finish_reason=result.finish_reason or "stop",
+                                                   andes=result.andes(stream.id))))
+        if renderer.include_usage:
+            await resp.write(data_event(renderer.usage_chunk(result.usage)))
+    await resp.write(DONE)
+    await resp.write_eof()
+
+
+async def _single(gw: Gateway, stream: Stream, renderer: _Renderer,
+                  headers: dict[str, str]) -> web.Response:
+    sink = _CollectSink()
+    try:
+        result = await stream.run(sink)
+    finally:
+        stream.cancel("disconnected")
+        gw.end_stream(stream, stream.result or stream.finish("disconnected"), "http")
+    if result.error is not None:
+        return web.json_response(result.error.body(), status=result.error.status, headers=headers)
+    text = "".join(sink.parts)
+    finish = result.finish_reason or "stop"
+    if renderer.endpoint == "chat":
+        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
+                                  "logprobs": None, "finish_reason": finish}
+        obj = "chat.completion"
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        obj = "text_completion"
+    out = dict(renderer.base, object=obj, choices=[choice], usage=_usage(result.usage),
+               andes=result.andes(stream.id))
+    return web.json_response(out, headers=headers)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await _completion(request, "chat")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    return await _completion(request, "completions")
+
+
+async def models(request: web.Request) -> web.Response:
+    data = await request.app[GATEWAY].upstream.models()
+    return web.json_response({"object": "list", "data": data})
+
+
+async def ack(request: web.Request) -> web.Response:
+    """``POST /v1/streams/{id}/ack {consumed, tds?, paused?}`` — client pacing over SSE."""
+    gw = request.app[GATEWAY]
+    stream = gw.table.streams.get(request.match_info["stream_id"])
+    if stream is None:
+        raise StreamNotFound("no live stream with this id", param="stream_id")
+    body = await read_json(request, gw.config.max_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the ack body must be a JSON object {consumed, tds?, paused?}")
+    consumed, tds, paused = body.get("consumed"), body.get("tds"), body.get("paused")
+    if consumed is not None and (not isinstance(consumed, int) or isinstance(consumed, bool)
+                                 or consumed < 0):
+        raise InvalidRequest(f"consumed must be an integer >= 0, got {consumed!r}",
+                             param="consumed")
+    if paused is not None and not isinstance(paused, bool):
+        raise InvalidRequest(f"paused must be a boolean, got {paused!r}", param="paused")
+    if tds is not None:
+        try:
+            parse_qoe({"tds": tds}, "ack")
+        except FrameError as exc:
+            raise InvalidRequest(exc.message, param="tds") from None
+        stream.set_pace(float(tds))
+    if consumed is not None:
+        stream.ack(consumed)
+    if paused is True:
+        stream.pause()
+    elif paused is False:
+        stream.resume()
+    return web.Response(status=204)
+
+
+def error_response(exc: GatewayError) -> web.Response:
+    return web.json_response(exc.body(), status=exc.status)
+
+
+def not_found(message: str, status: int = 404) -> web.Response:
+    return web.json_response(openai_error(message, "invalid_request_error"), status=status)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/streams/{stream_id}/ack", ack)

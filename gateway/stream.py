@@ -1,0 +1,364 @@
+"""One paced stream: engine tokens in, reader-paced text out, QoE measured at delivery.
+
+A :class:`Stream` joins three things and is shared by every transport:
+
+* a **reader task** that takes the engine's deltas as fast as they come and feeds the pacer — it
+  never waits for the client, so a slow reader never slows the engine's connection;
+* the **writer loop** (:meth:`Stream.run`, in the transport handler's task) that sleeps until the
+  pacer's next due time or new input, hands ``due()`` chunks to the transport's :class:`Sink` and
+  awaits its drain (bounded by ``slow_reader_timeout_s``);
+* the control inputs (:meth:`ack`, :meth:`set_pace`, :meth:`pause`, :meth:`resume`,
+  :meth:`cancel`, :meth:`abort`) from the WebSocket or the SSE ack endpoint.
+
+Buffers are bounded: the pacer holds at most ``max_buffered_tokens`` unreleased tokens
+(:class:`~gateway.pacer.PacerOverflow` ends the stream as a slow reader), and a transport write
+that cannot drain in time ends it too. Whatever ends the stream, the engine request is closed at
+once (which aborts it upstream).
+
+QoE is measured where the text reaches the reader: in ``server`` and ``off`` pacing, at the time
+each chunk is written; in ``client`` pacing, at the client's acknowledgements when it sends any
+(tokens still unacknowledged at the end are counted as read from then on at the reader's pace),
+else at the write times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from engine.qoe import QoESpec, QoETracker
+from gateway.errors import GatewayError, InvalidRequest, RateLimited, ShuttingDown, SlowReader
+from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
+from gateway.upstream import UpstreamError, UpstreamStream
+
+__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "new_stream_id"]
+
+
+def new_stream_id() -> str:
+    """Unguessable: the id alone authorizes acks on the SSE side channel."""
+    return secrets.token_hex(16)
+
+
+class Sink(Protocol):
+    """Where a stream's text goes (an SSE response, a WebSocket)."""
+
+    keepalive_s: float | None  # write a keep-alive after this long without a write; None = never
+
+    async def delta(self, chunk: Chunk) -> None:
+        """Write one chunk and wait until the transport has taken it (drain)."""
+
+    async def keepalive(self) -> None:
+        """Write something harmless so proxies keep the connection open."""
+
+
+@dataclass(slots=True)
+class StreamResult:
+    """How a stream ended."""
+
+    reason: str  # finished | cancelled | disconnected | error
+    finish_reason: str | None
+    usage: dict[str, int]
+    qoe: float
+    ttft_s: float | None
+    tokens: int  # tokens delivered
+    error: GatewayError | None = None
+
+    def andes(self, stream_id: str) -> dict[str, Any]:
+        """The ``andes`` field of the final HTTP chunk."""
+        return {"stream_id": stream_id, "qoe": round(self.qoe, 6),
+                "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 6),
+                "tokens": self.tokens}
+
+
+@dataclass(slots=True)
+class StreamHooks:
+    """Metric callbacks, so this module does not depend on the metrics backend."""
+
+    lateness: Callable[[float], None] = lambda s: None
+    upstream_error: Callable[[str], None] = lambda kind: None
+
+
+class Stream:
+    """One stream's state. Create, :meth:`attach` the engine response, then ``await run(sink)``."""
+
+    def __init__(self, stream_id: str, spec: QoESpec, pacer_config: PacerConfig, *,
+                 slow_reader_timeout_s: float, hooks: StreamHooks | None = None,
+                 model: str = "") -> None:
+        self.id = stream_id
+        self.spec = spec
+        self.model = model
+        self.mode: PacingMode = pacer_config.mode
+        self.pacer = Pacer(pacer_config)
+        self._loop = asyncio.get_running_loop()
+        self.arrival_s = self._loop.time()
+        self._sent_qoe = QoETracker(spec, self.arrival_s)  # at write times
+        self._acked_qoe = QoETracker(spec, self.arrival_s)  # at acknowledgement times
+        self._acked = 0
+        self._slow_reader_timeout_s = slow_reader_timeout_s
+        self._hooks = hooks or StreamHooks()
+        self._upstream: UpstreamStream | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._upstream_done = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._end_reason: str | None = None  # set by cancel()/abort()
+        self.error: GatewayError | None = None
+        self.finish_reason: str | None = None
+        self.usage: dict[str, int] = {}
+        self.first_token_s: float | None = None
+        self.result: StreamResult | None = None
+
+    # -- engine side ----------------------------------------------------------------------------
+
+    def attach(self, upstream: UpstreamStream) -> None:
+        """Start taking the engine's tokens (in a task of its own)."""
+        self._upstream = upstream
+        self._reader = asyncio.create_task(self._read(), name=f"andes-upstream-{self.id}")
+
+    async def _read(self) -> None:
+        assert self._upstream is not None
+        try:
+            async for event in self._upstream.events():
+                if event.text is not None:
+                    self.pacer.feed((event.text,), self._loop.time())
+                if event.finish_reason is not None:
+                    self.finish_reason = event.finish_reason
+                if event.usage is not None:
+                    self.usage = event.usage
+                self._wake()
+        except UpstreamError as exc:
+            self._hooks.upstream_error("mid_stream")
+            self._fail(exc)
+        except PacerOverflow as exc:
+            self._fail(SlowReader(f"the reader fell too far behind: {exc}"))
+        except Exception as exc:  # a gateway bug: end the stream, keep the context in the log
+            self._fail(GatewayError(f"internal error while reading the engine's stream: {exc!r}"))
+            raise
+        finally:
+            self._upstream_done = True
+            if not self.pacer.closed:
+                self.pacer.close(self._loop.time())
+            self._wake()
+
+    def _stop_upstream(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+    # -- control --------------------------------------------------------------------------------
+
+    def ack(self, consumed: int) -> None:
+        """The client has shown ``consumed`` tokens. Raises :class:`InvalidRequest` beyond sent."""
+        now = self._loop.time()
+        try:
+            self.pacer.ack(consumed, now)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="consumed") from None
+        if consumed > self._acked:
+            self._acked_qoe.add(now, consumed - self._acked)
+            self._acked = consumed
+        self._wake()
+
+    def set_pace(self, tds_tok_s: float) -> None:
+        try:
+            self.pacer.set_pace(tds_tok_s, self._loop.time())
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="tds") from None
+        self._wake()
+
+    def pause(self) -> None:
+        self.pacer.pause(self._loop.time())
+        self._wake()
+
+    def resume(self) -> None:
+        self.pacer.resume(self._loop.time())
+        self._wake()
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        """End the stream now without an error (the client asked, or went away)."""
+        if self._end_reason is None:
+            self._end_reason = reason
+        self._stop_upstream()
+        self._wake()
+
+    def abort(self, error: GatewayError) -> None:
+        """End the stream now with ``error`` (shutdown, limits)."""
+        self._fail(error)
+        self._stop_upstream()
+
+    def _fail(self, error: GatewayError) -> None:
+        if self.error is None:
+            self.error = error
+        self._wake()
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def buffered(self) -> int:
+        return self.pacer.buffered(self._loop.time())
+
+    def slack_record(self) -> dict[str, Any]:
+        """What the engine's scheduler wants to know about this stream (see DESIGN.md)."""
+        now = self._loop.time()
+        return {"id": self.id, "delivered": self.pacer.sent, "consumed": self.pacer.consumed(now),
+                "tds": self.pacer.tds_tok_s, "paused": self.pacer.paused, "t": now}
+
+    # -- the writer loop ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _sleep_until(self, deadline_s: float) -> None:
+        # A bare future plus one timer: cheaper than wait_for(), which matters at thousands of
+        # streams each waking a few times a second.
+        waiter = self._loop.create_future()
+        self._waiter = waiter
+        timer = self._loop.call_at(deadline_s, _resolve, waiter) if math.isfinite(deadline_s) \
+            else None
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def run(self, sink: Sink) -> StreamResult:
+        """Write the stream to ``sink`` until it ends; return how it ended. Always closes the
+        engine request, also when cancelled (the client went away)."""
+        last_write_s = self._loop.time()
+        reason = "finished"
+        try:
+            while True:
+                if self.error is not None:
+                    reason = "error"
+                    break
+                if self._end_reason is not None:
+                    reason = self._end_reason
+                    break
+                now = self._loop.time()
+                for chunk in self.pacer.due(now):
+                    await self._write(sink, chunk, now)
+                    last_write_s = now
+                if self.pacer.done and self._upstream_done:
+                    if self.error is not None:
+                        reason = "error"
+                    break
+                deadline = self.pacer.next_due_s()
+                if deadline is None:
+                    deadline = math.inf
+                if sink.keepalive_s is not None:
+                    deadline = min(deadline, last_write_s + sink.keepalive_s)
+                if deadline > now:
+                    await self._sleep_until(deadline)
+                if (sink.keepalive_s is not None and self.error is None
+                        and self._loop.time() - last_write_s >= sink.keepalive_s):
+                    await self._guarded(sink.keepalive())
+                    last_write_s = self._loop.time()
+        except (ConnectionError, asyncio.CancelledError) as exc:
+            reason = "disconnected"
+            self._stop_upstream()
+            if isinstance(exc, asyncio.CancelledError):
+                self.finish(reason)
+                raise
+        except SlowReader as exc:
+            self._fail(exc)
+            reason = "error"
+        finally:
+            self._stop_upstream()
+        return self.finish(reason)
+
+    async def _guarded(self, write: Any) -> None:
+        try:
+            async with asyncio.timeout(self._slow_reader_timeout_s):
+                await write
+        except TimeoutError:
+            raise SlowReader(f"the client did not take the text within "
+                             f"{self._slow_reader_timeout_s} s") from None
+
+    async def _write(self, sink: Sink, chunk: Chunk, now: float) -> None:
+        if self.mode == "server":
+            self._hooks.lateness(max(now - chunk.due_s, 0.0))
+        await self._guarded(sink.delta(chunk))
+        if self.first_token_s is None:
+            self.first_token_s = now
+        self._sent_qoe.add(now, chunk.count)
+
+    def finish(self, reason: str) -> StreamResult:
+        """How the stream ended (also for a transport that failed before :meth:`run`)."""
+        if self.result is not None:
+            return self.result
+        tracker = self._sent_qoe
+        if self.mode == "client" and self._acked > 0:
+            tracker = self._acked_qoe
+            unacked = self.pacer.sent - self._acked
+            if unacked > 0:
+                tracker.add(self._loop.time(), unacked)
+                self._acked = self.pacer.sent
+        ttft = None if self.first_token_s is None else self.first_token_s - self.arrival_s
+        self.result = StreamResult(reason=reason, finish_reason=self.finish_reason,
+                                   usage=dict(self.usage), qoe=tracker.qoe(), ttft_s=ttft,
+                                   tokens=self.pacer.sent, error=self.error)
+        return self.result
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+@dataclass(slots=True)
+class StreamTable:
+    """The live streams of one gateway: the concurrency limit and the shutdown switch."""
+
+    max_streams: int
+    streams: dict[str, Stream] = field(default_factory=dict)
+    reserved: int = 0  # admitted, not yet registered (waiting for the engine to answer)
+    draining: bool = False
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def admit(self) -> None:
+        """Reserve a slot or raise :class:`RateLimited` / :class:`ShuttingDown`."""
+        if self.draining:
+            raise ShuttingDown("the gateway is shutting down; retry on another instance")
+        if len(self.streams) + self.reserved >= self.max_streams:
+            raise RateLimited(f"too many concurrent streams (limit {self.max_streams}); "
+                              "retry later")
+        self.reserved += 1
+        self.idle.clear()
+
+    def register(self, stream: Stream) -> None:
+        self.reserved -= 1
+        self.streams[stream.id] = stream
+
+    def release(self, stream_id: str | None = None) -> None:
+        """Free a slot: the registered stream ``stream_id``, or a reservation if ``None``."""
+        if stream_id is None:
+            self.reserved -= 1
+        else:
+            self.streams.pop(stream_id, None)
+        if not self.streams and self.reserved == 0:
+            self.idle.set()
+
+    def __len__(self) -> int:
+        return len(self.streams) + self.reserved
+
+    def buffered_tokens(self) -> int:
+        return sum(s.buffered() for s in self.streams.values())
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new streams; give live ones ``grace_s`` to finish; then end the rest."""
+        self.draining = True
+        if len(self):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), grace_s)
+        for stream in list(self.streams.values()):
+            stream.abort(ShuttingDown("the gateway is shutting down"))
+        if len(self):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), 5.0)

@@ -1,0 +1,216 @@
+"""The WebSocket endpoint ``/v1/stream`` — the protocol of ``docs/protocol.md``.
+
+One connection runs one stream at a time. The handler's task reads frames; a stream's writer
+loop runs in a task of its own, so acks, pace changes and cancels are taken while text is being
+written. A closed connection cancels the running stream, which closes the engine request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from gateway import protocol as p
+from gateway.errors import GatewayError
+from gateway.http_api import GATEWAY
+from gateway.pacer import Chunk
+from gateway.service import Gateway, StreamRequest
+from gateway.stream import Stream, StreamResult
+
+__all__ = ["CLOSE_UNAUTHORIZED", "SOCKETS", "add_routes", "close_all"]
+
+log = logging.getLogger("andes.gateway")
+
+CLOSE_UNAUTHORIZED = 4401
+SOCKETS = web.AppKey("andes_sockets", set)  # live WebSocketResponses, closed on shutdown
+_FORWARDED = ("max_tokens", "temperature", "top_p", "stop", "seed")
+
+
+def key_ok(gw: Gateway, presented: str | None) -> bool:
+    """Constant-time comparison against every configured key; no keys = open gateway."""
+    if not gw.config.api_keys:
+        return True
+    if not presented:
+        return False
+    ok = False
+    for key in gw.config.api_keys:
+        ok |= hmac.compare_digest(presented.encode(), key.encode())
+    return ok
+
+
+def bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+class _WSSink:
+    keepalive_s = None  # aiohttp's heartbeat keeps the connection alive
+
+    def __init__(self, conn: _Connection) -> None:
+        self.conn = conn
+
+    async def delta(self, chunk: Chunk) -> None:
+        await self.conn.send(p.Delta(chunk.index, chunk.count, chunk.text))
+
+    async def keepalive(self) -> None:  # pragma: no cover - keepalive_s is None
+        pass
+
+
+class _Connection:
+    def __init__(self, ws: web.WebSocketResponse, gw: Gateway, subprotocol: str) -> None:
+        self.ws = ws
+        self.gw = gw
+        self.subprotocol = subprotocol
+        self.stream: Stream | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    async def send(self, frame: p.ServerFrame) -> None:
+        data = p.encode(frame, self.subprotocol)
+        if isinstance(data, bytes):
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_str(data)
+
+    async def error(self, code: str, message: str, fatal: bool = False) -> None:
+        with contextlib.suppress(ConnectionError):
+            await self.send(p.Error(code, message, fatal))
+
+    async def handle(self, data: str | bytes) -> bool:
+        """One frame in. Returns False when the connection must close."""
+        try:
+            frame = p.parse_client_frame(p.decode(data, self.subprotocol))
+        except p.FrameError as exc:
+            await self.error(exc.code, exc.message, exc.fatal)
+            if exc.fatal:
+                await self.ws.close(code=WSCloseCode.INVALID_TEXT, message=b"bad frame")
+                return False
+            return True
+        if isinstance(frame, p.Start):
+            await self.start(frame)
+            return True
+        stream = self.stream
+        if stream is None:
+            await self.error("out_of_order", f"{frame.type!r} with no stream running")
+            return True
+        try:
+            if isinstance(frame, p.Ack):
+                stream.ack(frame.consumed)
+            elif isinstance(frame, p.Pace):
+                stream.set_pace(frame.tds)
+            elif isinstance(frame, p.Pause):
+                stream.pause()
+            elif isinstance(frame, p.Resume):
+                stream.resume()
+            elif isinstance(frame, p.Cancel):
+                stream.cancel("cancelled")
+        except GatewayError as exc:
+            await self.error(exc.ws_code, exc.message)
+        return True
+
+    async def start(self, frame: p.Start) -> None:
+        if self.stream is not None:
+            await self.error("out_of_order", "a stream is already running on this connection; "
+                             "cancel it or wait for its done frame")
+            return
+        body: dict[str, Any] = {"messages": frame.messages}
+        for key in _FORWARDED:
+            value = getattr(frame, key)
+            if value is not None:
+                body[key] = value
+        req = StreamRequest("chat", body, frame.model, frame.qoe, frame.pacing)
+        try:
+            stream = await self.gw.open_stream(req)
+        except GatewayError as exc:
+            await self.error(exc.ws_code, exc.message)
+            return
+        self.stream = stream
+        self.task = asyncio.create_task(self._run(stream, frame.id), name=f"andes-ws-{stream.id}")
+
+    async def _run(self, stream: Stream, ref: str | None) -> None:
+        result: StreamResult | None = None
+        try:
+            await self.send(p.Started(stream.id, stream.model, stream.mode,
+                                      p.QoEFields(stream.spec.ttft_s, stream.spec.tds_tok_s), ref))
+            result = await stream.run(_WSSink(self))
+            if result.error is not None:
+                await self.error(result.error.ws_code, result.error.message)
+                if result.error.ws_code == "shutting_down":
+                    await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
+            elif result.reason in ("finished", "cancelled"):
+                u = result.usage
+                await self.send(p.Done(
+                    result.finish_reason if result.reason == "finished" else "cancelled",
+                    p.Usage(int(u.get("prompt_tokens", 0)), int(u.get("completion_tokens", 0)),
+                            int(u.get("total_tokens", 0))),
+                    round(result.qoe, 6),
+                    None if result.ttft_s is None else round(result.ttft_s, 6),
+                    result.tokens))
+        except ConnectionError:
+            pass
+        finally:
+            stream.cancel("disconnected")
+            self.gw.end_stream(stream, result or stream.finish("disconnected"), "websocket")
+            self.stream = None
+
+    async def stop(self) -> None:
+        if self.stream is not None:
+            self.stream.cancel("disconnected")
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+async def stream_ws(request: web.Request) -> web.WebSocketResponse:
+    gw = request.app[GATEWAY]
+    ws = web.WebSocketResponse(protocols=p.SUBPROTOCOLS, max_msg_size=gw.config.max_body_bytes,
+                               heartbeat=30.0)
+    await ws.prepare(request)
+    conn = _Connection(ws, gw, ws.ws_protocol or p.DEFAULT_SUBPROTOCOL)
+    if not key_ok(gw, bearer(request) or request.query.get("api_key")):
+        await conn.error("unauthorized", "a valid API key is required "
+                         "(Authorization: Bearer KEY, or ?api_key=KEY)", fatal=True)
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
+        return ws
+    if gw.table.draining:
+        await conn.error("shutting_down", "the gateway is shutting down", fatal=True)
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
+        return ws
+    sockets = request.app[SOCKETS]
+    sockets.add(ws)
+    try:
+        async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                if not await conn.handle(msg.data):
+                    break
+            elif msg.type == WSMsgType.ERROR:
+                break
+    finally:
+        sockets.discard(ws)
+        await conn.stop()
+    return ws
+
+
+async def close_all(app: web.Application) -> None:
+    """Shutdown: tell idle connections, then close them with 1001."""
+    for ws in list(app[SOCKETS]):
+        with contextlib.suppress(Exception):
+            data = p.encode(p.Error("shutting_down", "the gateway is shutting down", True),
+                            ws.ws_protocol or p.DEFAULT_SUBPROTOCOL)
+            if isinstance(data, bytes):
+                await ws.send_bytes(data)
+            else:
+                await ws.send_str(data)
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
+
+
+def add_routes(app: web.Application) -> None:
+    app[SOCKETS] = set()
+    app.router.add_get("/v1/stream", stream_ws)
+
