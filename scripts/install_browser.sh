@@ -23,9 +23,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 say "installing Debian's chromium package (about a minute)"
 export DEBIAN_FRONTEND=noninteractive
-if ! $SUDO apt-get install -y -q --no-install-recommends chromium >/tmp/andes-chromium-install.log 2>&1; then
+if ! $SUDO apt-get install -y -q chromium >/tmp/andes-chromium-install.log 2>&1; then
     $SUDO apt-get update -q >>/tmp/andes-chromium-install.log 2>&1
-    $SUDO apt-get install -y -q --no-install-recommends chromium >>/tmp/andes-chromium-install.log 2>&1 || {
+    $SUDO apt-get install -y -q chromium >>/tmp/andes-chromium-install.log 2>&1 || {
         tail -n 20 /tmp/andes-chromium-install.log >&2; say "apt-get install chromium failed"; exit 1; }
 fi
 say "installed $(/usr/bin/chromium --version 2>/dev/null)"
