@@ -41,11 +41,9 @@ from engine.policy.base import (
     RequestView,
     build_config,
     register_policy,
-    step_blocks,
 )
 from engine.policy.fcfs import fcfs_decision
 from engine.policy.horizon import serve_gain
-from engine.policy.packing import greedy_pack
 
 __all__ = ["AndesConfig", "AndesPolicy"]
 
@@ -142,64 +140,58 @@ class AndesPolicy(Policy):
         bs = capacity.block_size
         stale = cfg.slack_staleness_s
         protect_after = self._step - 1 - cfg.min_run_steps
-
-        arrival = np.empty(n_req)
-        ttft = np.empty(n_req)
-        g = np.empty(n_req)
-        ntok = np.empty(n_req)
-        need = np.empty(n_req)
-        g_r = np.empty(n_req)
-        prefill = np.zeros(n_req)
-        blocks = np.empty(n_req)
-        running = np.zeros(n_req, dtype=bool)
-        protected = np.zeros(n_req, dtype=bool)
         admitted_at = self._admitted_at
         prefill_of = capacity.prefill_latency_s
-        for i, r in enumerate(requests):
+        inf = math.inf
+        running_state = ReqState.RUNNING
+
+        # One pass over the snapshot into plain rows (numpy item assignment is slower).
+        rows = []
+        append = rows.append
+        for r in requests:
             spec, tr = r.spec, r.tracker
-            arrival[i] = r.arrival_s
-            ttft[i] = spec.ttft_s
             gi = 1.0 / spec.tds_tok_s
-            g[i] = gi
             n = tr.num_tokens
-            ntok[i] = n
-            blocks[i] = step_blocks(r, bs)
+            tokens = r.prompt_tokens + r.output_tokens
             rep = r.slack
             if rep is not None and now_s - rep.t_s <= stale:
-                need[i] = math.inf if rep.paused else now_s + rep.slack_s(now_s)
-                g_r[i] = 1.0 / rep.tds_tok_s
+                need = inf if rep.paused else now_s + rep.slack_s(now_s)
+                g_r = 1.0 / rep.tds_tok_s
             else:
-                need[i] = tr.arrival_s + tr.last_read_s + gi if n else -math.inf
-                g_r[i] = gi
-            if r.state is ReqState.RUNNING:
-                running[i] = True
-                protected[i] = admitted_at.get(r.req_id, -(10**9)) > protect_after
+                need = tr.arrival_s + tr.last_read_s + gi if n else -inf
+                g_r = gi
+            if r.state is running_state:
+                run, prot, pre = (
+                    1.0,
+                    float(admitted_at.get(r.req_id, -(10**9)) > protect_after),
+                    0.0,
+                )
             else:
-                prefill[i] = prefill_of(r.prompt_tokens + r.output_tokens)
+                run, prot, pre = 0.0, 0.0, prefill_of(tokens)
+            blocks = max(r.kv_blocks, -(-tokens // bs), 1)
+            append((r.arrival_s, spec.ttft_s, gi, n, need, g_r, pre, blocks, run, prot))
+        cols = np.array(rows).T
+        arrival, ttft, g, ntok, need, g_r, prefill, blocks = cols[:8]
+        running, protected = cols[8] > 0.0, cols[9] > 0.0
 
         rel_now = now_s - arrival
         h = rel_now + cfg.horizon_s
         need_rel = need - arrival
         b_max = min(capacity.max_batch, n_req)
-        best: tuple[float, np.ndarray, np.ndarray] | None = None
+        best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
         for b in sorted({max(1, round(f * b_max)) for f in cfg.batch_fractions}):
             lat = capacity.token_latency_s(b)
             gain = serve_gain(h, ttft, g, ntok, rel_now + prefill + lat, need_rel, g_r, lat)
             # Protected requests first, then by value per KV block; ties: running, then oldest.
-            density = gain / blocks
-            order = np.lexsort((arrival, ~running, -density, ~protected))
-            fits = (np.cumsum(blocks[order]) <= capacity.kv_blocks) & (np.arange(1, n_req + 1) <= b)
-            chosen = order[: int(np.argmin(fits)) if not fits.all() else n_req]
+            order = np.lexsort((arrival, ~running, -(gain / blocks), ~protected))
+            chosen = _pack(order, blocks, capacity.kv_blocks, b)
             total = float(gain[chosen].sum())
             if best is None or total > best[0]:
-                best = (total, gain, order)
+                best = (total, gain, order, chosen)
         assert best is not None
-        _, gain, order = best
-
+        _, gain, order, chosen = best
         selected = np.zeros(n_req, dtype=bool)
-        greedy = greedy_pack((requests[i] for i in order), capacity)
-        index = {r.req_id: i for i, r in enumerate(requests)}
-        selected[[index[x] for x in greedy.run]] = True
+        selected[chosen] = True
 
         keep_victim = np.zeros(n_req, dtype=bool)
         victims = np.flatnonzero(running & ~selected)
@@ -208,16 +200,47 @@ class AndesPolicy(Policy):
             admit_blocks = blocks[admits].sum()
             density_admitted = gain[admits].sum() / admit_blocks if admit_blocks else 0.0
             loss_per_s = gain[selected].sum() / cfg.horizon_s  # the batch's gain per second served
-            for i in victims:
-                r = requests[i]
-                recompute = prefill_of(r.prompt_tokens + r.output_tokens)
-                benefit = density_admitted * blocks[i] - gain[i]
-                keep_victim[i] = benefit <= loss_per_s * recompute
+            recompute = np.array(
+                [prefill_of(requests[i].prompt_tokens + requests[i].output_tokens) for i in victims]
+            )
+            benefit = density_admitted * blocks[victims] - gain[victims]
+            keep_victim[victims] = benefit <= loss_per_s * recompute
 
         # Final order: what the knapsack chose (running first), victims worth keeping, then the
-        # admissions; greedy_pack trims what no longer fits.
+        # admissions, then the rest; packing again trims what no longer fits.
         pos = np.empty(n_req, dtype=np.int64)
         pos[order] = np.arange(n_req)
         tier = np.where(selected & running, 0, np.where(keep_victim, 1, np.where(selected, 2, 3)))
         final = np.lexsort((pos, tier))
-        return greedy_pack((requests[i] for i in final), capacity)
+        run = _pack(final, blocks, capacity.kv_blocks, capacity.max_batch)
+        in_run = np.zeros(n_req, dtype=bool)
+        in_run[run] = True
+        out = final[running[final] & ~in_run[final]][::-1]  # lowest priority goes first
+        return Decision(
+            run=[requests[i].req_id for i in run], preempt=[requests[i].req_id for i in out]
+        )
+
+
+def _pack(order: np.ndarray, blocks: np.ndarray, kv_blocks: int, max_batch: int) -> np.ndarray:
+    """Indices taken greedily in ``order`` while they fit (skipping those that do not).
+
+    The same result as :func:`engine.policy.packing.greedy_pack`, with the leading run that fits
+    found by a cumulative sum and only the tail after the first misfit walked in Python.
+    """
+    sizes = blocks[order]
+    k = min(int(np.searchsorted(np.cumsum(sizes), kv_blocks, side="right")), max_batch)
+    if k == len(order) or k == max_batch:
+        return order[:k]
+    free = kv_blocks - float(sizes[:k].sum())
+    slots = max_batch - k
+    # Walk only the candidates small enough to fit what is left after the leading run.
+    tail = np.flatnonzero(sizes[k + 1 :] <= free) + k + 1
+    extra = []
+    for j, size in zip(tail.tolist(), sizes[tail].tolist(), strict=True):
+        if slots == 0 or free <= 0:
+            break
+        if size <= free:
+            extra.append(j)
+            free -= size
+            slots -= 1
+    return np.concatenate([order[:k], order[np.array(extra, dtype=np.int64)]])
