@@ -170,15 +170,26 @@ def fit_profile(raw: dict[str, Any], settings: engine_qoe.Settings) -> tuple[Lat
 
 
 def simulate_load(policy: str, rate: float, settings: engine_qoe.Settings,
-                  profile: LatencyProfile) -> Any:  # fmt: skip
-    """The simulator's summary of one load, same requests and arrivals as measured."""
+                  profile: LatencyProfile, measured: BenchRun | None = None) -> Any:  # fmt: skip
+    """The simulator's summary of one load, same requests and arrivals as measured.
+
+    With ``measured``, each request's prompt length is the engine's own count
+    (``usage.prompt_tokens``) instead of the 4-characters-per-token estimate.
+    """
+    import dataclasses
+
     from engine.policy import get_policy
     from engine.sim.report import summarize
     from engine.sim.simulator import SimConfig, simulate
 
     plan = settings.plan(rate)
+    counted = {r.req_id: r.usage_prompt_tokens for r in (measured.records if measured else [])}
+    workload = [
+        dataclasses.replace(t, prompt_tokens=counted.get(t.req_id) or t.prompt_tokens)
+        for t in (p.to_trace_request() for p in plan)
+    ]
     result = simulate(
-        [p.to_trace_request() for p in plan], [p.at_s for p in plan],
+        workload, [p.at_s for p in plan],
         get_policy("fcfs" if policy == "stock" else policy), profile,
         SimConfig(chunked_prefill_tokens=CPU_CHUNKED_PREFILL_TOKENS),
     )  # fmt: skip
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     for policy, by_rate in measured.items():
         for rate in sorted(by_rate):
             m = by_rate[rate].summary()
-            s = simulate_load(policy, rate, settings, profile)
+            s = simulate_load(policy, rate, settings, profile, by_rate[rate])
             rows.append((policy, rate, m, s))
     header = ("| policy | rate/s | measured avg QoE | simulated avg QoE | Δ | measured TTFT p50 s"
               " | simulated TTFT p50 s | measured tok/s | simulated tok/s |")  # fmt: skip
