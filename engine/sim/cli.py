@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-requests",
         type=_positive_int,
         default=None,
-        help="use the first N requests of the trace (synthetic: generate N; default 1000 there)",
+        help="use the first N requests of the trace, None = all (synthetic: N, None = 1000)",
     )
     a = parser.add_argument_group("arrivals")
     a.add_argument(
@@ -116,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chunked-prefill-tokens",
         type=_positive_int,
         default=None,
-        help="per-iteration token budget for chunked prefill (default: whole prefills)",
+        help="per-iteration token budget for chunked prefill; None = whole prefills",
     )
     e.add_argument(
         "--dump-profile",
