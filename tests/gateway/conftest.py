@@ -18,6 +18,13 @@ class Running:
     url: str  # http://127.0.0.1:PORT
     runner: Any
     config: GatewayConfig
+    stopped: bool = False
+
+    async def stop(self) -> None:
+        """Graceful shutdown, as on SIGTERM."""
+        if not self.stopped:
+            self.stopped = True
+            await self.runner.cleanup()
 
     @property
     def ws_url(self) -> str:
@@ -52,7 +59,7 @@ async def make_gateway(upstream: ScriptedUpstream) -> AsyncIterator[Callable[...
 
     yield make
     for r in running:
-        await r.runner.cleanup()
+        await r.stop()
 
 
 @pytest.fixture
