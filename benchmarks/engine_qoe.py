@@ -340,7 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=120.0, help="seconds of arrivals per load")
     p.add_argument("--tds-scale", type=float, default=0.5, help="reader pace multiplier")
     p.add_argument("--kv-tokens", type=int, default=8192, help="KV-cache capacity, tokens")
-    p.add_argument("--block-size", type=int, default=16, help="KV block size, tokens")
+    p.add_argument(
+        "--block-size",
+        type=int,
+        default=32,
+        help="KV block size, tokens (vLLM's CPU attention needs a multiple of 32)",
+    )
     p.add_argument("--max-num-seqs", type=int, default=64, help="vLLM's batch limit")
     p.add_argument("--max-prompt-tokens", type=int, default=384)
     p.add_argument("--max-output-tokens", type=int, default=256)
