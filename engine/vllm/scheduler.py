@@ -288,13 +288,17 @@ class AndesSchedulerMixin:
             victims.sort(key=lambda r: order.get(r.request_id, last))
             stamp = time.monotonic()  # vLLM's event clock
             can_free = getattr(self, "_request_blocks_can_be_freed", None)
+            drop_stale = bool(getattr(self, "requires_kv_delivery", False))
             for request in victims:
                 if request.status != RequestStatus.RUNNING:
                     continue
                 if can_free is not None and not can_free(request):
                     continue  # a deferred free would not give the memory back now
                 self.running.remove(request)
-                self._preempt_request(request, stamp)  # type: ignore[attr-defined]
+                if drop_stale:  # as vLLM does for connectors that need KV delivery
+                    self._preempt_request(request, stamp, drop_stale_output=True)  # type: ignore[attr-defined]
+                else:
+                    self._preempt_request(request, stamp)  # type: ignore[attr-defined]
                 preempted.append(request)
         # vLLM preempts running[-1] under memory pressure: make that the least valued request.
         self.running.sort(key=lambda r: rank.get(r.request_id, last))

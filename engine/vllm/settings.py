@@ -10,7 +10,7 @@ variable                        meaning                                         
 ``ANDES_POLICY``                policy name (``andes``, ``fcfs``, ``lqf``, ...), or        andes
                                 ``pkg.module:name`` to import a module that registers it
 ``ANDES_POLICY_OPTIONS``        JSON object of extra policy options                        {}
-``ANDES_DELTA_T_S``             the policy's horizon Δt, seconds (option ``delta_t_s``)     (policy)
+``ANDES_DELTA_T_S``             the policy's horizon Δt, seconds (option ``horizon_s``)     (policy)
 ``ANDES_DEFAULT_TTFT_S``        expected time to first token when a request sets none      1.0
 ``ANDES_DEFAULT_TDS``           reading pace, tokens/s, when a request sets none           4.8
 ``ANDES_SLACK_STALE_S``         ignore a measured slack report older than this (seconds)   2.0
@@ -102,10 +102,10 @@ class SchedulerSettings:
         return env
 
     def policy_kwargs(self) -> dict[str, Any]:
-        """Keyword options for ``get_policy``: ``policy_options`` plus ``delta_t_s`` if set."""
+        """Options for ``get_policy``: ``policy_options``, plus ``horizon_s`` = Δt if set."""
         options = dict(self.policy_options)
         if self.delta_t_s is not None:
-            options["delta_t_s"] = self.delta_t_s
+            options["horizon_s"] = self.delta_t_s  # the policies call Δt horizon_s
         return options
 
 

@@ -39,6 +39,7 @@ from engine.policy.base import (
     ReqState,
     RequestView,
     SlackReport,
+    available_policies,
     register_policy,
 )
 from engine.vllm.model import prepare_bundled_model
@@ -487,3 +488,31 @@ def _async_model_output(sched: AndesScheduler, out: SchedulerOutput) -> ModelRun
         req_id_to_index={r: i for i, r in enumerate(req_ids)},
         sampled_token_ids=sampled,
     )
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "andes", "lqf", "round_robin"])
+def test_every_policy_delivers_every_token_once_in_order_under_contention(
+    model_dir: ModelConfig, monkeypatch: pytest.MonkeyPatch, policy: str
+) -> None:
+    if policy not in available_policies():
+        pytest.skip(f"policy {policy!r} is not registered yet")
+    monkeypatch.setenv("ANDES_POLICY", policy)
+    # 12 usable blocks of 16 tokens for 6 requests that each grow to 70 tokens (5 blocks).
+    sched = create_scheduler(model_dir, num_blocks=13, max_num_seqs=4)
+    now = [0.0]
+    sched.clock = lambda: now[0]
+    for i in range(6):
+        extra = {"andes_ttft": 0.5 + 0.25 * i, "andes_tds": 4.0 + 2.0 * i}
+        sched.add_request(create_request(f"r{i}", prompt_len=30, max_tokens=40, extra_args=extra))
+    received: dict[str, list[int]] = {f"r{i}": [] for i in range(6)}
+    for _ in range(5000):
+        if not sched.requests:
+            break
+        now[0] += 0.05  # the fake engine's step time
+        _, new = step(sched)
+        for rid, toks in new.items():
+            received[rid].extend(toks)
+    assert not sched.requests, "every request finishes"
+    for rid, toks in received.items():
+        assert toks == expected_tokens(30, 40), rid
+    assert sched.kv_cache_manager.block_pool.get_num_free_blocks() == 12
