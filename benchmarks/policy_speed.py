@@ -134,11 +134,12 @@ def main() -> None:
             "",
             "With 2,000 waiting that cannot fit, every andes step is under memory pressure,",
             "so every step runs the knapsack; the untriggered (FCFS) path is timed on the",
-            "snapshot without waiting requests. Where the knapsack's time goes (profiled on this",
-            "snapshot): about 40 % in the vectorised serve gain (4 candidate batch sizes × 2,512",
-            "requests), most of the rest in the one Python pass that reads the 2,512 request",
-            "views. Other work shared the 2 cores during the run (load average below), so treat",
-            "p99 as pessimistic.",
+            "snapshot without waiting requests. The knapsack re-reads only the request views",
+            "that changed since the last step (here the 512 running ones), values every running",
+            "request but only the waiting ones whose upper-bound value density could reach a",
+            "packing (several hundred here: the packings reach deep into the waiting queue), and",
+            "all candidate batch sizes in one numpy call. Other work shared the 2 cores during",
+            "the run (load average below), so treat p99 as pessimistic.",
         ]
     )
     import os

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import ne
 
 import numpy as np
 
@@ -90,6 +91,8 @@ class AndesPolicy(Policy):
         self.config: AndesConfig = build_config(AndesConfig, self.name, options)  # type: ignore[assignment]
         self._step = 0
         self._admitted_at: dict[str, int] = {}  # req_id -> step it was (re)admitted
+        self._snapshot = _Snapshot()  # per-request columns, re-read only where a view changed
+        self._candidates = _MIN_CANDIDATES  # waiting requests valued exactly (see _knapsack)
         self.last_triggered = False  # whether the last step ran the knapsack (for benchmarks)
 
     # -- the step -------------------------------------------------------------------------------
@@ -99,9 +102,18 @@ class AndesPolicy(Policy):
     ) -> Decision:
         step = self._step
         self._step += 1
-        base = fcfs_decision(requests, capacity)
-        self.last_triggered = self._triggered(now_s, requests, capacity, base)
-        decision = self._knapsack(now_s, requests, capacity) if self.last_triggered else base
+        snap = self._snapshot
+        snap.sync(requests, capacity.block_size)
+        # FCFS leaves work waiting or preempts exactly when everything together does not fit.
+        pressure = len(requests) > capacity.max_batch or snap.total_blocks() > capacity.kv_blocks
+        if pressure:
+            self.last_triggered = True
+            decision = self._knapsack(now_s, requests, capacity)
+        else:
+            decision = fcfs_decision(requests, capacity)
+            self.last_triggered = self._triggered(now_s, requests, capacity, decision)
+            if self.last_triggered:
+                decision = self._knapsack(now_s, requests, capacity)
         self._note_admissions(step, requests, decision)
         return decision
 
@@ -122,19 +134,162 @@ class AndesPolicy(Policy):
         return max_tds > 0.0 and capacity.token_latency_s(len(base.run)) > 1.0 / max_tds
 
     def _note_admissions(self, step: int, requests: Sequence[RequestView], d: Decision) -> None:
-        running = {r.req_id for r in requests if r.state is ReqState.RUNNING}
+        running = self._snapshot.running_ids()
         for req_id in d.run:
             if req_id not in running:
                 self._admitted_at[req_id] = step
         if step % 64 == 0:  # forget finished requests now and then
-            live = {r.req_id for r in requests}
+            live = set(self._snapshot.ids)
             self._admitted_at = {k: v for k, v in self._admitted_at.items() if k in live}
 
-    # -- Algorithm 1 ----------------------------------------------------------------------------
+    # -- Algorithm 1, fast ----------------------------------------------------------------------
 
     def _knapsack(
         self, now_s: float, requests: Sequence[RequestView], capacity: Capacity
     ) -> Decision:
+        """Algorithm 1 with the same result as :meth:`_knapsack_reference`, valuing fewer requests.
+
+        Every running request is valued exactly; of the waiting ones, only the ``K`` with the
+        highest *upper bound* on value density (their gain with no prefill at the fastest
+        candidate latency: the gain never grows with a later first token or a slower batch).
+        The result is exact when every packing stopped full (no batch slot or KV block left)
+        at a request denser than the best bound left out: the requests left out sort after that
+        point in the full order, so no packing could have reached them. Otherwise ``K`` doubles,
+        up to every waiting request.
+        """
+        cfg = self.config
+        snap = self._snapshot
+        n_req = len(requests)
+        b_max = min(capacity.max_batch, n_req)
+        sizes = sorted({max(1, round(f * b_max)) for f in cfg.batch_fractions})
+        lats = [capacity.token_latency_s(b) for b in sizes]
+
+        v = snap.values(now_s, cfg.slack_staleness_s)
+        rel_now = now_s - v.arrival
+        h = rel_now + cfg.horizon_s
+        need_rel = v.need - v.arrival
+        waiting = np.flatnonzero(~v.running)
+        running = np.flatnonzero(v.running)
+
+        k = waiting.size
+        bound = np.empty(0)
+        if waiting.size > self._candidates:
+            w, lat = waiting, min(lats)
+            gain_ub = serve_gain(
+                h[w], v.ttft[w], v.g[w], v.ntok[w], rel_now[w] + lat, need_rel[w], v.g_r[w], lat
+            )
+            bound = gain_ub / v.blocks[w]
+            k = self._candidates
+        while True:
+            if k >= waiting.size:
+                sub, thr = np.arange(n_req), -math.inf
+            else:
+                part = np.argpartition(-bound, k)
+                sub = np.sort(np.concatenate([running, waiting[part[:k]]]))
+                thr = float(bound[part[k]])
+                thr += abs(thr) * 1e-9 + 1e-12  # strictly above, with room for rounding
+            found = self._knapsack_over(sub, thr, now_s, requests, capacity, sizes, lats, v, h)
+            if found is not None:
+                break
+            k *= 2
+        first_try = k <= self._candidates
+        self._candidates = max(_MIN_CANDIDATES, k * 7 // 8 if first_try else k)
+        run, out = found
+        ids = snap.ids
+        return Decision(run=[ids[i] for i in run.tolist()], preempt=[ids[i] for i in out.tolist()])
+
+    def _knapsack_over(
+        self,
+        sub: np.ndarray,
+        thr: float,
+        now_s: float,
+        requests: Sequence[RequestView],
+        capacity: Capacity,
+        sizes: list[int],
+        lats: list[float],
+        v: _Values,
+        h_all: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """:meth:`_knapsack_reference` on the requests ``sub`` (ascending indices), or None.
+
+        ``thr`` bounds the value density of every request left out; None when a packing might
+        have reached one of them (see :meth:`_knapsack`). Returns (run, preempt) as indices.
+        """
+        cfg = self.config
+        m = sub.size
+        arrival, blocks, running = v.arrival[sub], v.blocks[sub], v.running[sub]
+        protect_after = self._step - 1 - cfg.min_run_steps
+        admitted_get = self._admitted_at.get
+        ids = self._snapshot.ids
+        protected = np.zeros(m, dtype=bool)
+        prefill = np.zeros(m)
+        run_at = np.flatnonzero(running)
+        if run_at.size:
+            protected[run_at] = [
+                admitted_get(ids[i], -(10**9)) > protect_after for i in sub[run_at].tolist()
+            ]
+        wait_at = np.flatnonzero(~running)
+        if wait_at.size:
+            prefill_of = capacity.prefill_latency_s
+            prefill[wait_at] = [prefill_of(t) for t in v.tokens[sub[wait_at]].tolist()]
+
+        rel_now = now_s - arrival
+        lat_col = np.array(lats)[:, None]
+        gains = serve_gain(
+            h_all[sub], v.ttft[sub], v.g[sub], v.ntok[sub], (rel_now + prefill)[None, :] + lat_col,
+            (v.need[sub] - arrival), v.g_r[sub], lat_col,
+        )  # fmt: skip
+        best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
+        for b, gain in zip(sizes, gains, strict=True):
+            density = gain / blocks
+            order = np.lexsort((arrival, ~running, -density, ~protected))
+            chosen, full = _pack_full(order, blocks, capacity.kv_blocks, b)
+            if thr > -math.inf and not (full and _beyond(chosen, protected, density, thr)):
+                return None
+            total = float(gain[chosen].sum())
+            if best is None or total > best[0]:
+                best = (total, gain, order, chosen)
+        assert best is not None
+        _, gain, order, chosen = best
+        selected = np.zeros(m, dtype=bool)
+        selected[chosen] = True
+
+        keep_victim = np.zeros(m, dtype=bool)
+        victims = np.flatnonzero(running & ~selected)
+        if cfg.overhead_aware and victims.size:
+            admits = selected & ~running
+            admit_blocks = blocks[admits].sum()
+            density_admitted = gain[admits].sum() / admit_blocks if admit_blocks else 0.0
+            loss_per_s = gain[selected].sum() / cfg.horizon_s  # the batch's gain per second served
+            prefill_of = capacity.prefill_latency_s
+            recompute = np.array([prefill_of(t) for t in v.tokens[sub[victims]].tolist()])
+            benefit = density_admitted * blocks[victims] - gain[victims]
+            keep_victim[victims] = benefit <= loss_per_s * recompute
+
+        pos = np.empty(m, dtype=np.int64)
+        pos[order] = np.arange(m)
+        tier = np.where(selected & running, 0, np.where(keep_victim, 1, np.where(selected, 2, 3)))
+        final = np.lexsort((pos, tier))
+        run, full = _pack_full(final, blocks, capacity.kv_blocks, capacity.max_batch)
+        if thr > -math.inf:
+            # Tiers 0-2 come before every request left out (tier 3); within tier 3, by density.
+            early = (tier < 3) | protected
+            if not (full and _beyond(run, early, gain / blocks, thr)):
+                return None
+        in_run = np.zeros(m, dtype=bool)
+        in_run[run] = True
+        out = final[running[final] & ~in_run[final]][::-1]  # lowest priority goes first
+        return sub[run], sub[out]
+
+    # -- Algorithm 1 ----------------------------------------------------------------------------
+
+    def _knapsack_reference(
+        self, now_s: float, requests: Sequence[RequestView], capacity: Capacity
+    ) -> Decision:
+        """Algorithm 1 over the whole snapshot, straightforwardly: the definition of a decision.
+
+        :meth:`schedule` takes the fast path (:meth:`_knapsack`); tests check the two agree.
+        """
         cfg = self.config
         n_req = len(requests)
         bs = capacity.block_size
@@ -224,15 +379,25 @@ class AndesPolicy(Policy):
 def _pack(order: np.ndarray, blocks: np.ndarray, kv_blocks: int, max_batch: int) -> np.ndarray:
     """Indices taken greedily in ``order`` while they fit (skipping those that do not).
 
-    The same result as :func:`engine.policy.packing.greedy_pack`, with the leading run that fits
-    found by a cumulative sum and only the tail after the first misfit walked in Python.
+    The same result as :func:`engine.policy.packing.greedy_pack`.
+    """
+    return _pack_full(order, blocks, kv_blocks, max_batch)[0]
+
+
+def _pack_full(
+    order: np.ndarray, blocks: np.ndarray, kv_blocks: int, max_batch: int
+) -> tuple[np.ndarray, bool]:
+    """:func:`_pack`, and whether it ended full (no slot or no KV block left).
+
+    The leading run that fits is found by a cumulative sum; only the tail after the first misfit
+    is walked in Python. A packing that ended full never looked past its last pick.
     """
     sizes = blocks[order]
     k = min(int(np.searchsorted(np.cumsum(sizes), kv_blocks, side="right")), max_batch)
-    if k == len(order) or k == max_batch:
-        return order[:k]
     free = kv_blocks - float(sizes[:k].sum())
     slots = max_batch - k
+    if k == len(order) or k == max_batch:
+        return order[:k], slots == 0 or free <= 0
     # Walk only the candidates small enough to fit what is left after the leading run.
     tail = np.flatnonzero(sizes[k + 1 :] <= free) + k + 1
     extra = []
@@ -243,4 +408,135 @@ def _pack(order: np.ndarray, blocks: np.ndarray, kv_blocks: int, max_batch: int)
             extra.append(j)
             free -= size
             slots -= 1
-    return np.concatenate([order[:k], order[np.array(extra, dtype=np.int64)]])
+    taken = np.concatenate([order[:k], order[np.array(extra, dtype=np.int64)]])
+    return taken, slots == 0 or free <= 0
+
+
+def _beyond(taken: np.ndarray, early: np.ndarray, density: np.ndarray, thr: float) -> bool:
+    """Whether the last request a full packing took sorts before every request left out.
+
+    Those left out are waiting (never ``early``: protected or in an earlier tier) and no denser
+    than ``thr``.
+    """
+    if not taken.size:
+        return True
+    last = int(taken[-1])
+    return bool(early[last]) or float(density[last]) > thr
+
+
+_MIN_CANDIDATES = 64  # waiting requests valued exactly on a first try
+
+# Columns of _Snapshot.cols (one row per request, by position in the snapshot).
+_ARRIVAL, _TTFT, _G, _NTOK, _NEED, _TOKENS, _BLOCKS, _RUNNING = range(8)
+_HAS_REPORT, _REPORT_T, _REPORT_BUF, _REPORT_PAUSED, _REPORT_G = range(8, 13)
+
+
+@dataclass(frozen=True, slots=True)
+class _Values:
+    """Per-request inputs of the knapsack at one ``now`` (arrays by snapshot position)."""
+
+    arrival: np.ndarray  # arrival, seconds (absolute)
+    ttft: np.ndarray  # spec ttft_s
+    g: np.ndarray  # 1 / spec tds_tok_s
+    ntok: np.ndarray  # tokens delivered so far
+    need: np.ndarray  # when the reader needs the next token, absolute (measured slack if fresh)
+    g_r: np.ndarray  # 1 / the reader's pace (measured if fresh)
+    tokens: np.ndarray  # prompt + output tokens
+    blocks: np.ndarray  # KV blocks for the next step (step_blocks)
+    running: np.ndarray  # bool
+
+
+class _Snapshot:
+    """What ``andes`` reads from each RequestView, kept between steps (adapters reuse views).
+
+    A view's row is re-read only when its key changed: identity, state, token counts, KV blocks,
+    its slack report (frozen, so compared by identity first) and its tracker's token count (the
+    tracker changes only by delivering tokens). Everything that depends on ``now`` is computed from
+    the rows with numpy in :meth:`values`.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[tuple[object, ...]] = []
+        self.ids: list[str] = []
+        self.cols = np.empty((13, 0))
+        self.block_size = 0
+
+    def sync(self, requests: Sequence[RequestView], block_size: int) -> None:
+        keys = [
+            (r.req_id, r.state, r.output_tokens, r.kv_blocks, r.prompt_tokens, r.slack,
+             r.tracker.num_tokens, r.tracker, r.spec, r.arrival_s)
+            for r in requests
+        ]  # fmt: skip
+        n, old = len(keys), self.keys
+        if block_size != self.block_size or not old:
+            self.cols, changed = np.empty((13, n)), list(range(n))
+        else:
+            changed = []
+            if n == len(old):
+                changed = np.flatnonzero(np.fromiter(map(ne, keys, old), bool, n)).tolist()
+            if n != len(old) or any(keys[i][0] != old[i][0] for i in changed):
+                changed = self._realign(keys)  # requests came and went: rows move by req_id
+        if changed:
+            rows = [_row(requests[i], block_size) for i in changed]
+            self.cols[:, np.array(changed, dtype=np.int64)] = np.array(rows).T
+        self.keys = keys
+        self.ids = [k[0] for k in keys]  # type: ignore[misc]
+        self.block_size = block_size
+
+    def _realign(self, keys: list[tuple[object, ...]]) -> list[int]:
+        """Move the rows still valid to their new positions; return the positions to re-read."""
+        old = self.keys
+        at = {k[0]: j for j, k in enumerate(old)}
+        dst, src, changed = [], [], []
+        for i, k in enumerate(keys):
+            j = at.get(k[0], -1)
+            if j >= 0 and old[j] == k:
+                dst.append(i)
+                src.append(j)
+            else:
+                changed.append(i)
+        cols = np.empty((13, len(keys)))
+        cols[:, np.array(dst, dtype=np.int64)] = self.cols[:, np.array(src, dtype=np.int64)]
+        self.cols = cols
+        return changed
+
+    def total_blocks(self) -> float:
+        return float(self.cols[_BLOCKS].sum())
+
+    def running_ids(self) -> set[str]:
+        ids = self.ids
+        return {ids[i] for i in np.flatnonzero(self.cols[_RUNNING] > 0.0).tolist()}
+
+    def values(self, now_s: float, staleness_s: float) -> _Values:
+        c = self.cols
+        fresh = (c[_HAS_REPORT] > 0.0) & (now_s - c[_REPORT_T] <= staleness_s)
+        measured = np.where(
+            c[_REPORT_PAUSED] > 0.0,
+            math.inf,
+            now_s + (c[_REPORT_BUF] - np.maximum(now_s - c[_REPORT_T], 0.0)),
+        )
+        return _Values(
+            arrival=c[_ARRIVAL], ttft=c[_TTFT], g=c[_G], ntok=c[_NTOK],
+            need=np.where(fresh, measured, c[_NEED]), g_r=np.where(fresh, c[_REPORT_G], c[_G]),
+            tokens=c[_TOKENS], blocks=c[_BLOCKS], running=c[_RUNNING] > 0.0,
+        )  # fmt: skip
+
+
+def _row(r: RequestView, block_size: int) -> tuple[float, ...]:
+    """One request's row of :class:`_Snapshot` (the same arithmetic as the reference)."""
+    spec, tr = r.spec, r.tracker
+    gi = 1.0 / spec.tds_tok_s
+    n = tr.num_tokens
+    tokens = r.prompt_tokens + r.output_tokens
+    need = tr.arrival_s + tr.last_read_s + gi if n else -math.inf
+    blocks = max(r.kv_blocks, -(-tokens // block_size), 1)
+    running = 1.0 if r.state is ReqState.RUNNING else 0.0
+    rep = r.slack
+    if rep is None:
+        no_report = (0.0, 0.0, 0.0, 0.0, gi)
+        return (r.arrival_s, spec.ttft_s, gi, n, need, tokens, blocks, running, *no_report)
+    tds = rep.tds_tok_s
+    buf = (rep.delivered - rep.consumed) / tds if tds else math.inf
+    g_r = 1.0 / tds if tds else math.inf
+    return (r.arrival_s, spec.ttft_s, gi, n, need, tokens, blocks, running,
+            1.0, rep.t_s, buf, float(rep.paused), g_r)  # fmt: skip

@@ -1,8 +1,10 @@
 """The serve gain of :func:`engine.qoe.predict_serve_gain`, for many requests at once (numpy).
 
-Same closed form, same arguments as arrays, relative to each request's arrival. ``andes`` values a
-whole snapshot per candidate batch size with one call; the scalar function stays the reference
-(``tests/engine/policy/test_horizon.py`` checks the two agree).
+Same closed form, same arguments as arrays, relative to each request's arrival. The arguments
+broadcast, so ``andes`` values its candidates at every candidate batch size in one call
+(``latency`` of shape ``(B, 1)`` against per-request rows); the result is elementwise, so a
+request's value does not depend on what else is in the call. The scalar function stays the
+reference (``tests/engine/policy/test_horizon.py`` checks the two agree).
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ def serve_gain(
     d1: np.ndarray,  # first new token's arrival, seconds since arrival
     need: np.ndarray,  # when the reader needs the next token, seconds since arrival (±inf allowed)
     g_r: np.ndarray,  # 1 / the reader's pace
-    latency: float,  # per-token latency L of the batch
+    latency: float | np.ndarray,  # per-token latency L of the batch
 ) -> np.ndarray:
     """Per request, ``predict_serve_gain`` (QoE points gained at ``h`` by serving, ≥ 0)."""
+    h, ttft, g, n, d1, need, g_r, latency = np.broadcast_arrays(
+        h, ttft, g, n, d1, need, g_r, np.asarray(latency, dtype=float)
+    )
     m = np.where(h < ttft, 0.0, np.floor((h - ttft) / g) + 1.0)
     denom = m * (h - ttft) - g * m * (m - 1.0) * 0.5
     k_hi = np.maximum(m - n + 1.0, 1.0)  # tokens k in [1, k_hi) are due before h
