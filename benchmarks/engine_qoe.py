@@ -249,8 +249,12 @@ def targets(rows: Sequence[Summary], baseline: str, candidate: str) -> list[str]
                    f" {candidate} {cc:g} req/s → **{ratio:.2f}×** ({verdict}; resolution is the"
                    " load grid)")  # fmt: skip
     else:
+
+        def show(c: float | None) -> str:
+            return f"{c:g} req/s" if c else "no load"
+
         out.append(f"- Capacity at avg QoE ≥ 0.9 (target ≥ 1.3×): not measured — {baseline}:"
-                   f" {cb}, {candidate}: {cc} (no load reached 0.9)")  # fmt: skip
+                   f" {show(cb)}, {candidate}: {show(cc)} reached 0.9")  # fmt: skip
     losses = [(r, 1 - cand[r].throughput_tok_s / base[r].throughput_tok_s) for r in rates
               if base[r].throughput_tok_s > 0]  # fmt: skip
     if losses:
