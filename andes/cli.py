@@ -15,9 +15,9 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("engine.sim.cli", "run the trace-driven simulator (policies side by side)"),
     "engine": ("engine.vllm.cli", "start vLLM's OpenAI server with the Andes scheduler"),
-    "gateway": ("gateway.cli", "start the pacing gateway in front of an OpenAI-compatible engine"),
-    "serve": ("andes.serve", "start the engine on the bundled model, the gateway and the demo page"),
-    "bench": ("engine.bench.cli", "replay a workload against an endpoint and score QoE per request"),
+    "gateway": ("gateway.cli", "the pacing gateway in front of an OpenAI-compatible engine"),
+    "serve": ("andes.serve", "engine on the bundled model + gateway + demo page"),
+    "bench": ("engine.bench.cli", "replay a workload against an endpoint; QoE per request"),
     "chat": ("gateway.chat", "a terminal chat that renders answers at your reading pace"),
 }
 
@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="andes",
-        description="Andes: stream LLM text at each reader's pace, and schedule the engine for QoE.",
+        description="Andes: stream LLM text at each reader's pace; schedule the engine for QoE.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in SUBCOMMANDS.items():
