@@ -61,6 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.vllm.cli import preflight
     from engine.vllm.launch import EngineConfig, EngineError, EngineProcess
     from engine.vllm.model import model_cache_dir
     from engine.vllm.settings import SchedulerSettings
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
             kv_cache_gb=args.kv_cache_gb,
             enforce_eager=args.enforce_eager,
         )
-    except ValueError as exc:
+        preflight(engine_config)
+    except (RuntimeError, ValueError) as exc:
         print(f"andes serve: {exc}", file=sys.stderr)
         return 2
     log_path = args.engine_log or model_cache_dir().parent.parent / "engine.log"

@@ -19,7 +19,7 @@ from engine.vllm.launch import EngineConfig
 from engine.vllm.model import BUNDLED_MODEL, prepare_bundled_model, resolve_model
 from engine.vllm.settings import SchedulerSettings
 
-__all__ = ["add_arguments", "config_from_args", "run"]
+__all__ = ["add_arguments", "config_from_args", "preflight", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,6 +123,16 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     )
 
 
+def preflight(config: EngineConfig) -> None:
+    """Check the vLLM version and the policy here, with a clear message, rather than fail inside
+    vLLM's engine-core process. Raises ``RuntimeError``/``ValueError``."""
+    if not config.stock:
+        from engine.vllm.scheduler import check_vllm_version, load_policy
+
+        check_vllm_version()
+        load_policy(config.scheduler)
+
+
 def run(args: argparse.Namespace) -> int:
     """Prepare the model if bundled, then exec vLLM's server."""
     if args.prepare_model:
@@ -133,16 +143,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"andes engine: {exc}", file=sys.stderr)
         return 2
-    if not config.stock:
-        # Fail here, with a clear message, rather than inside vLLM's engine-core process.
-        from engine.vllm.scheduler import check_vllm_version, load_policy
-
-        try:
-            check_vllm_version()
-            load_policy(config.scheduler)
-        except (RuntimeError, ValueError) as exc:
-            print(f"andes engine: {exc}", file=sys.stderr)
-            return 2
+    try:
+        preflight(config)
+    except (RuntimeError, ValueError) as exc:
+        print(f"andes engine: {exc}", file=sys.stderr)
+        return 2
     cmd = config.command(resolve_model(config.model))
     env = config.environment()
     if args.print_command:
