@@ -19,7 +19,8 @@ from pathlib import Path
 BENCHMARKS_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 _HEADER = (
     "# Benchmarks\n\n"
-    "Every number here was written by the command shown in its section, on the machine named there.\n"
+    "Every number here was written by the command shown in its section, on the machine named\n"
+    "there. "
     "Targets are stated beside the measurement; a miss is reported as measured.\n"
 )
 

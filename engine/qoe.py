@@ -1,12 +1,13 @@
 """The QoE model of a streamed response — the one definition every part of Andes uses.
 
-After *Andes* (Liu et al., arXiv 2404.16283, §3). A request carries an expectation, :class:`QoESpec`:
-the first token should be readable ``ttft_s`` after arrival and later tokens at the reader's pace of
-``tds_tok_s`` tokens per second, so token *i* (0-based) is expected at ``e_i = ttft + i / tds``.
+After *Andes* (Liu et al., arXiv 2404.16283, §3). A request carries an expectation,
+:class:`QoESpec`: the first token should be readable ``ttft_s`` after arrival and later tokens at
+the reader's pace of ``tds_tok_s`` tokens per second, so token *i* (0-based) is expected at
+``e_i = ttft + i / tds``.
 
 A token that arrives at ``d_i`` (seconds since the request arrived) is read at
-``c_i = max(d_i, c_{i-1} + 1/tds)`` with ``c_0 = d_0``: early tokens wait in the reader's buffer, late
-tokens delay everything after them. With ``E = c_{n-1}``::
+``c_i = max(d_i, c_{i-1} + 1/tds)`` with ``c_0 = d_0``: early tokens wait in the reader's buffer,
+late tokens delay everything after them. With ``E = c_{n-1}``::
 
     QoE = 1 - Σ_i max(c_i - e_i, 0) / Σ_i (E - e_i)      clipped to [0, 1]; 0 if no token arrived
 
@@ -16,24 +17,27 @@ consequences worth knowing (both documented in DESIGN.md):
 * A response of ``l`` tokens that is perfect except a first-token delay ``d`` scores
   ``1 / (1 + 2·d·tds / (l - 1))`` exactly (≈ ``1/(1 + 2·d·tds/l)``).
 * Because the areas run to the actual end, delaying the *last* token of an already-late stream can
-  raise its score (tokens due at 1.0 s and 1.2 s read at 10.0/10.2 s score 0.011; read at 10.0/20.2 s,
-  0.267). We keep the paper's definition; policies never use the final score as an objective — they
-  value requests with the horizon predictors below, whose benefit term is monotone in delivery time.
+  raise its score (tokens due at 1.0 s and 1.2 s read at 10.0/10.2 s score 0.011; read at
+  10.0/20.2 s, 0.267). We keep the paper's definition; policies never use the final score as an
+  objective — they value requests with the horizon predictors below, whose benefit term is
+  monotone in delivery time.
 
 (The authors' released ``qoe_tracker.py`` compares token *i* using token *i-1*'s read time and
 subtracts an extra ``n/(2·tds)`` from the denominator; we do not copy either.)
 
-Horizon predictors (used by the scheduler, §4.2 of the paper). At time ``t`` the scheduler asks what a
-request's QoE will be at ``h = t + Δt`` if it waits (no token in the horizon) or if it is served at a
-per-token latency ``L``. We evaluate the same area ratio truncated at ``h``: the expected curve runs to
-``h`` (every token with ``e_i ≤ h`` counts, delivered or not), an undelivered token contributes
-``h - e_i`` to the gap, and a token read at ``c_i ≤ h`` contributes ``max(c_i - e_i, 0)``. Waiting and
-serving share the denominator, so the value of serving is the closed-form sum
-``Σ_k max(h - max(c_k, e_k), 0) / Σ_{e_i ≤ h} (h - e_i)`` over the tokens generated in the horizon.
+Horizon predictors (used by the scheduler, §4.2 of the paper). At time ``t`` the scheduler asks
+what a request's QoE will be at ``h = t + Δt`` if it waits (no token in the horizon) or if it is
+served at a per-token latency ``L``. We evaluate the same area ratio truncated at ``h``: the
+expected curve runs to ``h`` (every token with ``e_i ≤ h`` counts, delivered or not), an
+undelivered token contributes ``h - e_i`` to the gap, and a token read at ``c_i ≤ h`` contributes
+``max(c_i - e_i, 0)``. Waiting and serving share the denominator, so the value of serving is the
+closed-form sum ``Σ_k max(h - max(c_k, e_k), 0) / Σ_{e_i ≤ h} (h - e_i)`` over the tokens
+generated in the horizon.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,7 +132,8 @@ class QoETracker:
         self.late_area_s = 0.0  # Σ max(c_i - e_i, 0)
 
     def add(self, now_s: float, count: int = 1) -> None:
-        """Record ``count`` tokens delivered at ``now_s`` (absolute, same clock as ``arrival_s``)."""
+        """Record ``count`` tokens delivered at ``now_s`` (absolute, same clock as
+        ``arrival_s``)."""
         d = now_s - self.arrival_s
         gap = 1.0 / self.spec.tds_tok_s
         for _ in range(count):
@@ -169,13 +174,14 @@ def slack_s(buffered_tokens: float, tds_tok_s: float, paused: bool = False) -> f
     return max(buffered_tokens, 0.0) / tds_tok_s
 
 
-# --- Horizon predictors (closed form, O(1) per call) -------------------------------------------------
+# --- Horizon predictors (closed form, O(1) per call) ---------------------------------------
 #
 # Times below are relative to the request's arrival. With H the horizon, g = 1/tds of the spec:
 #
 #   D(H)      = Σ_{e_i ≤ H} (H - e_i)                               the expected area to H
 #   gap_wait  = Σ_{i<n} max(min(c_i, H) - e_i, 0) + Σ_{n ≤ i, e_i ≤ H} (H - e_i)
-#   gain      = Σ_{k ≥ 1} max(H - max(c'_k, e_{n+k-1}), 0)          what serving removes from the gap
+#   gain      = Σ_{k ≥ 1} max(H - max(c'_k, e_{n+k-1}), 0)          what serving removes from the
+# gap
 #
 # Q_wait = 1 - gap_wait / D and Q_serve = Q_wait + gain / D; both lie in [0, 1] without clipping
 # because every token's contribution to the gap is at most its contribution to D.
@@ -220,7 +226,7 @@ def _sum_pos_min_lines(lines: Sequence[tuple[float, float]], lo: int, hi: int) -
                     cuts.add(math.ceil(x))
     edges = sorted(cuts)
     total = 0.0
-    for start, end in zip(edges, edges[1:], strict=False):
+    for start, end in itertools.pairwise(edges):
         if end <= start:
             continue
         # No crossing lies between the integers of [start, end): one line is lowest on all of them.

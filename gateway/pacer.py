@@ -7,13 +7,13 @@ engine's tokens as they arrive, and asks :meth:`Pacer.due` for what to send, the
 :meth:`Pacer.next_due_s`.
 
 The reading model is the QoE model's (engine/qoe.py): token *i* is read at
-``c_i = max(arrival_i, c_{i-1} + 1/tds)``. In ``server`` mode the pacer releases token *i* no later than
-``c_i`` — up to one display frame early, so text is coalesced into at most one write per frame
-(``frame_s``, default 50 ms = 20 Hz) instead of one write per token, and is never late because of the
-coalescing. With ``word_boundary`` it also releases, early, the rest of a word already received, so a
-frame does not end mid-word. In ``client`` and ``off`` modes text is released as soon as it arrives
-(the client paces), while the same reading model estimates how much the reader has consumed until the
-client's acknowledgements say so.
+``c_i = max(arrival_i, c_{i-1} + 1/tds)``. In ``server`` mode the pacer releases token *i* no later
+than ``c_i`` — up to one display frame early, so text is coalesced into at most one write per frame
+(``frame_s``, default 50 ms = 20 Hz) instead of one write per token, and is never late because of
+the coalescing. With ``word_boundary`` it also releases, early, the rest of a word already received,
+so a frame does not end mid-word. In ``client`` and ``off`` modes text is released as soon as it
+arrives (the client paces), while the same reading model estimates how much the reader has consumed
+until the client's acknowledgements say so.
 
 End of stream: after :meth:`close`, buffered text keeps its pace (``end="pace"``, the default: the
 reader sees no burst at the end) or is released at once (``end="flush"``). :attr:`done` is true once
