@@ -27,6 +27,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized
 from gateway.errors import openai_error as _openai_error
 from gateway.metrics import CONTENT_TYPE
+from gateway.reporter import start_for_gateway as start_slack_reporter
 from gateway.service import Gateway
 
 __all__ = ["GATEWAY", "create_app", "serve", "start"]
@@ -116,6 +117,14 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     await gw.upstream.close()
 
 
+async def _reporter_ctx(app: web.Application) -> AsyncIterator[None]:
+    # Slack reports to the engine's scheduler (gateway/reporter.py); off when not configured.
+    reporter = await start_slack_reporter(app[GATEWAY])
+    yield
+    if reporter is not None:
+        await reporter.stop()
+
+
 async def _on_shutdown(app: web.Application) -> None:
     gw = app[GATEWAY]
     if len(gw.table):
@@ -141,6 +150,7 @@ def create_app(config: GatewayConfig) -> web.Application:
     if CLIENT_JS_DIR.is_dir():
         app.router.add_static("/client_js/", CLIENT_JS_DIR)
     app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(_reporter_ctx)
     app.on_shutdown.append(_on_shutdown)
     return app
 
@@ -167,8 +177,7 @@ async def start(config: GatewayConfig, host: str | None = None,
 async def serve(config: GatewayConfig, ready: Callable[[int], None] | None = None) -> None:
     """Run until cancelled (SIGINT/SIGTERM in the CLI), then shut down gracefully."""
     runner, port = await start(config)
-    log.info("andes gateway listening on http://%s:%d (upstreams: %s)", config.host, port,
-             ", ".join(config.upstreams))
+    log.info("serving on %s:%d; upstreams: %s", config.host, port, ", ".join(config.upstreams))
     if ready is not None:
         ready(port)
     try:

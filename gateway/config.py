@@ -51,6 +51,12 @@ class GatewayConfig:
     shutdown_grace_s: float = 10.0  # on shutdown, live streams get this long to finish
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Slack reporting to the engine's scheduler (gateway/reporter.py): explicit ws:// endpoints,
+    # else the adverts of upstreams on this host (engine/slack_discovery.py).
+    slack_urls: tuple[str, ...] = ()
+    slack_discovery: bool = True
+    slack_secret: str | None = None  # the engine's ANDES_SLACK_SECRET
+    slack_interval_s: float = 0.075  # one batch of every live stream's slack per interval
 
     def __post_init__(self) -> None:
         for url in self.upstreams:
@@ -78,12 +84,22 @@ class GatewayConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if any(not k for k in self.api_keys):
             raise ConfigError("api_keys: an API key must not be empty")
+        for url in self.slack_urls:
+            if not url.startswith(("ws://", "wss://")):
+                raise ConfigError(f"slack_urls: {url!r} is not a ws:// or wss:// URL")
+        if self.slack_secret is not None and not self.slack_secret:
+            raise ConfigError("slack_secret must not be empty (leave it unset for none)")
+        if not (math.isfinite(self.slack_interval_s) and 0 < self.slack_interval_s <= 10):
+            raise ConfigError(
+                f"slack_interval_s must be within (0, 10] seconds, got {self.slack_interval_s!r}"
+            )
 
     def redacted(self) -> dict[str, Any]:
         """The configuration for logs: secrets replaced by their count."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["api_keys"] = f"<{len(self.api_keys)} keys>"
         out["upstream_api_key"] = "<set>" if self.upstream_api_key else None
+        out["slack_secret"] = "<set>" if self.slack_secret else None
         return out
 
 
