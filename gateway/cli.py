@@ -135,7 +135,10 @@ def run(args: argparse.Namespace) -> int:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, task.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await serve(config)
+            # Printed whatever the log level: scripts starting us with --port 0 read the port.
+            await serve(config, ready=lambda port: print(
+                f"andes gateway listening on http://{config.host}:{port}", file=sys.stderr,
+                flush=True))
 
     try:
         asyncio.run(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class Script:
     error_after: int | None = None  # after this many tokens, send an error event and stop
     drop_after: int | None = None  # after this many tokens, close the connection abruptly
     finish_reason: str = "stop"
+    stamp: bool = False  # each token's text is its emission time (time.monotonic(), benchmarks)
 
 
 @dataclass
@@ -91,6 +93,10 @@ class ScriptedUpstream:
         if self._runner is not None:
             await self._runner.cleanup()
 
+    def keep_records(self, keep: bool) -> None:
+        """Benchmarks turn recording off so memory does not grow with the request count."""
+        self._keep = keep
+
     async def _models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": self.owned_by}
@@ -99,7 +105,8 @@ class ScriptedUpstream:
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         record = Record(body, request.path, dict(request.headers))
-        self.records.append(record)
+        if getattr(self, "_keep", True):
+            self.records.append(record)
         self._touch()
         script = self.queue.pop(0) if self.queue else self.script
         if script.status != 200:
@@ -141,7 +148,7 @@ class ScriptedUpstream:
                     await asyncio.sleep(script.stall_s)
                 elif i and script.gap_s:
                     await asyncio.sleep(script.gap_s)
-                await resp.write(chunk(tok))
+                await resp.write(chunk(f"{time.monotonic():.6f} " if script.stamp else tok))
                 record.sent += 1
             await resp.write(chunk(None, script.finish_reason))
             n = len(script.tokens)
@@ -156,3 +163,24 @@ class ScriptedUpstream:
         finally:
             self._touch()
         return resp
+
+
+def main() -> None:
+    """``python tests/gateway/scripted_upstream.py TOKENS GAP_S FIRST_DELAY_S [stamp]``: serve a
+    fixed script on a free port (printed on stdout) until killed — for benchmarks."""
+    import sys
+
+    async def run() -> None:
+        up = ScriptedUpstream()
+        up.keep_records(False)
+        n, gap, first = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+        up.script = Script(tokens=[f"w{i} " for i in range(n)], gap_s=gap, first_delay_s=first,
+                           stamp="stamp" in sys.argv[4:])
+        print(await up.start(), flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()
