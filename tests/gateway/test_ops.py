@@ -133,3 +133,16 @@ def test_config_precedence_and_errors(tmp_path) -> None:
         load_config(file=tmp_path / "typo.toml")
     with pytest.raises(ConfigError, match=r"missing\.toml"):
         load_config(file=tmp_path / "missing.toml")
+
+
+async def test_demo_page_and_static_routes(gateway) -> None:
+    from gateway.app import CLIENT_JS_DIR, STATIC_DIR
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gateway.url + "/") as resp:
+            assert resp.status == 200
+        if (STATIC_DIR / "index.html").is_file():
+            async with s.get(gateway.url + "/static/index.html") as resp:
+                assert resp.status == 200
+        if (CLIENT_JS_DIR / "protocol.js").is_file():
+            async with s.get(gateway.url + "/client_js/protocol.js") as resp:
+                assert resp.status == 200
