@@ -80,6 +80,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="skip graph compilation: faster start, slower steps",
     )
     parser.add_argument(
+        "--slack-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="listen for the gateway's slack reports on this port (0: any free port, advertised "
+        "under ~/.cache/andes/slack; ANDES_SLACK_HOST / ANDES_SLACK_SECRET in the environment "
+        "set the address and a shared secret); default: no slack channel",
+    )
+    parser.add_argument(
         "--prepare-model",
         action="store_true",
         help="prepare the bundled model (convert once, cached) and exit",
@@ -120,6 +129,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         max_num_seqs=args.max_num_seqs,
         served_model_name=args.served_model_name,
         extra_args=tuple(extra),
+        slack_port=args.slack_port,
     )
 
 

@@ -78,6 +78,10 @@ class EngineConfig:
     served_model_name: str | None = None  # default: the bundled name, or the model as given
     async_scheduling: bool | None = None  # None: async on GPU builds, sync on the CPU build
     extra_args: tuple[str, ...] = ()  # passed to vLLM's server as they are
+    # The slack side channel (engine/vllm/slack_server.py): base port of its WebSocket receiver
+    # (rank r of data parallelism listens on base + r; 0 = ephemeral, found through the advert
+    # file of engine/slack_discovery.py); None = no channel.
+    slack_port: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -86,6 +90,8 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 16 tokens, got {self.max_model_len!r}")
         if not (math.isfinite(self.kv_cache_gb) and self.kv_cache_gb > 0):
             raise ValueError(f"kv_cache_gb must be > 0, got {self.kv_cache_gb!r}")
+        if self.slack_port is not None and not 0 <= self.slack_port <= 65535:
+            raise ValueError(f"slack_port must be in 0..65535, got {self.slack_port!r}")
         for name in ("max_num_seqs", "num_kv_blocks", "block_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -156,6 +162,9 @@ class EngineConfig:
                 env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         if not self.stock:
             env.update(self.scheduler.to_env())
+            if self.slack_port is not None:
+                env["ANDES_SLACK_PORT"] = str(self.slack_port)
+                env["ANDES_SLACK_HTTP_PORT"] = str(self.port)  # the advert's key
         return env
 
     def replace(self, **changes: object) -> EngineConfig:

@@ -33,6 +33,10 @@ Per-request QoE comes from the OpenAI request's ``vllm_xargs`` (→ ``SamplingPa
 
 Measured slack plugs in through :meth:`AndesSchedulerMixin.report_slack` (the side channel calls it
 from inside the engine-core process); reports older than ``ANDES_SLACK_STALE_S`` are ignored.
+With ``ANDES_SLACK_PORT`` set (``andes engine --slack-port``), the scheduler runs the side channel's
+receiver itself (:mod:`engine.vllm.slack_server`: a WebSocket server in a thread of this process,
+base port + data-parallel rank, advertised for gateways by :mod:`engine.slack_discovery`); each
+step reads its fresh reports by stream id, and a report from :meth:`report_slack` is the fallback.
 
 If the policy raises, the error is logged and that step runs with vLLM's own decision — a policy
 bug must not take the engine and every stream on it down.
@@ -43,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -67,6 +72,7 @@ from engine.policy.base import (
 )
 from engine.qoe import QoESpec, QoETracker
 from engine.vllm.settings import SchedulerSettings
+from engine.vllm.slack_server import SlackServer, start_for_engine
 from engine.vllm.step_latency import StepLatencyModel
 
 __all__ = [
@@ -154,6 +160,7 @@ class AndesSchedulerMixin:
     _step_marks: dict[int, tuple[float, int, int]]
     _last_output_s: float
     _policy_failures: int
+    slack_server: SlackServer | None
 
     running: list[Request]
     waiting: Any
@@ -185,6 +192,12 @@ class AndesSchedulerMixin:
         self._step_marks = {}  # id(SchedulerOutput) -> (scheduled at, decode seqs, prefill tokens)
         self._last_output_s = -math.inf
         self._policy_failures = 0
+        # The slack side channel (engine/vllm/slack_server.py): a WebSocket receiver in a thread
+        # of this engine-core process, when ANDES_SLACK_PORT is set. One per data-parallel rank.
+        dp_rank = getattr(getattr(self, "parallel_config", None), "data_parallel_rank", 0) or 0
+        self.slack_server = start_for_engine(
+            os.environ, dp_rank, sys.argv, clock=lambda: self.clock()  # reports on our clock
+        )
         logger.info("Andes scheduler: policy %r, %s", self.settings.policy, self.settings)
 
     # -- the hook for measured slack -------------------------------------------------------------
@@ -330,7 +343,11 @@ class AndesSchedulerMixin:
             view.kv_blocks = -(-request.num_tokens // bs)
         view.output_tokens = request.num_output_tokens
         view.preemptions = request.num_preemptions
-        report = self._slack_reports.get(self._stream_ids[req_id]) if self._slack_reports else None
+        stream_id = self._stream_ids[req_id]
+        server = self.slack_server
+        report = server.fresh(stream_id, now_s, self.settings.slack_stale_s) if server else None
+        if report is None and self._slack_reports:
+            report = self._slack_reports.get(stream_id)
         if report is not None and now_s - report.t_s > self.settings.slack_stale_s:
             report = None
         view.slack = report
@@ -357,6 +374,8 @@ class AndesSchedulerMixin:
         self._stream_ids[request.request_id] = (
             str(stream_id) if stream_id is not None else request.request_id
         )
+        if stream_id is not None and self.slack_server is not None:
+            self.slack_server.register(str(stream_id))  # reports for it are accepted from now on
         return view
 
     def _spec(self, req_id: str, extra: dict[str, Any]) -> QoESpec:
@@ -385,7 +404,14 @@ class AndesSchedulerMixin:
 
     def _forget(self, req_id: str) -> None:
         self._views.pop(req_id, None)
-        self._stream_ids.pop(req_id, None)
+        stream_id = self._stream_ids.pop(req_id, None)
+        if stream_id is not None and self.slack_server is not None:
+            self.slack_server.unregister(stream_id)
+
+    def shutdown(self) -> None:
+        if self.slack_server is not None:
+            self.slack_server.stop()
+        super().shutdown()  # type: ignore[misc]
 
     # -- step timing, for the latency model ------------------------------------------------------
 

@@ -333,3 +333,48 @@ class SlackServer:
             await ws.close(_CLOSE_POLICY, "authentication failed")
             return False
         return True
+
+
+def http_port_from_argv(argv: Sequence[str]) -> int | None:
+    """The ``--port`` of vLLM's API server command line, if it has one.
+
+    vLLM's engine core is a spawned child; ``multiprocessing`` gives it its parent's ``sys.argv``,
+    so this finds the HTTP port when the engine was started by hand (``andes engine`` and
+    :class:`engine.vllm.launch.EngineProcess` set ``ANDES_SLACK_HTTP_PORT`` instead).
+    """
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--port" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--port="):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def start_for_engine(
+    env: Mapping[str, str], dp_rank: int = 0, argv: Sequence[str] = (),
+    clock: Callable[[], float] = time.time,
+) -> SlackServer | None:
+    """Start the receiver for an engine core if ``ANDES_SLACK_PORT`` is set; else ``None``.
+
+    The advert is keyed by ``ANDES_SLACK_HTTP_PORT``, else the ``--port`` in ``argv``, else
+    vLLM's default 8000. Raises ``RuntimeError``/``ValueError`` on a bad setting or a port that
+    cannot be bound: asking for the channel and silently not getting it would be worse.
+    """
+    raw = env.get("ANDES_SLACK_HTTP_PORT", "").strip()
+    try:
+        http_port = int(raw) if raw else (http_port_from_argv(argv) or 8000)
+    except ValueError:
+        raise ValueError(f"ANDES_SLACK_HTTP_PORT must be an integer, got {raw!r}") from None
+    config = SlackServerConfig.from_env(env, dp_rank=dp_rank, http_port=http_port)
+    if config is None:
+        return None
+    server = SlackServer(config, clock=clock, advert_extra={"http_port": http_port,
+                                                            "dp_rank": dp_rank})
+    server.start()
+    return server
