@@ -8,13 +8,27 @@ requests that fall out are preempted. With the paper's cost controls:
 * **Batch-size pruning** (§4.3): only a few batch sizes ``B`` are tried (``batch_fractions`` of the
   largest possible); each values the requests at ``L = capacity.token_latency_s(B)`` and the best
   total gain wins.
-* **Selective triggering** (§4.3): the knapsack runs only under memory pressure (work that FCFS
-  would leave waiting, or would have to preempt) or when the per-token latency of the FCFS batch is
-  slower than the strictest reader in it (``L > 1 / max tds``). Otherwise the step is plain FCFS.
+* **Selective triggering** (§4.3): the knapsack runs only when FCFS would have to preempt, when
+  FCFS leaves a request waiting that is already *due* (its first token's ``ttft``, or its reader's
+  next read, comes before its prefill plus one token could reach it: until then waiting costs it
+  no QoE, so transient queueing that FCFS drains in time triggers nothing), or when the per-token
+  latency of the FCFS batch is slower than the strictest reader in it (``L > 1 / max tds``).
+  Otherwise the step is plain FCFS.
 * **Overhead-aware refinement** (paper v2, replacing v1's fixed preemption cap): a running request
-  is preempted only if what its blocks buy (at the admitted requests' value density) minus its own
-  gain exceeds the QoE the whole batch loses while it is recomputed later
-  (``capacity.prefill_latency_s`` of its tokens, at the batch's gain per second of service).
+  is preempted only if what its blocks buy (at the value density of the *due* admissions) minus
+  its own gain exceeds the QoE the whole batch loses while it is recomputed later
+  (``capacity.prefill_latency_s`` of its tokens, at the batch's gain per second of service), and
+  only as many go, lowest priority first, as the due admissions need room for.
+* **Starvation floor**: ``Q_serve - Q_wait`` of a request that keeps waiting decays roughly as
+  ``(Δt / wait)²`` (the QoE's expected area grows with the wait), and per KV block a long prompt
+  is worth little from the start, so under sustained load the density order alone never picks
+  it: it waits until arrivals stop. Maximizing average QoE favours this; a bounded wait is a
+  service guarantee on top. A request whose reader has been late more than ``starvation_s``
+  (first token or any later read) is protected while it runs, and when none such runs, the one
+  late the longest is admitted first: one at a time, so the floor costs the others at most one
+  request's share of the batch. 30 s is six horizons: by then its horizon gain is ~2% of a
+  fresh request's, below any footprint ratio in the paper's trace (most prompts take a few KV
+  blocks, the longest over 100), so without the floor it would not be picked at all.
 * **Anti-thrash**: a request admitted less than ``min_run_steps`` steps ago is not preempted, so a
   request is never parked just after paying its prefill; the horizon gain is monotone in delivery
   time, so no request gains value from having its last tokens delayed.
@@ -28,7 +42,7 @@ Older reports are ignored (the tracker's inference is used).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import ne
 
@@ -59,9 +73,11 @@ class AndesConfig:
     min_run_steps: int = 8  # steps after admission during which a request is not preempted
     overhead_aware: bool = True  # refine preemptions by their recompute cost (paper v2)
     latency_trigger: bool = True  # also trigger when the batch is slower than its strictest reader
+    # A reader stalled (or first token late) longer than this is starving: see "Starvation floor".
+    starvation_s: float = 30.0
 
     def __post_init__(self) -> None:
-        for name in ("horizon_s", "slack_staleness_s"):
+        for name in ("horizon_s", "slack_staleness_s", "starvation_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or v == math.inf:
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
@@ -104,14 +120,22 @@ class AndesPolicy(Policy):
         self._step += 1
         snap = self._snapshot
         snap.sync(requests, capacity.block_size)
-        # FCFS leaves work waiting or preempts exactly when everything together does not fit.
+        v = snap.values(now_s, self.config.slack_staleness_s)
+        n_run = int(v.running.sum())
+        must_preempt = n_run > capacity.max_batch or (
+            float(v.blocks[v.running].sum()) > capacity.kv_blocks
+        )
+        # FCFS leaves work waiting exactly when everything together does not fit.
         pressure = len(requests) > capacity.max_batch or snap.total_blocks() > capacity.kv_blocks
-        if pressure:
+        late = pressure and _any_late_waiting(now_s, v, capacity, len(requests))
+        if must_preempt or late:
             self.last_triggered = True
             decision = self._knapsack(now_s, requests, capacity)
         else:
             decision = fcfs_decision(requests, capacity)
-            self.last_triggered = self._triggered(now_s, requests, capacity, decision)
+            self.last_triggered = self.config.latency_trigger and _too_slow(
+                v, capacity, len(decision.run)
+            )
             if self.last_triggered:
                 decision = self._knapsack(now_s, requests, capacity)
         self._note_admissions(step, requests, decision)
@@ -120,15 +144,38 @@ class AndesPolicy(Policy):
     def _triggered(
         self, now_s: float, requests: Sequence[RequestView], capacity: Capacity, base: Decision
     ) -> bool:
-        if base.preempt or len(base.run) < len(requests):
-            return True  # memory pressure: FCFS must preempt or leave work waiting
+        """Whether the knapsack runs, given the FCFS decision ``base`` (straightforwardly).
+
+        :meth:`schedule` decides the same from the snapshot's columns. Memory pressure alone is
+        not enough: FCFS leaving a request waiting costs no QoE until that request is due (its
+        first token's ``ttft``, or its reader's next read), and transient queueing that FCFS
+        drains in time must not make andes preempt (it would pay recompute for nothing).
+        """
+        if base.preempt:
+            return True  # FCFS must preempt: the knapsack picks who goes instead
+        stale = self.config.slack_staleness_s
+        if len(base.run) < len(requests):
+            lat = capacity.token_latency_s(min(len(requests), capacity.max_batch))
+            for r in requests:
+                if r.state is ReqState.RUNNING:
+                    continue
+                tr, rep = r.tracker, r.slack
+                if rep is not None and now_s - rep.t_s <= stale:
+                    due = math.inf if rep.paused else now_s + rep.slack_s(now_s)
+                elif tr.num_tokens:
+                    due = tr.arrival_s + tr.last_read_s + 1.0 / r.spec.tds_tok_s
+                else:
+                    due = r.arrival_s + r.spec.ttft_s
+                prefill = capacity.prefill_latency_s(r.prompt_tokens + r.output_tokens)
+                if now_s + prefill + lat >= due:
+                    return True  # a request left waiting is due before a token could reach it
         if not self.config.latency_trigger or not base.run:
             return False
         max_tds = 0.0
         for r in requests:
             tds = r.spec.tds_tok_s
             rep = r.slack
-            if rep is not None and now_s - rep.t_s <= self.config.slack_staleness_s:
+            if rep is not None and now_s - rep.t_s <= stale:
                 tds = 0.0 if rep.paused else rep.tds_tok_s
             max_tds = max(max_tds, tds)
         return max_tds > 0.0 and capacity.token_latency_s(len(base.run)) > 1.0 / max_tds
@@ -170,6 +217,8 @@ class AndesPolicy(Policy):
         need_rel = v.need - v.arrival
         waiting = np.flatnonzero(~v.running)
         running = np.flatnonzero(v.running)
+        floor = _starvation_floor(now_s, v.running, v.read_late, _due(v), cfg.starvation_s)
+        always = np.union1d(running, np.flatnonzero(floor & ~v.running))
 
         k = waiting.size
         bound = np.empty(0)
@@ -185,10 +234,12 @@ class AndesPolicy(Policy):
                 sub, thr = np.arange(n_req), -math.inf
             else:
                 part = np.argpartition(-bound, k)
-                sub = np.sort(np.concatenate([running, waiting[part[:k]]]))
+                sub = np.union1d(always, waiting[part[:k]])
                 thr = float(bound[part[k]])
                 thr += abs(thr) * 1e-9 + 1e-12  # strictly above, with room for rounding
-            found = self._knapsack_over(sub, thr, now_s, requests, capacity, sizes, lats, v, h)
+            found = self._knapsack_over(
+                sub, thr, now_s, requests, capacity, sizes, lats, v, h, floor[sub]
+            )
             if found is not None:
                 break
             k *= 2
@@ -209,6 +260,7 @@ class AndesPolicy(Policy):
         lats: list[float],
         v: _Values,
         h_all: np.ndarray,
+        floor: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`_knapsack_reference` on the requests ``sub`` (ascending indices), or None.
 
@@ -228,6 +280,7 @@ class AndesPolicy(Policy):
             protected[run_at] = [
                 admitted_get(ids[i], -(10**9)) > protect_after for i in sub[run_at].tolist()
             ]
+        protected |= floor
         wait_at = np.flatnonzero(~running)
         if wait_at.size:
             prefill_of = capacity.prefill_latency_s
@@ -239,8 +292,8 @@ class AndesPolicy(Policy):
             h_all[sub], v.ttft[sub], v.g[sub], v.ntok[sub], (rel_now + prefill)[None, :] + lat_col,
             (v.need[sub] - arrival), v.g_r[sub], lat_col,
         )  # fmt: skip
-        best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
-        for b, gain in zip(sizes, gains, strict=True):
+        best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
+        for b, lat, gain in zip(sizes, lats, gains, strict=True):
             density = gain / blocks
             order = np.lexsort((arrival, ~running, -density, ~protected))
             chosen, full = _pack_full(order, blocks, capacity.kv_blocks, b)
@@ -248,32 +301,26 @@ class AndesPolicy(Policy):
                 return None
             total = float(gain[chosen].sum())
             if best is None or total > best[0]:
-                best = (total, gain, order, chosen)
+                best = (total, lat, gain, order, chosen)
         assert best is not None
-        _, gain, order, chosen = best
+        _, lat, gain, order, chosen = best
         selected = np.zeros(m, dtype=bool)
         selected[chosen] = True
-
-        keep_victim = np.zeros(m, dtype=bool)
-        victims = np.flatnonzero(running & ~selected)
-        if cfg.overhead_aware and victims.size:
-            admits = selected & ~running
-            admit_blocks = blocks[admits].sum()
-            density_admitted = gain[admits].sum() / admit_blocks if admit_blocks else 0.0
-            loss_per_s = gain[selected].sum() / cfg.horizon_s  # the batch's gain per second served
-            prefill_of = capacity.prefill_latency_s
-            recompute = np.array([prefill_of(t) for t in v.tokens[sub[victims]].tolist()])
-            benefit = density_admitted * blocks[victims] - gain[victims]
-            keep_victim[victims] = benefit <= loss_per_s * recompute
-
+        urgent = ~running & (now_s + prefill + lat >= _due(v)[sub])
         pos = np.empty(m, dtype=np.int64)
         pos[order] = np.arange(m)
-        tier = np.where(selected & running, 0, np.where(keep_victim, 1, np.where(selected, 2, 3)))
+        prefill_of = capacity.prefill_latency_s
+        tokens = v.tokens[sub]
+        tier = _tiers(
+            gain, blocks, running, selected, urgent,
+            lambda victims: np.array([prefill_of(t) for t in tokens[victims].tolist()]),
+            cfg.horizon_s if cfg.overhead_aware else None, pos, capacity,
+        )  # fmt: skip
         final = np.lexsort((pos, tier))
         run, full = _pack_full(final, blocks, capacity.kv_blocks, capacity.max_batch)
         if thr > -math.inf:
-            # Tiers 0-2 come before every request left out (tier 3); within tier 3, by density.
-            early = (tier < 3) | protected
+            # Tiers 0-3 come before every request left out (tier 4); within tier 4, by density.
+            early = (tier < 4) | protected
             if not (full and _beyond(run, early, gain / blocks, thr)):
                 return None
         in_run = np.zeros(m, dtype=bool)
@@ -324,16 +371,19 @@ class AndesPolicy(Policy):
             else:
                 run, prot, pre = 0.0, 0.0, prefill_of(tokens)
             blocks = max(r.kv_blocks, -(-tokens // bs), 1)
-            append((r.arrival_s, spec.ttft_s, gi, n, need, g_r, pre, blocks, run, prot))
+            late = _read_late(r)
+            append((r.arrival_s, spec.ttft_s, gi, n, need, g_r, pre, blocks, run, prot, late))
         cols = np.array(rows).T
         arrival, ttft, g, ntok, need, g_r, prefill, blocks = cols[:8]
         running, protected = cols[8] > 0.0, cols[9] > 0.0
+        due = np.where(need == -inf, arrival + ttft, need)
+        protected |= _starvation_floor(now_s, running, cols[10], due, cfg.starvation_s)
 
         rel_now = now_s - arrival
         h = rel_now + cfg.horizon_s
         need_rel = need - arrival
         b_max = min(capacity.max_batch, n_req)
-        best: tuple[float, np.ndarray, np.ndarray, np.ndarray] | None = None
+        best: tuple[float, float, np.ndarray, np.ndarray, np.ndarray] | None = None
         for b in sorted({max(1, round(f * b_max)) for f in cfg.batch_fractions}):
             lat = capacity.token_latency_s(b)
             gain = serve_gain(h, ttft, g, ntok, rel_now + prefill + lat, need_rel, g_r, lat)
@@ -342,30 +392,23 @@ class AndesPolicy(Policy):
             chosen = _pack(order, blocks, capacity.kv_blocks, b)
             total = float(gain[chosen].sum())
             if best is None or total > best[0]:
-                best = (total, gain, order, chosen)
+                best = (total, lat, gain, order, chosen)
         assert best is not None
-        _, gain, order, chosen = best
+        _, lat, gain, order, chosen = best
         selected = np.zeros(n_req, dtype=bool)
         selected[chosen] = True
-
-        keep_victim = np.zeros(n_req, dtype=bool)
-        victims = np.flatnonzero(running & ~selected)
-        if cfg.overhead_aware and victims.size:
-            admits = selected & ~running
-            admit_blocks = blocks[admits].sum()
-            density_admitted = gain[admits].sum() / admit_blocks if admit_blocks else 0.0
-            loss_per_s = gain[selected].sum() / cfg.horizon_s  # the batch's gain per second served
-            recompute = np.array(
-                [prefill_of(requests[i].prompt_tokens + requests[i].output_tokens) for i in victims]
-            )
-            benefit = density_admitted * blocks[victims] - gain[victims]
-            keep_victim[victims] = benefit <= loss_per_s * recompute
-
-        # Final order: what the knapsack chose (running first), victims worth keeping, then the
-        # admissions, then the rest; packing again trims what no longer fits.
+        urgent = ~running & (now_s + prefill + lat >= due)
         pos = np.empty(n_req, dtype=np.int64)
         pos[order] = np.arange(n_req)
-        tier = np.where(selected & running, 0, np.where(keep_victim, 1, np.where(selected, 2, 3)))
+        tier = _tiers(
+            gain, blocks, running, selected, urgent,
+            lambda victims: np.array(
+                [prefill_of(requests[i].prompt_tokens + requests[i].output_tokens) for i in victims]
+            ),
+            cfg.horizon_s if cfg.overhead_aware else None, pos, capacity,
+        )  # fmt: skip
+        # Final order: what the knapsack chose (running first), victims worth keeping, the due
+        # admissions, the other admissions, then the rest; packing again trims what no longer fits.
         final = np.lexsort((pos, tier))
         run = _pack(final, blocks, capacity.kv_blocks, capacity.max_batch)
         in_run = np.zeros(n_req, dtype=bool)
@@ -374,6 +417,89 @@ class AndesPolicy(Policy):
         return Decision(
             run=[requests[i].req_id for i in run], preempt=[requests[i].req_id for i in out]
         )
+
+
+def _tiers(
+    gain: np.ndarray,
+    blocks: np.ndarray,
+    running: np.ndarray,
+    selected: np.ndarray,
+    urgent: np.ndarray,
+    recompute_s: Callable[[np.ndarray], np.ndarray],
+    horizon_s: float | None,
+    pos: np.ndarray,
+    capacity: Capacity,
+) -> np.ndarray:
+    """The overhead-aware refiner: each request's tier in the final order (0 first, 4 last).
+
+    0: running and chosen; 1: running, not chosen, but not worth preempting; 2: chosen and due
+    (``urgent``: it would be late even if admitted now); 3: chosen, not yet due; 4: the rest.
+    A victim goes only if what its blocks buy, at the value density of the *due* admissions,
+    minus its own gain, exceeds the QoE the batch loses while it is recomputed later
+    (``recompute_s``, at the batch's gain per second). Admissions that are not due yet do not
+    pay for preemptions: waiting costs them no QoE until they are due, and by then the batch may
+    have freed room by itself (transient queueing that FCFS absorbs). And only as many victims
+    go, lowest priority (``pos``) first, as the due admissions need room for: the value density
+    prices the blocks they fill, not blocks freed for requests that could wait. ``horizon_s``
+    None turns the refiner off (every victim goes).
+    """
+    keep_victim = np.zeros(gain.size, dtype=bool)
+    victims = np.flatnonzero(running & ~selected)
+    if horizon_s is not None and victims.size:
+        paying = selected & urgent
+        paying_blocks = blocks[paying].sum()
+        density_paying = gain[paying].sum() / paying_blocks if paying_blocks else 0.0
+        loss_per_s = gain[selected].sum() / horizon_s  # the batch's gain per second served
+        benefit = density_paying * blocks[victims] - gain[victims]
+        keep_victim[victims] = benefit <= loss_per_s * recompute_s(victims)
+        # Room the due admissions lack beside every running request; free it from the bottom.
+        stay = running
+        lack_blocks = blocks[stay].sum() + blocks[paying].sum() - capacity.kv_blocks
+        lack_slots = int(stay.sum() + paying.sum()) - capacity.max_batch
+        for i in victims[np.argsort(-pos[victims])].tolist():
+            if keep_victim[i]:
+                continue
+            if lack_blocks <= 0 and lack_slots <= 0:
+                keep_victim[i] = True
+            else:
+                lack_blocks -= blocks[i]
+                lack_slots -= 1
+    return np.where(
+        selected & running, 0,
+        np.where(keep_victim, 1, np.where(selected & urgent, 2, np.where(selected, 3, 4))),
+    )  # fmt: skip
+
+
+def _due(v: _Values) -> np.ndarray:
+    """When each reader needs its next token (absolute): its first token's ``ttft`` if none came."""
+    return np.where(v.need == -math.inf, v.arrival + v.ttft, v.need)
+
+
+def _any_late_waiting(now_s: float, v: _Values, capacity: Capacity, n_req: int) -> bool:
+    """Whether a request not running is due before a token could reach it (see ``_triggered``)."""
+    lat = capacity.token_latency_s(min(n_req, capacity.max_batch))
+    waiting = np.flatnonzero(~v.running)
+    if not waiting.size:
+        return False
+    due = _due(v)[waiting]
+    tokens = v.tokens[waiting]
+    # Prefill grows with the prompt: the longest one bounds everybody's, so only the requests
+    # that bound admits are checked exactly.
+    near = np.flatnonzero(now_s + lat + capacity.prefill_latency_s(int(tokens.max())) >= due)
+    prefill_of = capacity.prefill_latency_s
+    return any(
+        now_s + prefill_of(t) + lat >= d
+        for t, d in zip(tokens[near].astype(int).tolist(), due[near].tolist(), strict=True)
+    )
+
+
+def _too_slow(v: _Values, capacity: Capacity, batch: int) -> bool:
+    """The latency trigger: a batch of ``batch`` is slower than its strictest live reader."""
+    if not batch:
+        return False
+    tds = np.where(v.need == math.inf, 0.0, 1.0 / v.g_r)  # a paused reader needs nothing
+    max_tds = float(tds.max()) if tds.size else 0.0
+    return max_tds > 0.0 and capacity.token_latency_s(batch) > 1.0 / max_tds
 
 
 def _pack(order: np.ndarray, blocks: np.ndarray, kv_blocks: int, max_batch: int) -> np.ndarray:
@@ -429,6 +555,8 @@ _MIN_CANDIDATES = 64  # waiting requests valued exactly on a first try
 # Columns of _Snapshot.cols (one row per request, by position in the snapshot).
 _ARRIVAL, _TTFT, _G, _NTOK, _NEED, _TOKENS, _BLOCKS, _RUNNING = range(8)
 _HAS_REPORT, _REPORT_T, _REPORT_BUF, _REPORT_PAUSED, _REPORT_G = range(8, 13)
+_READ_LATE = 13  # how late the reader read its last token, seconds (-inf before the first)
+_NCOLS = 14
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +572,7 @@ class _Values:
     tokens: np.ndarray  # prompt + output tokens
     blocks: np.ndarray  # KV blocks for the next step (step_blocks)
     running: np.ndarray  # bool
+    read_late: np.ndarray  # lateness of the reader's last read token, seconds (-inf: none yet)
 
 
 class _Snapshot:
@@ -458,7 +587,7 @@ class _Snapshot:
     def __init__(self) -> None:
         self.keys: list[tuple[object, ...]] = []
         self.ids: list[str] = []
-        self.cols = np.empty((13, 0))
+        self.cols = np.empty((_NCOLS, 0))
         self.block_size = 0
 
     def sync(self, requests: Sequence[RequestView], block_size: int) -> None:
@@ -469,7 +598,7 @@ class _Snapshot:
         ]  # fmt: skip
         n, old = len(keys), self.keys
         if block_size != self.block_size or not old:
-            self.cols, changed = np.empty((13, n)), list(range(n))
+            self.cols, changed = np.empty((_NCOLS, n)), list(range(n))
         else:
             changed = []
             if n == len(old):
@@ -495,7 +624,7 @@ class _Snapshot:
                 src.append(j)
             else:
                 changed.append(i)
-        cols = np.empty((13, len(keys)))
+        cols = np.empty((_NCOLS, len(keys)))
         cols[:, np.array(dst, dtype=np.int64)] = self.cols[:, np.array(src, dtype=np.int64)]
         self.cols = cols
         return changed
@@ -519,6 +648,7 @@ class _Snapshot:
             arrival=c[_ARRIVAL], ttft=c[_TTFT], g=c[_G], ntok=c[_NTOK],
             need=np.where(fresh, measured, c[_NEED]), g_r=np.where(fresh, c[_REPORT_G], c[_G]),
             tokens=c[_TOKENS], blocks=c[_BLOCKS], running=c[_RUNNING] > 0.0,
+            read_late=c[_READ_LATE],
         )  # fmt: skip
 
 
@@ -531,12 +661,41 @@ def _row(r: RequestView, block_size: int) -> tuple[float, ...]:
     need = tr.arrival_s + tr.last_read_s + gi if n else -math.inf
     blocks = max(r.kv_blocks, -(-tokens // block_size), 1)
     running = 1.0 if r.state is ReqState.RUNNING else 0.0
+    late = _read_late(r)
     rep = r.slack
     if rep is None:
         no_report = (0.0, 0.0, 0.0, 0.0, gi)
-        return (r.arrival_s, spec.ttft_s, gi, n, need, tokens, blocks, running, *no_report)
+        return (r.arrival_s, spec.ttft_s, gi, n, need, tokens, blocks, running, *no_report, late)
     tds = rep.tds_tok_s
     buf = (rep.delivered - rep.consumed) / tds if tds else math.inf
     g_r = 1.0 / tds if tds else math.inf
     return (r.arrival_s, spec.ttft_s, gi, n, need, tokens, blocks, running,
-            1.0, rep.t_s, buf, float(rep.paused), g_r)  # fmt: skip
+            1.0, rep.t_s, buf, float(rep.paused), g_r, late)  # fmt: skip
+
+
+def _read_late(r: RequestView) -> float:
+    """How late ``r``'s reader read its last token (``c_{n-1} - e_{n-1}``; never decreases)."""
+    tr, spec = r.tracker, r.spec
+    n = tr.num_tokens
+    if not n:
+        return -math.inf
+    return tr.last_read_s - spec.ttft_s - (n - 1) / spec.tds_tok_s
+
+
+def _starvation_floor(
+    now_s: float, running: np.ndarray, read_late: np.ndarray, due: np.ndarray, limit_s: float
+) -> np.ndarray:
+    """Requests the starvation floor protects (see the module docstring), as a bool mask.
+
+    A request starves once its reader has been late by more than ``limit_s``: its last read
+    token came that late, or it has been due (first token or next read) that long. Running
+    starving requests are kept; when none runs, the longest-starving one not running goes first.
+    """
+    stall = np.maximum(read_late, now_s - due)
+    starving = stall > limit_s
+    floor = running & starving
+    if not floor.any():
+        waiting = ~running & starving
+        if waiting.any():
+            floor[int(np.argmax(np.where(waiting, stall, -math.inf)))] = True
+    return floor

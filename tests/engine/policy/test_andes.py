@@ -48,7 +48,7 @@ def test_prefers_the_request_about_to_stall_over_one_with_large_slack() -> None:
 def test_paused_reader_yields_to_a_waiting_request_and_resumes_with_its_reader() -> None:
     andes = get_policy("andes", min_run_steps=0)
     paused = streaming("tab", 0.0, ReqState.RUNNING, slack=report(0.0, paused=True))
-    newcomer = make_request("new", NOW - 0.5, prompt=40)  # 3 blocks
+    newcomer = make_request("new", NOW - 1.0, prompt=40)  # 3 blocks, its first token due now
     d = andes.schedule(NOW, [paused, newcomer], capacity(kv_blocks=3))
     assert d.run == ["new"] and d.preempt == ["tab"]
 
@@ -65,7 +65,8 @@ def test_paused_reader_yields_to_a_waiting_request_and_resumes_with_its_reader()
 def test_stale_slack_falls_back_to_server_inference() -> None:
     cap = capacity(kv_blocks=3)
     # Both delivered 16 tokens on time; by the tracker both readers need their next token now.
-    other = streaming("other", NOW - 4.2, ReqState.PREEMPTED, slack=report(3.0))
+    # "other" reported 0.02 s buffered: due before a token could reach it (0.05 s per token).
+    other = streaming("other", NOW - 4.2, ReqState.PREEMPTED, slack=report(0.02))
     fresh = streaming("tab", NOW - 4.2, ReqState.RUNNING, slack=report(0.0, paused=True))
     assert get_policy("andes").schedule(NOW, [fresh, other], cap).run == ["other"]
     # The same paused report, 2 s old: ignored; the tracker says the reader is about to stall.
@@ -97,16 +98,62 @@ def test_refiner_refuses_a_preemption_whose_recompute_costs_more_than_it_gains()
     reqs = [
         streaming("keep", 0.0, ReqState.RUNNING, slack=report(0.0)),
         streaming("relaxed", 0.0, ReqState.RUNNING, slack=report(4.0)),
-        streaming("stalling", 1.0, ReqState.PREEMPTED, slack=report(3.0)),
+        streaming("stalling", 1.0, ReqState.PREEMPTED, slack=report(0.0)),
     ]
     cheap = get_policy("andes").schedule(NOW, reqs, cap(0.0))
     assert cheap.preempt == ["relaxed"] and "stalling" in cheap.run
-    # A 2 s recompute still lets "stalling" start before its reader runs dry (its value is
-    # unchanged), but stalls the whole batch for 2 s when "relaxed" comes back.
+    # A 2 s recompute stalls the whole batch for 2 s when "relaxed" comes back, and "stalling"
+    # itself gains less (its own 2 s recompute comes first).
     costly = get_policy("andes").schedule(NOW, reqs, cap(2.0))
     assert costly.preempt == [] and set(costly.run) == {"keep", "relaxed"}
     naive = get_policy("andes", overhead_aware=False).schedule(NOW, reqs, cap(2.0))
     assert naive.preempt == ["relaxed"]
+
+
+def test_transient_queueing_that_is_not_due_yet_does_not_trigger() -> None:
+    # Memory is full and a newcomer waits, but its first token is not due for 0.5 s: waiting
+    # costs it no QoE yet, so andes leaves it to FCFS rather than preempt a relaxed stream.
+    relaxed = streaming("relaxed", 0.0, ReqState.RUNNING, slack=report(30.0))
+    newcomer = make_request("new", NOW - 0.5)
+    andes = get_policy("andes", min_run_steps=0)
+    d = andes.schedule(NOW, [relaxed, newcomer], capacity(kv_blocks=3))
+    assert not andes.last_triggered and d.run == ["relaxed"] and d.preempt == []
+    # Once it is due, the relaxed stream yields to it.
+    d = andes.schedule(NOW + 0.5, [relaxed, newcomer], capacity(kv_blocks=3))
+    assert andes.last_triggered and d.run == ["new"] and d.preempt == ["relaxed"]
+
+
+def test_refiner_frees_only_the_room_due_admissions_need() -> None:
+    # Three relaxed streams fill the cache; one newcomer is due, two more are not yet.
+    running = [streaming(f"r{i}", float(i), ReqState.RUNNING, slack=report(30.0)) for i in range(3)]
+    due = make_request("due", NOW - 1.0, prompt=40)  # 3 blocks each
+    soon = [make_request(f"soon{i}", NOW - 0.2, prompt=40) for i in range(2)]
+    andes = get_policy("andes", min_run_steps=0)
+    d = andes.schedule(NOW, [*running, due, *soon], capacity(kv_blocks=9))
+    assert len(d.preempt) == 1 and "due" in d.run
+    assert not {"soon0", "soon1"} & set(d.run)
+
+
+def test_starvation_floor_admits_a_starving_request_one_at_a_time() -> None:
+    # Two long prompts (8 blocks) waited 60 s: per block they are worth far less than the dense
+    # newcomers (1 block each), so the knapsack alone would never pick them.
+    starving = [make_request(f"long{i}", NOW - 60.0 + i, prompt=128) for i in range(2)]
+    newcomers = [make_request(f"new{i}", NOW - 1.0, prompt=8) for i in range(8)]
+    cap = capacity(kv_blocks=8)
+    assert (
+        "long0"
+        not in get_policy("andes", starvation_s=100.0)
+        .schedule(NOW, [*starving, *newcomers], cap)
+        .run
+    )
+    andes = get_policy("andes")  # starvation_s = 30
+    d = andes.schedule(NOW, [*starving, *newcomers], cap)
+    assert d.run == ["long0"]  # the longest-starving one first
+    # While it runs, the next starving request waits its turn (the floor takes one at a time),
+    # and the running one is kept although it is the least dense.
+    long0 = make_request("long0", NOW - 60.0, ReqState.RUNNING, prompt=128, delivered_at=[NOW])
+    d = andes.schedule(NOW + 0.1, [long0, starving[1], *newcomers], capacity(kv_blocks=16))
+    assert "long0" in d.run and "long1" not in d.run
 
 
 def test_latency_trigger_fires_only_when_the_batch_is_slower_than_its_strictest_reader() -> None:
@@ -137,6 +184,7 @@ def test_latency_trigger_fires_only_when_the_batch_is_slower_than_its_strictest_
         ("batch_fractions", ()),
         ("batch_fractions", (0.5, 1.5)),
         ("min_run_steps", -2),
+        ("starvation_s", 0),
         ("overhead_aware", "no"),
     ],
 )
