@@ -110,6 +110,8 @@ class AndesPolicy(Policy):
         self._snapshot = _Snapshot()  # per-request columns, re-read only where a view changed
         self._candidates = _MIN_CANDIDATES  # waiting requests valued exactly (see _knapsack)
         self.last_triggered = False  # whether the last step ran the knapsack (for benchmarks)
+        self._plain_ids: list[str] = []  # the requests of the last all-running FCFS step
+        self._plain_run: list[str] = []  # and its decision's order
 
     # -- the step -------------------------------------------------------------------------------
 
@@ -131,6 +133,18 @@ class AndesPolicy(Policy):
         if must_preempt or late:
             self.last_triggered = True
             decision = self._knapsack(now_s, requests, capacity)
+        elif not pressure and n_run == len(requests):
+            # Everything runs, nothing waits: FCFS's order of the running requests, kept while
+            # the same requests run (the common decode step; arrivals never change).
+            if snap.ids != self._plain_ids:
+                self._plain_ids = snap.ids
+                self._plain_run = fcfs_decision(requests, capacity).run
+            decision = Decision(run=list(self._plain_run), preempt=[])
+            self.last_triggered = self.config.latency_trigger and _too_slow(
+                v, capacity, len(decision.run)
+            )
+            if self.last_triggered:
+                decision = self._knapsack(now_s, requests, capacity)
         else:
             decision = fcfs_decision(requests, capacity)
             self.last_triggered = self.config.latency_trigger and _too_slow(
