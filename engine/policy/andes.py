@@ -8,17 +8,19 @@ requests that fall out are preempted. With the paper's cost controls:
 * **Batch-size pruning** (§4.3): only a few batch sizes ``B`` are tried (``batch_fractions`` of the
   largest possible); each values the requests at ``L = capacity.token_latency_s(B)`` and the best
   total gain wins.
-* **Selective triggering** (§4.3): the knapsack runs only when FCFS would have to preempt, when
-  FCFS leaves a request waiting that is already *due* (its first token's ``ttft``, or its reader's
-  next read, comes before its prefill plus one token could reach it: until then waiting costs it
-  no QoE, so transient queueing that FCFS drains in time triggers nothing), or when the per-token
-  latency of the FCFS batch is slower than the strictest reader in it (``L > 1 / max tds``).
-  Otherwise the step is plain FCFS.
+* **Selective triggering** (§4.3): the knapsack runs only under memory pressure (work that FCFS
+  would leave waiting, or would have to preempt) or when the per-token latency of the FCFS batch is
+  slower than the strictest reader in it (``L > 1 / max tds``). Otherwise the step is plain FCFS.
+  Under mere queueing a triggered step preempts nobody (see the refiner): it only orders who fills
+  the room FCFS would fill.
 * **Overhead-aware refinement** (paper v2, replacing v1's fixed preemption cap): a running request
   is preempted only if what its blocks buy (at the value density of the *due* admissions) minus
   its own gain exceeds the QoE the whole batch loses while it is recomputed later
   (``capacity.prefill_latency_s`` of its tokens, at the batch's gain per second of service), and
-  only as many go, lowest priority first, as the due admissions need room for.
+  only as many go, lowest priority first, as the due admissions need room for. A waiting request
+  is *due* when, admitted one step later, its prefill and first token would come after its first
+  token's ``ttft`` (or its reader's next read): until then waiting costs it no QoE, so transient
+  queueing that FCFS drains in time preempts nobody.
 * **Starvation floor**: ``Q_serve - Q_wait`` of a request that keeps waiting decays roughly as
   ``(Δt / wait)²`` (the QoE's expected area grows with the wait), and per KV block a long prompt
   is worth little from the start, so under sustained load the density order alone never picks
@@ -124,13 +126,9 @@ class AndesPolicy(Policy):
         snap.sync(requests, capacity.block_size)
         v = snap.values(now_s, self.config.slack_staleness_s)
         n_run = int(v.running.sum())
-        must_preempt = n_run > capacity.max_batch or (
-            float(v.blocks[v.running].sum()) > capacity.kv_blocks
-        )
-        # FCFS leaves work waiting exactly when everything together does not fit.
+        # FCFS leaves work waiting or preempts exactly when everything together does not fit.
         pressure = len(requests) > capacity.max_batch or snap.total_blocks() > capacity.kv_blocks
-        late = pressure and _any_late_waiting(now_s, v, capacity, len(requests))
-        if must_preempt or late:
+        if pressure:
             self.last_triggered = True
             decision = self._knapsack(now_s, requests, capacity)
         elif not pressure and n_run == len(requests):
@@ -160,29 +158,11 @@ class AndesPolicy(Policy):
     ) -> bool:
         """Whether the knapsack runs, given the FCFS decision ``base`` (straightforwardly).
 
-        :meth:`schedule` decides the same from the snapshot's columns. Memory pressure alone is
-        not enough: FCFS leaving a request waiting costs no QoE until that request is due (its
-        first token's ``ttft``, or its reader's next read), and transient queueing that FCFS
-        drains in time must not make andes preempt (it would pay recompute for nothing).
+        :meth:`schedule` decides the same from the snapshot's columns.
         """
-        if base.preempt:
-            return True  # FCFS must preempt: the knapsack picks who goes instead
+        if base.preempt or len(base.run) < len(requests):
+            return True  # memory pressure: FCFS must preempt or leave work waiting
         stale = self.config.slack_staleness_s
-        if len(base.run) < len(requests):
-            lat = capacity.token_latency_s(min(len(requests), capacity.max_batch))
-            for r in requests:
-                if r.state is ReqState.RUNNING:
-                    continue
-                tr, rep = r.tracker, r.slack
-                if rep is not None and now_s - rep.t_s <= stale:
-                    due = math.inf if rep.paused else now_s + rep.slack_s(now_s)
-                elif tr.num_tokens:
-                    due = tr.arrival_s + tr.last_read_s + 1.0 / r.spec.tds_tok_s
-                else:
-                    due = r.arrival_s + r.spec.ttft_s
-                prefill = capacity.prefill_latency_s(r.prompt_tokens + r.output_tokens)
-                if now_s + prefill + lat >= due:
-                    return True  # a request left waiting is due before a token could reach it
         if not self.config.latency_trigger or not base.run:
             return False
         max_tds = 0.0
@@ -320,7 +300,7 @@ class AndesPolicy(Policy):
         _, lat, gain, order, chosen = best
         selected = np.zeros(m, dtype=bool)
         selected[chosen] = True
-        urgent = ~running & (now_s + prefill + lat >= _due(v)[sub])
+        urgent = ~running & (now_s + prefill + 2.0 * lat >= _due(v)[sub])
         pos = np.empty(m, dtype=np.int64)
         pos[order] = np.arange(m)
         prefill_of = capacity.prefill_latency_s
@@ -411,7 +391,7 @@ class AndesPolicy(Policy):
         _, lat, gain, order, chosen = best
         selected = np.zeros(n_req, dtype=bool)
         selected[chosen] = True
-        urgent = ~running & (now_s + prefill + lat >= due)
+        urgent = ~running & (now_s + prefill + 2.0 * lat >= due)
         pos = np.empty(n_req, dtype=np.int64)
         pos[order] = np.arange(n_req)
         tier = _tiers(
@@ -447,7 +427,8 @@ def _tiers(
     """The overhead-aware refiner: each request's tier in the final order (0 first, 4 last).
 
     0: running and chosen; 1: running, not chosen, but not worth preempting; 2: chosen and due
-    (``urgent``: it would be late even if admitted now); 3: chosen, not yet due; 4: the rest.
+    (``urgent``: admitted at the next step instead, after one more iteration of ``L``, its prefill
+    plus a token would come after it is due); 3: chosen, not yet due; 4: the rest.
     A victim goes only if what its blocks buy, at the value density of the *due* admissions,
     minus its own gain, exceeds the QoE the batch loses while it is recomputed later
     (``recompute_s``, at the batch's gain per second). Admissions that are not due yet do not
@@ -487,24 +468,6 @@ def _tiers(
 def _due(v: _Values) -> np.ndarray:
     """When each reader needs its next token (absolute): its first token's ``ttft`` if none came."""
     return np.where(v.need == -math.inf, v.arrival + v.ttft, v.need)
-
-
-def _any_late_waiting(now_s: float, v: _Values, capacity: Capacity, n_req: int) -> bool:
-    """Whether a request not running is due before a token could reach it (see ``_triggered``)."""
-    lat = capacity.token_latency_s(min(n_req, capacity.max_batch))
-    waiting = np.flatnonzero(~v.running)
-    if not waiting.size:
-        return False
-    due = _due(v)[waiting]
-    tokens = v.tokens[waiting]
-    # Prefill grows with the prompt: the longest one bounds everybody's, so only the requests
-    # that bound admits are checked exactly.
-    near = np.flatnonzero(now_s + lat + capacity.prefill_latency_s(int(tokens.max())) >= due)
-    prefill_of = capacity.prefill_latency_s
-    return any(
-        now_s + prefill_of(t) + lat >= d
-        for t, d in zip(tokens[near].astype(int).tolist(), due[near].tolist(), strict=True)
-    )
 
 
 def _too_slow(v: _Values, capacity: Capacity, batch: int) -> bool:
