@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"andes serve: engine ready after {ready_s:.0f} s", flush=True)
 
     from gateway.app import serve as serve_gateway
+    from gateway.cli import run_loop
 
     def announce(port: int) -> None:
         base = f"http://{gateway_config.host}:{port}"
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
             await serve_gateway(gateway_config, ready=announce)
 
     try:
-        asyncio.run(main())
+        run_loop(main())  # on uvloop when installed
     except OSError as exc:  # e.g. the gateway port is taken
         print(f"andes serve: the gateway did not start: {exc}", file=sys.stderr)
         return 1

@@ -167,7 +167,9 @@ async def start(config: GatewayConfig, host: str | None = None,
                            shutdown_timeout=config.shutdown_grace_s + 10.0,
                            access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host or config.host, config.port if port is None else port)
+    # backlog: a burst of connects beyond it (aiohttp default 128) waits out SYN retransmits.
+    site = web.TCPSite(runner, host or config.host, config.port if port is None else port,
+                       backlog=4096)
     await site.start()
     server = site._server
     bound = server.sockets[0].getsockname()[1] if server is not None else 0  # type: ignore[attr-defined]

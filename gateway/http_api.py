@@ -14,6 +14,7 @@ text a reader paces).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -32,7 +33,7 @@ from gateway.pacer import Chunk
 from gateway.protocol import FrameError, QoEFields, parse_messages, parse_pacing, parse_qoe
 from gateway.service import Gateway, StreamRequest
 from gateway.sse import DONE, KEEPALIVE, data_event
-from gateway.stream import Stream, StreamResult
+from gateway.stream import Stream, StreamResult, transport_backlog
 from gateway.upstream import Endpoint
 
 __all__ = ["GATEWAY", "add_routes"]
@@ -136,6 +137,15 @@ class _Renderer:
                      "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
                      "created": int(time.time()), "model": stream.model}
         self.include_usage = include_usage
+        # Content chunks differ only in their text: render them as prefix + JSON string + suffix
+        # (json.dumps of the whole object per chunk was most of the gateway's serialisation time).
+        probe = "\0andes\0"
+        head, _, tail = _dumps(self.chunk(probe)).partition(_dumps(probe))
+        self._content_head, self._content_tail = b"data: " + head, tail + b"\n\n"
+
+    def content_event(self, text: str) -> bytes:
+        """``data_event(self.chunk(text))``, without building and encoding the object."""
+        return self._content_head + _dumps(text) + self._content_tail
 
     def chunk(self, text: str | None = None, *, role: bool = False,
               finish_reason: str | None = None, andes: dict[str, Any] | None = None) -> dict:
@@ -161,6 +171,10 @@ class _Renderer:
         return dict(self.base, choices=[], usage=_usage(usage))
 
 
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def _usage(usage: dict[str, int]) -> dict[str, int]:
     p, c = int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))
     return {"prompt_tokens": p, "completion_tokens": c,
@@ -168,13 +182,18 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
 
 
 class _SSESink:
-    def __init__(self, resp: web.StreamResponse, renderer: _Renderer, keepalive_s: float) -> None:
+    def __init__(self, resp: web.StreamResponse, renderer: _Renderer, keepalive_s: float,
+                 transport: asyncio.BaseTransport | None) -> None:
         self.resp = resp
         self.renderer = renderer
         self.keepalive_s = keepalive_s
+        self.transport = transport
+
+    def backlog(self) -> int:
+        return transport_backlog(self.transport)
 
     async def delta(self, chunk: Chunk) -> None:
-        await self.resp.write(data_event(self.renderer.chunk(chunk.text)))
+        await self.resp.write(self.renderer.content_event(chunk.text))
 
     async def keepalive(self) -> None:
         await self.resp.write(KEEPALIVE)
@@ -185,6 +204,9 @@ class _CollectSink:
 
     def __init__(self) -> None:
         self.parts: list[str] = []
+
+    def backlog(self) -> int:
+        return 0
 
     async def delta(self, chunk: Chunk) -> None:
         self.parts.append(chunk.text)
@@ -209,7 +231,8 @@ async def _completion(request: web.Request, endpoint: Endpoint) -> web.StreamRes
     try:
         await resp.prepare(request)
         await resp.write(data_event(renderer.chunk(role=True)))
-        result = await stream.run(_SSESink(resp, renderer, gw.config.keepalive_s))
+        result = await stream.run(_SSESink(resp, renderer, gw.config.keepalive_s,
+                                                  request.transport))
         if result.reason in ("finished", "error"):
             await _sse_tail(resp, renderer, stream, result)
     except (ConnectionError, GatewayError):

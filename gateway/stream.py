@@ -6,7 +6,9 @@ A :class:`Stream` joins three things and is shared by every transport:
   never waits for the client, so a slow reader never slows the engine's connection;
 * the **writer loop** (:meth:`Stream.run`, in the transport handler's task) that sleeps until the
   pacer's next due time or new input, hands ``due()`` chunks to the transport's :class:`Sink` and
-  awaits its drain (bounded by ``slow_reader_timeout_s``);
+  awaits its drain (bounded by ``slow_reader_timeout_s``). Sleeping writers share one timer per
+  event loop (:class:`_Clock`), not one each: at thousands of streams, timer handles and their
+  cancellations were a large share of the gateway's CPU;
 * the control inputs (:meth:`ack`, :meth:`set_pace`, :meth:`pause`, :meth:`resume`,
   :meth:`cancel`, :meth:`abort`) from the WebSocket or the SSE ack endpoint.
 
@@ -25,18 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import math
 import secrets
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from engine.qoe import QoESpec, QoETracker
 from gateway.errors import GatewayError, InvalidRequest, RateLimited, ShuttingDown, SlowReader
 from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
 from gateway.upstream import UpstreamError, UpstreamStream
 
-__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "new_stream_id"]
+__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "new_stream_id",
+           "transport_backlog"]
 
 
 def new_stream_id() -> str:
@@ -44,10 +50,23 @@ def new_stream_id() -> str:
     return secrets.token_hex(16)
 
 
+def transport_backlog(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes ``transport`` holds unsent; 0 once it is closed (the next write fails, it cannot
+    block). What a :class:`Sink` over a socket reports as its :meth:`Sink.backlog`."""
+    # Duck-typed: uvloop's transports do not subclass asyncio.WriteTransport.
+    size = getattr(transport, "get_write_buffer_size", None)
+    if size is None or transport is None or transport.is_closing():
+        return 0
+    return int(size())
+
+
 class Sink(Protocol):
     """Where a stream's text goes (an SSE response, a WebSocket)."""
 
     keepalive_s: float | None  # write a keep-alive after this long without a write; None = never
+
+    def backlog(self) -> int:
+        """Bytes written and not yet taken by the OS; 0 means the next write cannot block."""
 
     async def delta(self, chunk: Chunk) -> None:
         """Write one chunk and wait until the transport has taken it (drain)."""
@@ -105,6 +124,8 @@ class Stream:
         self._reader: asyncio.Task[None] | None = None
         self._upstream_done = False
         self._waiter: asyncio.Future[None] | None = None
+        self._clock = _Clock.of(self._loop)
+        self._wake_at_s: float | None = None  # the deadline of this stream's entry in the clock
         self._end_reason: str | None = None  # set by cancel()/abort()
         self.error: GatewayError | None = None
         self.finish_reason: str | None = None
@@ -215,18 +236,23 @@ class Stream:
             waiter.set_result(None)
 
     async def _sleep_until(self, deadline_s: float) -> None:
-        # A bare future plus one timer: cheaper than wait_for(), which matters at thousands of
-        # streams each waking a few times a second.
+        # A bare future and the shared clock: no timer handle per sleep, nothing to cancel when
+        # input wakes us first (the clock skips entries that are no longer this stream's).
         waiter = self._loop.create_future()
         self._waiter = waiter
-        timer = self._loop.call_at(deadline_s, _resolve, waiter) if math.isfinite(deadline_s) \
-            else None
+        if math.isfinite(deadline_s) and (self._wake_at_s is None
+                                          or self._wake_at_s > deadline_s):
+            self._wake_at_s = deadline_s
+            self._clock.wake_at(deadline_s, self)
         try:
             await waiter
         finally:
             self._waiter = None
-            if timer is not None:
-                timer.cancel()
+
+    def _on_clock(self, deadline_s: float) -> None:
+        if self._wake_at_s == deadline_s:
+            self._wake_at_s = None
+            self._wake()
 
     async def run(self, sink: Sink) -> StreamResult:
         """Write the stream to ``sink`` until it ends; return how it ended. Always closes the
@@ -258,7 +284,7 @@ class Stream:
                     await self._sleep_until(deadline)
                 if (sink.keepalive_s is not None and self.error is None
                         and self._loop.time() - last_write_s >= sink.keepalive_s):
-                    await self._guarded(sink.keepalive())
+                    await self._guarded(sink.keepalive(), sink)
                     last_write_s = self._loop.time()
         except (ConnectionError, asyncio.CancelledError) as exc:
             reason = "disconnected"
@@ -273,7 +299,12 @@ class Stream:
             self._stop_upstream()
         return self.finish(reason)
 
-    async def _guarded(self, write: Any) -> None:
+    async def _guarded(self, write: Any, sink: Sink) -> None:
+        if sink.backlog() == 0:
+            # The transport has taken everything so far: this write cannot wait on a drain, so it
+            # needs no timer (one per write would cost as much as the write).
+            await write
+            return
         try:
             async with asyncio.timeout(self._slow_reader_timeout_s):
                 await write
@@ -284,7 +315,7 @@ class Stream:
     async def _write(self, sink: Sink, chunk: Chunk, now: float) -> None:
         if self.mode == "server":
             self._hooks.lateness(max(now - chunk.due_s, 0.0))
-        await self._guarded(sink.delta(chunk))
+        await self._guarded(sink.delta(chunk), sink)
         if self.first_token_s is None:
             self.first_token_s = now
         self._sent_qoe.add(now, chunk.count)
@@ -307,9 +338,48 @@ class Stream:
         return self.result
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+class _Clock:
+    """One timer for all the sleeping writers of an event loop: a heap of (deadline, seq, stream).
+
+    An entry whose stream has since been woken by input, or has asked for an earlier deadline, is
+    skipped when it comes up (:meth:`Stream._on_clock` compares deadlines), so sleeping and
+    waking cost a heap push and nothing else."""
+
+    _clocks: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clock]] = \
+        weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._heap: list[tuple[float, int, Stream]] = []
+        self._seq = itertools.count()  # ties never compare streams
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at_s = math.inf
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Clock:
+        clock = cls._clocks.get(loop)
+        if clock is None:
+            clock = cls._clocks[loop] = cls(loop)
+        return clock
+
+    def wake_at(self, deadline_s: float, stream: Stream) -> None:
+        heapq.heappush(self._heap, (deadline_s, next(self._seq), stream))
+        if deadline_s < self._timer_at_s:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at_s = deadline_s
+            self._timer = self._loop.call_at(deadline_s, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._timer_at_s = None, math.inf
+        now = self._loop.time()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            deadline_s, _, stream = heapq.heappop(heap)
+            stream._on_clock(deadline_s)
+        if heap:
+            self._timer_at_s = heap[0][0]
+            self._timer = self._loop.call_at(self._timer_at_s, self._fire)
 
 
 @dataclass(slots=True)

@@ -65,6 +65,12 @@ class _Server:
     models_at_s: float = -1e18
     is_vllm: bool = False
     reachable: bool | None = None
+    refreshing: asyncio.Future[None] | None = None  # the GET /v1/models in flight, if any
+
+    def refreshed(self, done: asyncio.Future[None]) -> None:
+        self.refreshing = None
+        if not done.cancelled():
+            done.exception()  # retrieved: every waiter got it, even if all were cancelled
 
 
 def _base(url: str) -> str:
@@ -126,8 +132,14 @@ class Upstream:
         server.reachable = True
 
     async def _fresh(self, server: _Server) -> None:
-        if time.monotonic() - server.models_at_s > MODELS_TTL_S:
-            await self._refresh(server)
+        if time.monotonic() - server.models_at_s <= MODELS_TTL_S:
+            return
+        # One refresh in flight per engine: a burst of requests on a stale cache would otherwise
+        # send the engine one GET /v1/models each, ahead of their own requests.
+        if server.refreshing is None:
+            server.refreshing = asyncio.ensure_future(self._refresh(server))
+            server.refreshing.add_done_callback(server.refreshed)
+        await asyncio.shield(server.refreshing)
 
     async def models(self) -> list[dict[str, Any]]:
         """The served models: the allow-list if configured, else the union of the upstreams'."""

@@ -20,7 +20,7 @@ from gateway.errors import GatewayError
 from gateway.http_api import GATEWAY
 from gateway.pacer import Chunk
 from gateway.service import Gateway, StreamRequest
-from gateway.stream import Stream, StreamResult
+from gateway.stream import Stream, StreamResult, transport_backlog
 
 __all__ = ["CLOSE_UNAUTHORIZED", "SOCKETS", "add_routes", "close_all"]
 
@@ -55,6 +55,9 @@ class _WSSink:
     def __init__(self, conn: _Connection) -> None:
         self.conn = conn
 
+    def backlog(self) -> int:
+        return transport_backlog(self.conn.transport)
+
     async def delta(self, chunk: Chunk) -> None:
         await self.conn.send(p.Delta(chunk.index, chunk.count, chunk.text))
 
@@ -63,8 +66,10 @@ class _WSSink:
 
 
 class _Connection:
-    def __init__(self, ws: web.WebSocketResponse, gw: Gateway, subprotocol: str) -> None:
+    def __init__(self, ws: web.WebSocketResponse, gw: Gateway, subprotocol: str,
+                 transport: asyncio.BaseTransport | None = None) -> None:
         self.ws = ws
+        self.transport = transport
         self.gw = gw
         self.subprotocol = subprotocol
         self.stream: Stream | None = None
@@ -172,7 +177,7 @@ async def stream_ws(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(protocols=p.SUBPROTOCOLS, max_msg_size=gw.config.max_body_bytes,
                                heartbeat=30.0)
     await ws.prepare(request)
-    conn = _Connection(ws, gw, ws.ws_protocol or p.DEFAULT_SUBPROTOCOL)
+    conn = _Connection(ws, gw, ws.ws_protocol or p.DEFAULT_SUBPROTOCOL, request.transport)
     if not key_ok(gw, bearer(request) or request.query.get("api_key")):
         await conn.error("unauthorized", "a valid API key is required "
                          "(Authorization: Bearer KEY, or ?api_key=KEY)", fatal=True)
