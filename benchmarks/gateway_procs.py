@@ -15,13 +15,24 @@ ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM = ROOT / "tests" / "gateway" / "scripted_upstream.py"
 
 
+# The scripted engine, listening with a production server's backlog (vLLM's uvicorn: 2048) rather
+# than aiohttp's 128: a burst of thousands of connects beyond the backlog would wait out SYN
+# retransmits (1 s, 3 s, 7 s) and the benchmark would measure the kernel, not the gateway.
+_UPSTREAM_MAIN = (
+    "import runpy, sys; from aiohttp import web; "
+    "web.TCPSite.__init__.__kwdefaults__['backlog'] = 4096; "
+    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+)
+
+
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 def start_upstream(tokens: int, gap_s: float, first_delay_s: float = 0.0,
                    stamp: bool = False) -> tuple[subprocess.Popen[str], str]:
-    args = [sys.executable, str(UPSTREAM), str(tokens), str(gap_s), str(first_delay_s)]
+    args = [sys.executable, "-c", _UPSTREAM_MAIN, str(UPSTREAM), str(tokens), str(gap_s),
+            str(first_delay_s)]
     if stamp:
         args.append("stamp")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=_env())

@@ -4,9 +4,11 @@
 Three processes on 127.0.0.1: the scripted engine (answers every request with a burst of
 ``--tokens`` tokens, as a fast engine would), the gateway (server pacing at ``--tds`` tokens/s, so
 each stream is released over tokens/tds seconds), and a load generator (``--client`` mode of this
-script) that opens N SSE streams at once and reads them to the end. Lateness is the gateway's own
-histogram (``andes_gateway_pacing_lateness_seconds``: write time − due time of every paced chunk),
-read from /metrics before and after each level; p99 is the upper edge of the bucket holding it.
+script, raw asyncio streams on uvloop when installed) that opens N SSE streams at once and reads
+them to the end. The gateway runs as ``andes gateway`` does (on uvloop when installed). Lateness
+is the gateway's own histogram (``andes_gateway_pacing_lateness_seconds``: write time − due time
+of every paced chunk), read from /metrics before and after each level; p99 is the upper edge of
+the bucket holding it.
 Memory per stream = (gateway RSS with N streams open − RSS before) / N.
 
     python benchmarks/gateway_scale.py [--levels 500,1000,2000,5000] [--tokens 24] [--tds 4.8]
@@ -55,30 +57,35 @@ def p99(before: dict[float, float], after: dict[float, float]) -> tuple[float, f
 
 
 async def client(url: str, n: int, tds: float) -> dict[str, int]:
-    import aiohttp
-
-    body = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
-            "stream": True, "qoe": {"tds": tds}}
+    """Open ``n`` streams at once and read each to its end, over raw asyncio streams: an aiohttp
+    client cost the load generator about as much CPU as the gateway, on the same cores."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    body = json.dumps({"model": "test-model", "messages": [{"role": "user", "content": "hi"}],
+                       "stream": True, "qoe": {"tds": tds}}).encode()
+    request = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+               f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+               "Connection: close\r\n\r\n").encode() + body
     done = errors = 0
 
-    async def one(session: aiohttp.ClientSession) -> None:
+    async def one() -> None:
         nonlocal done, errors
         try:
-            async with session.post(url + "/v1/chat/completions", json=body) as resp:
-                tail = b""
-                async for chunk in resp.content.iter_any():
-                    tail = (tail + chunk)[-32:]
-                if resp.status == 200 and tail.endswith(b"[DONE]\n\n"):
-                    done += 1
-                else:
-                    errors += 1
-        except Exception:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(request)
+            head, tail = b"", b""
+            while chunk := await reader.read(1 << 16):
+                if len(head) < 12:
+                    head += chunk[:12]
+                tail = (tail + chunk)[-64:]
+            writer.close()
+            if head.startswith(b"HTTP/1.1 200") and b"data: [DONE]\n\n" in tail:
+                done += 1
+            else:
+                errors += 1
+        except OSError:
             errors += 1
 
-    connector = aiohttp.TCPConnector(limit=0)
-    timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        await asyncio.gather(*(one(session) for _ in range(n)))
+    await asyncio.gather(*(one() for _ in range(n)))
     return {"done": done, "errors": errors}
 
 
@@ -107,7 +114,12 @@ def run_level(gw_url: str, gw_pid: int, n: int, tds: float, tokens: int) -> dict
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--client":
         url, n, tds = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-        print(json.dumps(asyncio.run(client(url, n, tds))))
+        try:
+            import uvloop
+            run = uvloop.run
+        except ImportError:
+            run = asyncio.run
+        print(json.dumps(run(client(url, n, tds))))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--levels", default="500,1000,2000,5000")
