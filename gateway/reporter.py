@@ -108,6 +108,12 @@ class _Endpoint:
     queue: deque[tuple[SlackRecord, ...]] = field(default_factory=deque)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
+    stopped: bool = False  # set before its task is cancelled: see SlackReporter._send_loop
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self.task is not None:
+            self.task.cancel()
 
 
 class SlackReporter:
@@ -155,12 +161,21 @@ class SlackReporter:
     async def stop(self) -> None:
         """Stop collecting and close every connection. Idempotent."""
         tasks = [t for t in (self._task, *(e.task for e in self._endpoints.values())) if t]
+        if self._task is not None:
+            self._task.cancel()
         self._task = None
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for endpoint in self._endpoints.values():
+            endpoint.stop()
+        if tasks:
+            # Bounded: a shutdown never waits on the reporter for long, whatever a task does.
+            done, pending = await asyncio.wait(tasks, timeout=5.0)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.warning("slack reporter task %s ended with %r", task.get_name(),
+                                   task.exception())
+            if pending:
+                logger.warning("slack reporter: %d task(s) did not stop within 5 s",
+                               len(pending))
         self._endpoints.clear()
 
     # -- collecting ------------------------------------------------------------------------------
@@ -206,9 +221,7 @@ class SlackReporter:
             return
         for url in list(self._endpoints):
             if url not in urls:
-                endpoint = self._endpoints.pop(url)
-                if endpoint.task is not None:
-                    endpoint.task.cancel()
+                self._endpoints.pop(url).stop()
                 logger.info("slack endpoint %s gone", url)
         for url in urls:
             if url not in self._endpoints:
@@ -224,6 +237,12 @@ class SlackReporter:
         delay = cfg.backoff_initial_s
         attempts = 0
         while True:
+            # Python 3.11's asyncio.wait_for can turn a cancellation that races with its inner
+            # coroutine's own failure (a refused connect) into that failure (CPython gh-86296):
+            # the except clauses below would then retry forever with the task "cancelling".
+            # The flag set before cancel() ends the loop whatever wait_for did.
+            if endpoint.stopped:
+                raise asyncio.CancelledError
             if attempts:
                 self._count("reconnects")
             attempts += 1
@@ -234,6 +253,8 @@ class SlackReporter:
                 self._count("connect_failures")
                 # Full jitter: reconnecting gateways spread out instead of arriving together.
                 wait = random.uniform(0.5, 1.0) * delay
+                if endpoint.stopped:
+                    raise asyncio.CancelledError from exc
                 if attempts <= 3 or attempts % 50 == 0:
                     logger.warning("slack endpoint %s unreachable (%s); retry in %.2f s",
                                    endpoint.url, _describe(exc), wait)

@@ -174,3 +174,22 @@ def test_config_errors_quote_the_value() -> None:
         ReporterConfig(interval_s=0)
     with pytest.raises(ValueError, match="queue_batches must be an integer >= 1, got 0"):
         ReporterConfig(queue_batches=0)
+
+
+async def test_a_stopped_endpoint_ends_even_if_its_cancellation_was_swallowed() -> None:
+    # Python 3.11's wait_for can hand a refused connect back instead of the CancelledError that
+    # raced it (CPython gh-86296): the retry loop must still end once the endpoint is stopped.
+    # Simulated here by stopping the endpoint without cancelling its task.
+    url = f"ws://127.0.0.1:{free_port()}"  # nothing listens there
+    reporter = SlackReporter([url], Streams(), ReporterConfig(
+        interval_s=0.01, backoff_initial_s=0.01, backoff_max_s=0.02))
+    await reporter.start()
+    try:
+        await until(lambda: reporter.counters.connect_failures >= 2)
+        endpoint = reporter._endpoints[url]
+        endpoint.stopped = True  # what stop() sets before it cancels
+        assert endpoint.task is not None
+        await until(lambda: endpoint.task.done())  # type: ignore[union-attr]
+        assert endpoint.task.cancelled()
+    finally:
+        await reporter.stop()
