@@ -67,6 +67,14 @@ MAX_TTFT_S = 600.0
 MAX_TDS_TOK_S = 1000.0
 MAX_ID_CHARS = 256
 MAX_STOP_SEQUENCES = 4
+MAX_EXTRA_BODY_KEYS = 32
+# What `start.extra_body` may not set: what the gateway itself controls or validates (the request's
+# shape, its length limit, the Andes fields), and what `start` has its own field for.
+RESERVED_EXTRA_BODY_KEYS = (
+    "messages", "prompt", "model", "stream", "stream_options", "max_tokens",
+    "max_completion_tokens", "n", "tools", "functions", "qoe", "pacing",
+    "temperature", "top_p", "stop", "seed",
+)  # fmt: skip
 ROLES = ("system", "developer", "user", "assistant", "tool")
 PACINGS = ("server", "client", "off")
 
@@ -108,6 +116,9 @@ class Start:
     qoe: QoEFields = field(default_factory=QoEFields)
     pacing: PacingName | None = None
     id: str | None = None  # the client's own reference, echoed in `started`
+    # More top-level fields of the engine request, forwarded as they are (like the openai client's
+    # extra_body), e.g. vLLM's ignore_eos or min_tokens; never a RESERVED_EXTRA_BODY_KEYS key.
+    extra_body: dict[str, Any] | None = None
     type: Literal["start"] = "start"
 
 
@@ -279,6 +290,25 @@ def parse_pacing(v: Any, where: str = "pacing") -> PacingName | None:
     return v
 
 
+def parse_extra_body(v: Any) -> dict[str, Any] | None:
+    """Validate ``start.extra_body``: a map of at most :data:`MAX_EXTRA_BODY_KEYS` fields, none of
+    them one the gateway controls (:data:`RESERVED_EXTRA_BODY_KEYS`)."""
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise _invalid(f"extra_body must be an object of engine request fields, got {_short(v)}")
+    if len(v) > MAX_EXTRA_BODY_KEYS:
+        raise _invalid(f"extra_body may hold at most {MAX_EXTRA_BODY_KEYS} fields, got {len(v)}")
+    for key in v:
+        if not isinstance(key, str) or not key:
+            raise _invalid(f"extra_body keys must be non-empty strings, got {_short(key)}")
+        if key in RESERVED_EXTRA_BODY_KEYS:
+            raise _invalid(f"extra_body may not set {key!r}: the gateway controls it (start has "
+                           "its own fields for model, max_tokens, temperature, top_p, stop, seed, "
+                           "qoe and pacing)")
+    return dict(v)
+
+
 def _short(v: Any, limit: int = 80) -> str:
     text = repr(v)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -325,6 +355,7 @@ def parse_client_frame(obj: Any) -> ClientFrame:
             qoe=parse_qoe(obj.get("qoe")),
             pacing=pacing,
             id=ref,
+            extra_body=parse_extra_body(obj.get("extra_body")),
         )
     if t == "ack":
         consumed = obj.get("consumed")

@@ -123,7 +123,9 @@ class _Connection:
             await self.error("out_of_order", "a stream is already running on this connection; "
                              "cancel it or wait for its done frame")
             return
-        body: dict[str, Any] = {"messages": frame.messages}
+        # extra_body first: its keys never collide with the fields set here (protocol.py refuses
+        # the ones the gateway controls), and vllm_xargs in it is merged with the gateway's own.
+        body: dict[str, Any] = {**(frame.extra_body or {}), "messages": frame.messages}
         for key in _FORWARDED:
             value = getattr(frame, key)
             if value is not None:

@@ -28,6 +28,14 @@ export const MAX_TTFT_S = 600;
 export const MAX_TDS_TOK_S = 1000;
 export const MAX_ID_CHARS = 256;
 export const MAX_STOP_SEQUENCES = 4;
+export const MAX_EXTRA_BODY_KEYS = 32;
+// What `start.extra_body` may not set: what the gateway controls or validates, and what `start`
+// has its own field for (gateway/protocol.py RESERVED_EXTRA_BODY_KEYS).
+export const RESERVED_EXTRA_BODY_KEYS = Object.freeze([
+  "messages", "prompt", "model", "stream", "stream_options", "max_tokens",
+  "max_completion_tokens", "n", "tools", "functions", "qoe", "pacing",
+  "temperature", "top_p", "stop", "seed",
+]);
 const ROLES = ["system", "developer", "user", "assistant", "tool"];
 const PACINGS = ["server", "client", "off"];
 
@@ -38,7 +46,8 @@ const PACINGS = ["server", "client", "off"];
  *
  * @typedef {{type: "start", messages: ChatMessage[], model?: string, max_tokens?: number,
  *   temperature?: number, top_p?: number, stop?: string | string[], seed?: number,
- *   qoe?: QoEFields, pacing?: PacingName, id?: string}} StartFrame
+ *   qoe?: QoEFields, pacing?: PacingName, id?: string,
+ *   extra_body?: Record<string, unknown>}} StartFrame
  * @typedef {{type: "ack", consumed: number}} AckFrame
  * @typedef {{type: "pace", tds: number}} PaceFrame
  * @typedef {{type: "pause"} | {type: "resume"} | {type: "cancel"}} ControlFrame
@@ -147,6 +156,31 @@ function parseMessages(v) {
   return v;
 }
 
+/**
+ * Validate `start.extra_body`: more engine request fields, forwarded as they are (e.g. vLLM's
+ * ignore_eos), never one the gateway controls.
+ * @param {unknown} v
+ * @returns {Record<string, unknown> | undefined}
+ */
+function parseExtraBody(v) {
+  if (v === undefined || v === null) return undefined;
+  if (!isObj(v)) throw invalid(`extra_body must be an object of engine request fields, got ${short(v)}`);
+  const keys = Object.keys(/** @type {object} */ (v));
+  if (keys.length > MAX_EXTRA_BODY_KEYS) {
+    throw invalid(`extra_body may hold at most ${MAX_EXTRA_BODY_KEYS} fields, got ${keys.length}`);
+  }
+  for (const key of keys) {
+    if (!key) throw invalid(`extra_body keys must be non-empty strings, got ${short(key)}`);
+    if (RESERVED_EXTRA_BODY_KEYS.includes(key)) {
+      throw invalid(
+        `extra_body may not set '${key}': the gateway controls it (start has its own fields for ` +
+          "model, max_tokens, temperature, top_p, stop, seed, qoe and pacing)",
+      );
+    }
+  }
+  return { .../** @type {object} */ (v) };
+}
+
 /** @param {unknown} obj @returns {string} */
 function frameType(obj) {
   if (!isObj(obj)) throw new FrameError("bad_frame", `a frame must be a map, got ${short(obj)}`);
@@ -207,6 +241,7 @@ export function parseClientFrame(obj) {
         qoe: Object.keys(qoe).length ? qoe : undefined,
         pacing: o.pacing ?? undefined,
         id: o.id ?? undefined,
+        extra_body: parseExtraBody(o.extra_body),
       });
     }
     case "ack":

@@ -144,8 +144,10 @@ export function openSSE({ baseUrl, apiKey, fetch: fetchImpl, start }, on) {
   }
 
   async function run() {
-    const { type: _type, ...fields } = start;
-    const body = { ...fields, stream: true, stream_options: { include_usage: true } };
+    // extra_body's fields are top-level request fields over HTTP (as the gateway's WebSocket
+    // forwards them); none of them collides with the start frame's own (protocol.js refuses those).
+    const { type: _type, extra_body: extra, ...fields } = start;
+    const body = { ...(extra ?? {}), ...fields, stream: true, stream_options: { include_usage: true } };
     const resp = await fetchImpl(`${baseUrl}/v1/chat/completions`, {
       method: "POST",
       headers,

@@ -63,6 +63,8 @@ import { openSSE } from "./sse.js";
  * @property {"client" | "server"} [pacing]        who paces; default "client" (this module)
  * @property {number} [maxTokens]
  * @property {number} [temperature]
+ * @property {Record<string, unknown>} [extraBody]  more engine request fields (start.extra_body),
+ *   e.g. {ignore_eos: true} for vLLM
  * @property {string} [apiKey]
  * @property {(text: string, info: TextInfo) => void} [onText]
  * @property {(frame: StartedFrame) => void} [onStarted]
@@ -297,6 +299,7 @@ export class Session {
       temperature: o.temperature,
       qoe: Object.keys(qoe).length ? qoe : undefined,
       pacing: this.pacing,
+      extra_body: o.extraBody,
     });
   }
 

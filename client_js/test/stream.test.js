@@ -330,3 +330,21 @@ test("SSE transport: an HTTP error rejects with the OpenAI error's code and the 
   const ctl = stream({ url: "http://gw:1", transport: "sse", messages: MESSAGES, fetch: fakeFetch, document: null });
   await assert.rejects(ctl.done, (e) => e.code === "model_not_found" && e.status === 404 && /no such model/.test(e.message));
 });
+
+test("extraBody goes out as start.extra_body (WebSocket) and as top-level fields (SSE)", async () => {
+  const { ws } = setup({ extraBody: { ignore_eos: true, min_tokens: 4 } });
+  ws.accept();
+  assert.deepEqual(ws.sent[0].extra_body, { ignore_eos: true, min_tokens: 4 });
+  const calls = [];
+  const fakeFetch = async (url, init) => {
+    calls.push(JSON.parse(init.body));
+    return new Response(JSON.stringify({ error: { message: "stop here", code: "x" } }), { status: 400 });
+  };
+  const ctl = stream({
+    url: "http://gw:1", transport: "sse", messages: MESSAGES, extraBody: { ignore_eos: true },
+    fetch: fakeFetch, document: null,
+  });
+  await assert.rejects(ctl.done);
+  assert.equal(calls[0].ignore_eos, true);
+  assert.equal("extra_body" in calls[0], false);
+});

@@ -244,3 +244,29 @@ async def test_engine_failure_is_an_error_frame(gateway, upstream) -> None:
         await c.send({"type": "start", "messages": MSGS})
         err = await c.recv()
         assert err["code"] == "invalid_request" and "prompt too long" in err["message"]
+
+
+async def test_extra_body_reaches_the_engine_and_reserved_keys_do_not(gateway, upstream) -> None:
+    async with _open(gateway) as ws:
+        c = Conn(ws, "andes.v1.json")
+        for key in ("max_tokens", "stream", "messages", "qoe", "pacing", "model"):
+            await c.send({"type": "start", "messages": MSGS, "extra_body": {key: 1}})
+            err = await c.recv()
+            assert (err["code"], err["fatal"]) == ("invalid_request", False)
+            assert repr(key) in err["message"]
+        await c.send({"type": "start", "messages": MSGS, "extra_body": ["ignore_eos"]})
+        assert (await c.recv())["code"] == "invalid_request"
+        assert upstream.requests == 0  # nothing refused reached the engine
+        await c.send({"type": "start", "messages": MSGS, "pacing": "off", "max_tokens": 5,
+                      "extra_body": {"ignore_eos": True, "min_tokens": 5, "cache_salt": "s1",
+                                     "vllm_xargs": {"mine": 1}}})
+        started = await c.recv()
+        _, done = await c.until("done")
+        assert done["tokens"] == 5
+    body = upstream.records[0].body
+    assert body["ignore_eos"] is True and body["min_tokens"] == 5 and body["cache_salt"] == "s1"
+    assert body["max_tokens"] == 5 and body["messages"] == MSGS and body["stream"] is True
+    assert "extra_body" not in body
+    # The client's vllm_xargs is kept beside the gateway's own keys.
+    assert body["vllm_xargs"]["mine"] == 1
+    assert body["vllm_xargs"]["andes_stream_id"] == started["stream_id"]
