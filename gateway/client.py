@@ -141,8 +141,10 @@ class TextStream:
 
     def __init__(self, url: str, start: p.Start, *, tds_tok_s: float | None,
                  api_key: str | None, subprotocol: str, ack_interval_s: float, frame_s: float,
-                 open_timeout_s: float, clock: Callable[[], float]) -> None:
+                 open_timeout_s: float, clock: Callable[[], float],
+                 on_delta: Callable[[float, int], None] | None = None) -> None:
         self._url = url
+        self._on_delta = on_delta
         self._start = start
         self._api_key = api_key
         self._subprotocol = subprotocol
@@ -160,6 +162,7 @@ class TextStream:
         self._ws: ClientConnection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._received = asyncio.Event()  # the reader task has ended: done, error or lost
         self._error: ClientError | None = None
         self._s = _State()
         self._opened = False
@@ -219,17 +222,23 @@ class TextStream:
     async def set_pace(self, tds_tok_s: float) -> None:
         """Change the reading pace (tokens/s) from now on."""
         self._pacer.set_pace(tds_tok_s, self._clock())  # raises ValueError quoting a bad value
+        self._wake.set()
         await self._control(p.Pace(float(tds_tok_s)))
 
     async def pause(self) -> None:
-        """The reader stopped: hand out nothing until :meth:`resume`; the gateway is told."""
+        """The reader stopped: hand out nothing until :meth:`resume`; the gateway is told.
+
+        May be called at any time, also after the gateway has sent everything (the iteration then
+        waits for :meth:`resume` to hand out the rest)."""
         if not self._pacer.paused:
             self._pacer.pause(self._clock())
+            self._wake.set()
             await self._control(p.Pause())
 
     async def resume(self) -> None:
         if self._pacer.paused:
             self._pacer.resume(self._clock())
+            self._wake.set()  # the iteration may be waiting with nothing due
             await self._control(p.Resume())
 
     async def cancel(self) -> None:
@@ -244,6 +253,22 @@ class TextStream:
     @property
     def stream_id(self) -> str | None:
         return self._s.started.stream_id if self._s.started else None
+
+    @property
+    def received_all(self) -> bool:
+        """The gateway has sent its ``done`` frame (the text may still be pacing out here)."""
+        return self._s.done is not None
+
+    async def wait_received(self) -> p.Done:
+        """Until the gateway has sent the whole stream; returns its ``done`` frame, while the text
+        may still be pacing out locally (iterate to hand it out). Raises the stream's
+        :class:`ClientError` if it ended otherwise (an ``error`` frame, a lost connection)."""
+        if not self._opened:
+            await self._open()
+        await self._received.wait()
+        if self._s.done is not None:
+            return self._s.done
+        raise self._error or ConnectionLost("the connection closed before the stream ended")
 
     async def _control(self, frame: p.ClientFrame) -> None:
         if self._ws is not None and self._s.done is None and not self._finished:
@@ -307,7 +332,7 @@ class TextStream:
             ack_at = s.last_ack_s + self._ack_interval_s
             deadline = ack_at if deadline is None else min(deadline, ack_at)
         timeout = None if deadline is None else max(deadline - now, 0.0)
-        if self._reader is None or self._reader.done():
+        if (self._reader is None or self._reader.done()) and not self._pacer.paused:
             if timeout is None:
                 raise ProtocolViolation("the stream stalled: nothing to show and no connection")
             await asyncio.sleep(timeout)
@@ -345,6 +370,7 @@ class TextStream:
         except ClientError as exc:
             self._error = exc
         finally:
+            self._received.set()
             self._wake.set()
 
     def _on_frame(self, frame: p.ServerFrame, now: float) -> None:
@@ -361,6 +387,8 @@ class TextStream:
                                         f"got token {frame.index}")
             s.received += frame.count
             self._pacer.feed(split_tokens(frame.text, frame.count), now)
+            if self._on_delta is not None:
+                self._on_delta(now, frame.count)
         elif isinstance(frame, p.Done):
             s.done = frame
             self._pacer.close(now)
@@ -398,9 +426,15 @@ def stream(url: str = DEFAULT_URL, messages: Sequence[Mapping[str, Any]] = (), *
            temperature: float | None = None, api_key: str | None = None,
            subprotocol: str = p.JSON_SUBPROTOCOL, ack_interval_s: float = 0.15,
            frame_s: float = 0.05, open_timeout_s: float = 10.0,
-           clock: Callable[[], float] = time.monotonic) -> TextStream:
+           clock: Callable[[], float] = time.monotonic,
+           extra_body: Mapping[str, Any] | None = None,
+           on_delta: Callable[[float, int], None] | None = None) -> TextStream:
     """A chat completion from the gateway at ``url`` (``ws://HOST:PORT/v1/stream``), paced for a
     reader of ``qoe={"ttft": s, "tds": tokens/s}`` (the gateway's defaults where left out).
+
+    ``extra_body``: more engine request fields (``start.extra_body``, e.g. vLLM's
+    ``{"ignore_eos": True}``). ``on_delta(now, count)`` is called as each ``delta`` frame arrives
+    (``now`` on ``clock``), before its text is paced: when the text reached this client.
 
     Validates the request before connecting (:class:`ValueError` quoting the bad field).
     """
@@ -410,7 +444,8 @@ def stream(url: str = DEFAULT_URL, messages: Sequence[Mapping[str, Any]] = (), *
             "type": "start", "messages": [dict(m) for m in messages], "model": model,
             "max_tokens": max_tokens, "temperature": temperature,
             "qoe": {k: v for k, v in (("ttft", q.ttft), ("tds", q.tds)) if v is not None},
-            "pacing": pacing})
+            "pacing": pacing,
+            "extra_body": dict(extra_body) if extra_body is not None else None})
     except p.FrameError as exc:
         raise ValueError(exc.message) from None
     if subprotocol not in p.SUBPROTOCOLS:
@@ -418,7 +453,7 @@ def stream(url: str = DEFAULT_URL, messages: Sequence[Mapping[str, Any]] = (), *
     assert isinstance(start, p.Start)
     return TextStream(url, start, tds_tok_s=q.tds, api_key=api_key, subprotocol=subprotocol,
                       ack_interval_s=ack_interval_s, frame_s=frame_s,
-                      open_timeout_s=open_timeout_s, clock=clock)
+                      open_timeout_s=open_timeout_s, clock=clock, on_delta=on_delta)
 
 
 class SyncTextStream:

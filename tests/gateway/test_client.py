@@ -98,6 +98,40 @@ async def test_pause_resume_and_pace_reach_the_gateway(gateway, upstream, spy) -
     assert s.result is not None and s.result.tokens == 40
 
 
+async def test_a_pause_that_outlasts_the_stream_resumes_where_it_stopped(gateway, upstream) -> None:
+    # The tab is hidden while the gateway sends the rest and its done frame: the iteration waits
+    # for resume() (it used to fail as a stalled stream), then hands out everything.
+    upstream.script = Script(tokens=words(12))
+    arrivals: list[tuple[float, int]] = []
+    resumed: list[asyncio.Task[None]] = []
+    async with stream(gateway.ws_url, MSGS, qoe={"tds": 20},
+                      on_delta=lambda now, n: arrivals.append((now, n))) as s:
+        text = []
+        async for piece in s:
+            text.append(piece)
+            if len(text) == 1:
+                await s.pause()
+                done = await s.wait_received()  # the whole stream is here; the reader is away
+                assert s.received_all and done.tokens == 12
+                asyncio.get_running_loop().call_later(
+                    0.05, lambda: resumed.append(asyncio.ensure_future(s.resume())))
+    assert resumed and len(text) > 2  # handed out after the return, piece by piece
+    assert "".join(text) == "".join(words(12))
+    assert sum(n for _, n in arrivals) == 12 and arrivals == sorted(arrivals)
+    assert s.result is not None and s.result.tokens == 12
+
+
+async def test_extra_body_reaches_the_engine(gateway, upstream) -> None:
+    async with stream(gateway.ws_url, MSGS, qoe={"tds": 100},
+                      extra_body={"ignore_eos": True, "min_tokens": 3}) as s:
+        async for _ in s:
+            pass
+    body = upstream.records[0].body
+    assert body["ignore_eos"] is True and body["min_tokens"] == 3
+    with pytest.raises(ValueError, match="extra_body may not set 'stream'"):
+        stream(gateway.ws_url, MSGS, extra_body={"stream": False})
+
+
 async def test_breaking_out_cancels_the_engine_request(gateway, upstream, spy) -> None:
     upstream.script = Script(tokens=words(200), gap_s=0.05)
     async with stream(gateway.ws_url, MSGS, qoe={"tds": 50}) as s:
