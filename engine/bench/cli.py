@@ -8,6 +8,12 @@
 Every rate replays the same requests (from ``--skip``) at arrival times drawn with the same seed,
 so rates differ only by how compressed the arrivals are. The table has one row per rate (the
 simulator's columns; preemptions are not visible from the client and show as nan).
+
+The closed loop, through the Andes gateway's WebSocket with readers who read at their own pace and
+hide the tab for a while (``engine/bench/readers.py``; QoE scored on each reader's clock)::
+
+    andes bench --url http://127.0.0.1:8080 --transport ws --misdeclared-share 0.3 \\
+        --pause-share 0.2 --rate 1,2 --duration 120 --tds-scale 0.5
 """
 
 from __future__ import annotations
@@ -15,14 +21,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import math
 import signal
 import sys
 from pathlib import Path
 
-from engine.bench.client import API_KINDS, EndpointConfig
+from engine.bench.client import API_KINDS, TRANSPORTS, EndpointConfig
 from engine.bench.errors import BenchConfigError, BenchError
 from engine.bench.plan import PlanConfig, PlannedRequest, build_plan, load_prompt_texts
+from engine.bench.readers import Reader, ReaderConfig, draw_readers
 from engine.bench.result import BenchRun, to_report_summary
 from engine.bench.runner import RunConfig, run_load
 from engine.sim.arrivals import ArrivalSpec
@@ -72,6 +80,34 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a share within [0, 1], got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share within [0, 1], got {text!r}")
+    return value
+
+
+def _pair(text: str) -> tuple[float, float]:
+    parts = text.split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers), got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+        raise argparse.ArgumentTypeError(f"expected LO,HI with 0 <= LO <= HI, got {text!r}")
+    return lo, hi
+
+
+def _factor_pair(text: str) -> tuple[float, float]:
+    lo, hi = _pair(text)
+    if lo <= 0:
+        raise argparse.ArgumentTypeError(f"expected pace factors > 0, got {text!r}")
+    return lo, hi
+
+
 def _rates(text: str) -> list[float]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
@@ -102,15 +138,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " go out when due, whatever came before), time every token's arrival at the client, and"
         " score each request's QoE against its reader's expectation (engine/qoe.py). Prints a"
         " table per rate: average and p10 QoE, share with QoE >= 0.9, TTFT, token throughput."
+        " With --transport ws it streams through the Andes gateway's WebSocket instead, each"
+        " request read by a modelled reader (own pace, tab hidden a while): the closed loop."
     )
     parser.formatter_class = _HelpFormatter
     where = parser.add_argument_group("endpoint")
     where.add_argument("--url", default="http://127.0.0.1:8000",
                        help="server root (or its /v1 prefix): vLLM, the Andes gateway, any"
                             " OpenAI-compatible server")  # fmt: skip
-    where.add_argument("--api", choices=API_KINDS, default="completions",
+    where.add_argument("--transport", choices=TRANSPORTS, default="http",
+                       help="http: SSE from any OpenAI-compatible server; ws: the Andes gateway's"
+                            " WebSocket /v1/stream (needs the gateway's URL), read by each"
+                            " request's reader: local pacing at its pace, acks, pause/resume"
+                            )  # fmt: skip
+    where.add_argument("--api", choices=API_KINDS, default=None,
                        help="which streaming API to call: /v1/completions (prompt as text) or"
-                            " /v1/chat/completions (prompt as one user message)")  # fmt: skip
+                            " /v1/chat/completions (prompt as one user message); default"
+                            " completions over http, chat over ws (its only one)")  # fmt: skip
     where.add_argument(
         "--model",
         default=None,
@@ -162,6 +206,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="multiply every reader's pace (tokens/s) by this; < 1 puts a small"
                          " engine in the paper's regime of generating several times faster than"
                          " people read (see engine/bench/plan.py)")  # fmt: skip
+    rd = parser.add_argument_group(
+        "readers", "who reads each stream (engine/bench/readers.py); QoE is scored on each"
+        " reader's clock at its own pace, and over ws the reader's pace and pauses reach the"
+        " gateway (over http they only change the score)")  # fmt: skip
+    rd.add_argument("--misdeclared-share", type=_share, default=None,
+                    help="share of readers whose pace is not the declared one (default 0.3 with"
+                         " --transport ws, 0 over http)")  # fmt: skip
+    rd.add_argument("--read-pace-factor", type=_factor_pair, default=(0.5, 0.8), metavar="LO,HI",
+                    help="their actual pace is the declared one times a factor uniform in"
+                         " [LO, HI] (default 0.5,0.8: slower than declared)")  # fmt: skip
+    rd.add_argument("--pause-share", type=_share, default=None,
+                    help="share of readers who hide the tab once and come back (default 0.2 with"
+                         " --transport ws, 0 over http)")  # fmt: skip
+    rd.add_argument("--pause-after", type=_pair, default=(2.0, 20.0), metavar="LO,HI",
+                    help="they hide it this many seconds after their first token, uniform"
+                         " (default 2,20)")  # fmt: skip
+    rd.add_argument("--pause-duration", type=_pair, default=(15.0, 45.0), metavar="LO,HI",
+                    help="for this many seconds, uniform (default 15,45)")  # fmt: skip
     arr = parser.add_argument_group("arrivals")
     arr.add_argument(
         "--rate",
@@ -187,7 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1200.0,
         help="burst: cycle length in seconds (2x the mean rate for 35%% of it)",
     )
-    arr.add_argument("--seed", type=int, default=0, help="arrival (and synthetic workload) seed")
+    arr.add_argument("--seed", type=int, default=0,
+                     help="arrival, reader (and synthetic workload) seed")  # fmt: skip
     opts = parser.add_argument_group("run")
     opts.add_argument("--max-concurrency", type=_positive_int, default=1024,
                      help="requests in flight at once; a request waiting for a slot is still"
@@ -230,6 +293,21 @@ def load_requests(workload: str, seed: int = 0) -> tuple[list[TraceRequest], dic
     return load_workload(path), load_prompt_texts(path)
 
 
+def reader_config(args: argparse.Namespace) -> ReaderConfig | None:
+    """The readers' model from the options; None when every reader reads as declared over http
+    (the plain open-loop benchmark, scored exactly as before readers existed)."""
+    ws = args.transport == "ws"
+    misdeclared = args.misdeclared_share
+    pause = args.pause_share
+    misdeclared = (0.3 if ws else 0.0) if misdeclared is None else misdeclared
+    pause = (0.2 if ws else 0.0) if pause is None else pause
+    if not ws and misdeclared == 0 and pause == 0:
+        return None
+    return ReaderConfig(misdeclared_share=misdeclared, pace_factor=args.read_pace_factor,
+                        pause_share=pause, pause_after_s=args.pause_after,
+                        pause_s=args.pause_duration, seed=args.seed)  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``andes bench``; one-line errors, exit status 2 on bad input, 130 on Ctrl-C."""
     try:
@@ -242,14 +320,20 @@ def run(args: argparse.Namespace) -> int:
 async def _main(args: argparse.Namespace) -> int:
     from engine.sim.report import format_table, plot_qoe_vs_rate
 
+    if args.transport == "ws" and args.api == "completions":
+        raise BenchConfigError("--transport ws streams chat completions only; drop --api"
+                               " completions")  # fmt: skip
+    api = args.api or ("chat" if args.transport == "ws" else "completions")
     endpoint = EndpointConfig(
-        base_url=args.url, api=args.api, model=args.model, api_key=args.api_key,
+        base_url=args.url, api=api, model=args.model, api_key=args.api_key,
         vllm_extras=args.vllm_extras, qoe_field=args.qoe_field, cache_salt=args.cache_salt,
         request_timeout_s=args.timeout, read_timeout_s=args.read_timeout,
+        transport=args.transport,
     )  # fmt: skip
+    readers_cfg = reader_config(args)
     duration = args.duration if (args.duration or args.num_requests) else 60.0
     workload, texts = load_requests(args.workload, args.seed)
-    plans: list[tuple[float, list[PlannedRequest]]] = []
+    plans: list[tuple[float, list[PlannedRequest], dict[str, Reader] | None]] = []
     for rate in args.rate:
         spec = ArrivalSpec(kind=args.arrivals, rate_rps=rate, cv=args.cv,
                            period_s=args.burst_period)  # fmt: skip
@@ -261,7 +345,10 @@ async def _main(args: argparse.Namespace) -> int:
         plan = build_plan(workload, plan_cfg, texts)
         if not plan:
             raise BenchConfigError(f"no request arrives within {duration} s at rate {rate}")
-        plans.append((rate, plan))
+        readers = None
+        if readers_cfg is not None:
+            readers = draw_readers(((r.req_id, r.spec) for r in plan), readers_cfg)
+        plans.append((rate, plan, readers))
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -269,12 +356,18 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGINT, stop.set)
     label = args.arrivals if args.arrivals != "gamma" else f"gamma cv={args.cv:g}"
     runs: list[tuple[float, BenchRun]] = []
-    for rate, plan in plans:
+    for rate, plan, readers in plans:
         run_cfg = RunConfig(max_concurrency=args.max_concurrency, progress=args.progress,
                             label=f"rate {rate:g}/s")  # fmt: skip
-        result = await run_load(plan, endpoint, run_cfg, stop)
+        result = await run_load(plan, endpoint, run_cfg, stop, readers)
         result.meta.update(rate_rps=rate, arrivals=label, tds_scale=args.tds_scale,
                            workload=args.workload, seed=args.seed)  # fmt: skip
+        if readers_cfg is not None and readers is not None:
+            result.meta["readers"] = {
+                **dataclasses.asdict(readers_cfg),
+                "misdeclared": sum(r.misdeclared for r in readers.values()),
+                "pausing": sum(r.pauses for r in readers.values()),
+            }
         runs.append((rate, result))
         if stop.is_set():
             break
@@ -294,6 +387,10 @@ async def _main(args: argparse.Namespace) -> int:
             notes.append(f"{s.num_errors} failed (first: {first})")
         if s.token_count_mismatches:
             notes.append(f"{s.token_count_mismatches} token-count mismatches with usage")
+        if "readers" in r.meta:
+            rm = r.meta["readers"]
+            notes.append(f"readers: {rm['misdeclared']} not at the declared pace,"
+                         f" {rm['pausing']} hide the tab; QoE on the readers' clocks")  # fmt: skip
         if notes:
             print(f"rate {rate:g}/s: " + "; ".join(notes))
     if args.json is not None:

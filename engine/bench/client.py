@@ -34,9 +34,10 @@ from engine.bench.plan import PlannedRequest
 from engine.bench.result import RequestRecord
 from engine.bench.sse import SSEParser
 
-__all__ = ["API_KINDS", "EndpointConfig", "fetch_model", "stream_request"]
+__all__ = ["API_KINDS", "TRANSPORTS", "EndpointConfig", "fetch_model", "stream_request"]
 
 API_KINDS = ("completions", "chat")
+TRANSPORTS = ("http", "ws")  # SSE over HTTP (any server), or the Andes gateway's WebSocket
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,19 +53,45 @@ class EndpointConfig:
     cache_salt: str | None = None  # vLLM prefix-cache salt (with vllm_extras)
     temperature: float = 0.0  # sampling temperature (the length is forced, so it only shapes text)
     request_timeout_s: float = 900.0  # a request still streaming after this long fails
-    read_timeout_s: float = 120.0  # a request that receives no byte for this long fails
+    read_timeout_s: float = 120.0  # a request that receives no byte for this long fails (HTTP)
+    # "http": the api above as SSE; "ws": the Andes gateway's /v1/stream (chat, client pacing,
+    # engine/bench/ws_client.py), where the reader model plays pace, acks and pauses.
+    transport: str = "http"
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
         if self.api not in API_KINDS:
             raise ValueError(f"api must be one of {', '.join(API_KINDS)}, got {self.api!r}")
+        if self.transport not in TRANSPORTS:
+            raise ValueError(
+                f"transport must be one of {', '.join(TRANSPORTS)}, got {self.transport!r}"
+            )
+        if self.transport == "ws" and self.api != "chat":
+            raise ValueError(
+                f"the WebSocket transport streams chat completions only, got api {self.api!r}"
+            )
         for name in ("request_timeout_s", "read_timeout_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+
+    @property
+    def ws_url(self) -> str:
+        """The gateway's WebSocket endpoint, ``ws[s]://host:port/v1/stream``."""
+        root = self.v1_url.removesuffix("/v1")
+        return "ws" + root.removeprefix("http") + "/v1/stream"
+
+    def extra_body(self) -> dict[str, Any]:
+        """The WebSocket start frame's ``extra_body``: what :meth:`body` adds for vLLM."""
+        if not self.vllm_extras:
+            return {}
+        extra: dict[str, Any] = {"ignore_eos": True}
+        if self.cache_salt:
+            extra["cache_salt"] = self.cache_salt
+        return extra
 
     @property
     def v1_url(self) -> str:

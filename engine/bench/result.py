@@ -3,7 +3,13 @@
 Times in a record are seconds relative to the request's *due* time (its scheduled arrival), because
 that is when its reader started waiting: a request held back by the load generator's concurrency
 limit, or by a slow connection, is late for the reader all the same. Token arrival times are taken
-at the client when the chunk carrying them was read off the socket.
+at the client when the chunk (SSE event or WebSocket ``delta`` frame) carrying them was read off the
+socket.
+
+A record may also say how its reader read (:mod:`engine.bench.readers`): the pace it actually read
+at and when it hid the tab. Its :attr:`RequestRecord.qoe` is then the QoE on that reader's clock;
+without them (every HTTP record, and every record written before they existed) it is exactly
+:func:`engine.qoe.qoe` of the arrivals against the declared spec, as before.
 
 :class:`BenchRun` holds the records of one run with the settings that produced them and round-trips
 through JSON (the raw measurements that the calibration and the reports read back).
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from engine.bench.readers import reader_qoe
 from engine.qoe import QoESpec, qoe
 from engine.sim.report import Summary
 
@@ -41,6 +48,8 @@ class RequestRecord:
     finish_reason: str | None = None
     error: str | None = None  # why the request failed (HTTP status, timeout, …); None if it did not
     end_s: float = math.nan  # when the stream ended (or failed), relative to due_s
+    read_tds_tok_s: float | None = None  # the reader's actual pace; None: the declared one
+    pauses_s: list[tuple[float, float]] = field(default_factory=list)  # tab hidden [start, end)
 
     @property
     def ok(self) -> bool:
@@ -58,8 +67,23 @@ class RequestRecord:
         return self.token_times_s[0] if self.token_times_s else math.nan
 
     @property
+    def reader_spec(self) -> QoESpec:
+        """What the reader is scored against: the declared TTFT at the reader's actual pace."""
+        if self.read_tds_tok_s is None or self.read_tds_tok_s == self.spec.tds_tok_s:
+            return self.spec
+        return QoESpec(self.spec.ttft_s, self.read_tds_tok_s)
+
+    @property
     def qoe(self) -> float:
-        """The exact QoE of what arrived (0 when nothing did, :func:`engine.qoe.qoe`)."""
+        """The QoE the reader experienced (0 when nothing arrived): on the reader's clock, at its
+        pace (:func:`engine.bench.readers.reader_qoe`); :func:`engine.qoe.qoe` of the arrivals
+        against the declared spec when the record says nothing about its reader."""
+        return reader_qoe(self.token_times_s, self.reader_spec, self.pauses_s)
+
+    @property
+    def declared_qoe(self) -> float:
+        """:func:`engine.qoe.qoe` of the arrivals against the declared spec, on the wall clock
+        (what a server that believes the declaration would score)."""
         return qoe(self.token_times_s, self.spec)
 
     @property
@@ -75,6 +99,7 @@ class RequestRecord:
         data = asdict(self)
         data["spec"] = {"ttft_s": self.spec.ttft_s, "tds_tok_s": self.spec.tds_tok_s}
         data["token_times_s"] = [round(t, 6) for t in self.token_times_s]
+        data["pauses_s"] = [[round(a, 6), round(b, 6)] for a, b in self.pauses_s]
         for key in ("sent_s", "end_s"):
             data[key] = None if math.isnan(data[key]) else round(data[key], 6)
         return data
@@ -86,6 +111,7 @@ class RequestRecord:
         data["spec"] = QoESpec(**data["spec"])
         for key in ("sent_s", "end_s"):
             data[key] = math.nan if data.get(key) is None else float(data[key])
+        data["pauses_s"] = [(float(a), float(b)) for a, b in data.get("pauses_s") or []]
         return cls(**data)
 
 

@@ -6,6 +6,12 @@ studies. ``max_concurrency`` bounds the requests in flight (and the connection p
 waits for a slot is still timed from its due time, so an undersized limit shows up as lateness, not
 as a lighter load. One process, one event loop: light enough to share two cores with the engine.
 
+Transports: ``endpoint.transport`` ``http`` streams each request as SSE
+(:mod:`engine.bench.client`); ``ws`` streams it through the Andes gateway's WebSocket, read by its
+reader (:mod:`engine.bench.ws_client`: local pacing at the reader's pace, acks, pause/resume). With
+``readers`` (:mod:`engine.bench.readers`) every record is scored on its reader's clock; over HTTP
+the reader cannot tell the server anything, so there it only changes the score.
+
 Stopping: setting the ``stop`` event (the CLI wires Ctrl-C to it) stops sending, cancels what is in
 flight and returns what was measured, with ``interrupted`` set and the unfinished requests marked.
 """
@@ -16,7 +22,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -24,7 +30,9 @@ from tqdm import tqdm
 
 from engine.bench.client import EndpointConfig, fetch_model, stream_request
 from engine.bench.plan import PlannedRequest
+from engine.bench.readers import Reader
 from engine.bench.result import BenchRun, RequestRecord
+from engine.bench.ws_client import check_gateway, ws_stream_request
 
 __all__ = ["RunConfig", "run_load"]
 
@@ -52,11 +60,14 @@ async def run_load(
     endpoint: EndpointConfig,
     config: RunConfig | None = None,
     stop: asyncio.Event | None = None,
+    readers: Mapping[str, Reader] | None = None,
 ) -> BenchRun:
     """Replay ``plan`` against ``endpoint``; return every request's record.
 
-    Raises :class:`~engine.bench.errors.EndpointError` only if no model can be found before the
-    run starts; failures of single requests are recorded, not raised.
+    ``readers`` maps request ids to their readers (missing: reads as declared, never hides).
+    Raises :class:`~engine.bench.errors.EndpointError` only if no model can be found (or, for the
+    ``ws`` transport, no gateway WebSocket answers) before the run starts; failures of single
+    requests are recorded, not raised.
     """
     config = config or RunConfig()
     stop = stop or asyncio.Event()
@@ -70,6 +81,8 @@ async def run_load(
     connector = aiohttp.TCPConnector(limit=config.max_concurrency, limit_per_host=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         model = await fetch_model(session, endpoint)
+        if endpoint.transport == "ws":
+            await check_gateway(endpoint)
         started_wall = time.time()
         clock = time.perf_counter
         t0 = clock() + config.start_delay_s
@@ -87,8 +100,15 @@ async def run_load(
 
         async def one(req: PlannedRequest, record: RequestRecord) -> None:
             try:
+                reader = readers.get(req.req_id) if readers else None
                 async with slots:
-                    await stream_request(session, endpoint, model, req, record, t0 + req.at_s)
+                    if endpoint.transport == "ws":
+                        await ws_stream_request(endpoint, model, req, reader, record, t0 + req.at_s)
+                    else:
+                        await stream_request(session, endpoint, model, req, record, t0 + req.at_s)
+                        if reader is not None:  # scored as this reader, who could not say so
+                            record.read_tds_tok_s = reader.read_tds_tok_s
+                            record.pauses_s = reader.pauses_during(record.token_times_s)
             except asyncio.CancelledError:
                 record.error = record.error or (
                     "cancelled" if not math.isnan(record.sent_s) else "not sent (stopped)"
@@ -121,7 +141,8 @@ async def run_load(
             if math.isnan(record.sent_s) and record.error is None:
                 record.error = "not sent (stopped)"
     meta = {
-        "endpoint": endpoint.url,
+        "endpoint": endpoint.ws_url if endpoint.transport == "ws" else endpoint.url,
+        "transport": endpoint.transport,
         "api": endpoint.api,
         "model": model,
         "started_unix_s": round(started_wall, 3),

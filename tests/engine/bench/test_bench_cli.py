@@ -25,6 +25,8 @@ def closed_port() -> int:
         (["--workload", "/no/such/trace.json"], "workload file not found: '/no/such/trace.json'"),
         (["--url", "ftp://x", "--workload", "synthetic"], "'ftp://x'"),
         (["--workload", "synthetic", "--url", "http://127.0.0.1:{port}"], "cannot list models"),
+        (["--workload", "synthetic", "--transport", "ws", "--api", "completions"],
+         "chat completions only"),
     ],
 )
 def test_bad_inputs_give_one_line_errors(capsys, argv, needle) -> None:
@@ -43,7 +45,10 @@ def test_malformed_workload_names_the_record(tmp_path, capsys) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--rate", "0"], ["--rate", "fast"], ["--tds-scale", "-2"],
-                                  ["--api", "grpc"], ["--num-requests", "0"]])  # fmt: skip
+                                  ["--api", "grpc"], ["--num-requests", "0"],
+                                  ["--transport", "sse"], ["--misdeclared-share", "1.5"],
+                                  ["--pause-share", "x"], ["--pause-duration", "5"],
+                                  ["--read-pace-factor", "0.8,0.5"]])  # fmt: skip
 def test_bad_option_values_exit_2(capsys, argv) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["bench", *argv])
@@ -56,7 +61,9 @@ def test_help_explains_every_option(capsys) -> None:
         main(["bench", "--help"])
     out = capsys.readouterr().out
     for option in ("--url", "--api", "--tds-scale", "--rate", "--arrivals", "--max-concurrency",
-                   "--json", "--plot", "--max-output-tokens", "--no-vllm-extras"):  # fmt: skip
+                   "--json", "--plot", "--max-output-tokens", "--no-vllm-extras", "--transport",
+                   "--misdeclared-share", "--pause-share", "--read-pace-factor",
+                   "--pause-duration"):  # fmt: skip
         assert option in out
 
 
