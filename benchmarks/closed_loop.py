@@ -321,23 +321,9 @@ def main(argv: list[str] | None = None) -> int:
               f" {', '.join(CONFIGS)}", file=sys.stderr)  # fmt: skip
         return 2
     settings, rates = settings_from(args)
-    if args.quick and args.runs_dir == RUNS_DIR:
-        args.runs_dir = RUNS_DIR / "quick"
-    if args.fresh and args.runs_dir.exists():
-        for path in args.runs_dir.glob("*_rate*.json"):
-            path.unlink()
-    runs: dict[str, dict[float, BenchRun]] = {}
-    try:
-        for config in configs:
-            if args.report_only:
-                saved = {r: load_run(config, r, settings, args.runs_dir) for r in rates}
-                runs[config] = {r: run for r, run in saved.items() if run is not None}
-            else:
-                runs[config] = measure_config(config, rates, settings, args.runs_dir,
-                                              args.progress)  # fmt: skip
-    except KeyboardInterrupt:
-        print("interrupted: finished loads are saved; rerun the same command to resume",
-              file=sys.stderr)  # fmt: skip
+    runs = engine_qoe.collect_runs(args, configs, rates, settings, RUNS_DIR, measure_config,
+                                   load_run)
+    if runs is None:
         return 130
     report(runs, settings, rates, args.quick, write=not args.no_record, runs_dir=args.runs_dir)
     return 0

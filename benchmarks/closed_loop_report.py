@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.engine_qoe import summaries_of
 from benchmarks.record import command_line, machine_line, record
 from engine.bench.readers import Reader
-from engine.bench.result import BenchRun, to_report_summary
+from engine.bench.result import BenchRun
 from engine.sim.report import Summary, format_table, plot_qoe_vs_rate
 
 if TYPE_CHECKING:
@@ -40,18 +41,6 @@ CPU_CHUNKED_PREFILL_TOKENS = 2048  # vLLM's max_num_batched_tokens for the OpenA
 Runs = Mapping[str, Mapping[float, BenchRun]]
 
 
-def summaries_of(runs: Runs) -> list[Summary]:
-    """One row per (configuration, load), QoE on the readers' clocks."""
-    rows = []
-    for config, by_rate in runs.items():
-        for rate in sorted(by_rate):
-            run = by_rate[rate]
-            rows.append(to_report_summary(
-                run.summary(), config, rate, "poisson",
-                preemptions=float(run.meta.get("preemptions", math.nan)),
-                wall_s=float(run.meta.get("wall_s", math.nan)),
-            ))  # fmt: skip
-    return rows
 
 
 def rate_at_qoe(points: Sequence[tuple[float, float]], q: float) -> tuple[float | None, bool]:

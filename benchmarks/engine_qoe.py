@@ -41,7 +41,7 @@ import math
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -208,8 +208,8 @@ def measure_policy(policy: str, rates: Sequence[float], settings: Settings, runs
     return done
 
 
-def summaries_of(runs: dict[str, dict[float, BenchRun]]) -> list[Summary]:
-    """One report row per (policy, load)."""
+def summaries_of(runs: Mapping[str, Mapping[float, BenchRun]]) -> list[Summary]:
+    """One report row per (policy or configuration, load)."""
     rows = []
     for policy, by_rate in runs.items():
         for rate in sorted(by_rate):
@@ -394,26 +394,42 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     settings, rates = settings_from(args)
-    if args.quick and args.runs_dir == RUNS_DIR:
-        args.runs_dir = RUNS_DIR / "quick"
+    runs = collect_runs(args, policies, rates, settings, RUNS_DIR, measure_policy, load_run)
+    if runs is None:
+        return 130
+    report(runs, settings, policies, args.quick, write=not args.no_record)
+    return 0
+
+
+Measure = Callable[[str, Sequence[float], Any, Path, bool], dict[float, BenchRun]]
+Load = Callable[[str, float, Any, Path], BenchRun | None]
+
+
+def collect_runs(args: argparse.Namespace, names: Sequence[str], rates: Sequence[float],
+                 settings: Any, default_dir: Path, measure: Measure,
+                 load: Load) -> dict[str, dict[float, BenchRun]] | None:  # fmt: skip
+    """Every load of every policy (or configuration) ``names``: measured with ``measure`` where
+    not saved, or only the saved ones (``load``) with ``--report-only``; None when interrupted
+    (the finished loads are saved). Applies ``--quick`` (its own runs folder) and ``--fresh``.
+    Shared by this benchmark and closed_loop.py."""
+    if args.quick and args.runs_dir == default_dir:
+        args.runs_dir = default_dir / "quick"
     if args.fresh and args.runs_dir.exists():
         for path in args.runs_dir.glob("*_rate*.json"):
             path.unlink()
     runs: dict[str, dict[float, BenchRun]] = {}
     try:
-        for policy in policies:
+        for name in names:
             if args.report_only:
-                saved = {r: load_run(policy, r, settings, args.runs_dir) for r in rates}
-                runs[policy] = {r: run for r, run in saved.items() if run is not None}
+                saved = {r: load(name, r, settings, args.runs_dir) for r in rates}
+                runs[name] = {r: run for r, run in saved.items() if run is not None}
             else:
-                runs[policy] = measure_policy(policy, rates, settings, args.runs_dir,
-                                              args.progress)  # fmt: skip
+                runs[name] = measure(name, rates, settings, args.runs_dir, args.progress)
     except KeyboardInterrupt:
         print("interrupted: finished loads are saved; rerun the same command to resume",
               file=sys.stderr)  # fmt: skip
-        return 130
-    report(runs, settings, policies, args.quick, write=not args.no_record)
-    return 0
+        return None
+    return runs
 
 
 if __name__ == "__main__":
