@@ -31,14 +31,25 @@ requests that fall out are preempted. With the paper's cost controls:
   request's share of the batch. 30 s is six horizons: by then its horizon gain is ~2% of a
   fresh request's, below any footprint ratio in the paper's trace (most prompts take a few KV
   blocks, the longest over 100), so without the floor it would not be picked at all.
-* **Anti-thrash**: a request admitted less than ``min_run_steps`` steps ago is not preempted, so a
-  request is never parked just after paying its prefill; the horizon gain is monotone in delivery
-  time, so no request gains value from having its last tokens delayed.
+* **Anti-thrash**: a request (re)admitted less than ``min_run_steps`` steps or ``min_run_s``
+  seconds ago is not preempted, so a request is never parked just after paying its prefill; the
+  horizon gain is monotone in delivery time, so no request gains value from having its last
+  tokens delayed. ``min_run_s`` defaults to one horizon: its admission was valued over the next
+  ``horizon_s``, and parking it sooner pays a recompute for a value the knapsack never counted.
+  Measured in the simulator calibrated to vLLM on CPU (BENCHMARKS.md, closed-loop), the step
+  count alone (8 steps, under half a second there) let each request be preempted ~6 times and
+  cost half the throughput; with the 5 s floor, ~3 times.
 
 Measured slack: a :class:`SlackReport` younger than ``slack_staleness_s`` replaces the server's
-inference of where the reader is — the reader needs the next token at ``now + slack`` and reads at
-the report's pace; a paused reader never needs one, so serving it is worth nothing and it yields.
-Older reports are ignored (the tracker's inference is used).
+inference of where the reader is — the reader needs the next token at ``now + slack`` (plus, when
+something is buffered, half a token's reading: the rest of the token it is on), reads at the
+report's pace, and expects that pace (its QoE's expected curve). A paused reader is valued as if
+it came back now until ``resume_cushion_s`` of reading is buffered for it; after that it needs
+nothing while away, so serving it is worth nothing and it yields, and it comes back with that
+cushion to cover its readmission. Older reports are ignored (the tracker's inference is used), and
+so is a report before the first token (the reader's first token is due at its ``ttft``). The
+starvation floor counts a measured reader with nothing buffered as stalled since the tracker
+says it ran out.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ from engine.policy.base import (
     Policy,
     ReqState,
     RequestView,
+    SlackReport,
     build_config,
     register_policy,
 )
@@ -72,13 +84,19 @@ class AndesConfig:
     horizon_s: float = 5.0  # look-ahead Δt over which Q_serve and Q_wait are compared
     batch_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the largest batch, to try
     slack_staleness_s: float = 1.0  # slack reports older than this are ignored
+    # A paused reader is served until this much reading is buffered, then yields (see module doc).
+    resume_cushion_s: float = 5.0
     min_run_steps: int = 8  # steps after admission during which a request is not preempted
+    min_run_s: float = 5.0  # and seconds (see "Anti-thrash")
     overhead_aware: bool = True  # refine preemptions by their recompute cost (paper v2)
     latency_trigger: bool = True  # also trigger when the batch is slower than its strictest reader
     # A reader stalled (or first token late) longer than this is starving: see "Starvation floor".
     starvation_s: float = 30.0
 
     def __post_init__(self) -> None:
+        m = self.min_run_s
+        if isinstance(m, bool) or not isinstance(m, int | float) or not 0 <= m < math.inf:
+            raise ValueError(f"min_run_s must be a finite number >= 0, got {m!r}")
         for name in ("horizon_s", "slack_staleness_s", "starvation_s"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not v > 0 or v == math.inf:
@@ -94,6 +112,9 @@ class AndesConfig:
             isinstance(self.min_run_steps, int) and self.min_run_steps >= 0
         ):
             raise ValueError(f"min_run_steps must be an integer >= 0, got {self.min_run_steps!r}")
+        c = self.resume_cushion_s
+        if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c < math.inf:
+            raise ValueError(f"resume_cushion_s must be a finite number >= 0, got {c!r}")
         for name in ("overhead_aware", "latency_trigger"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
@@ -108,7 +129,7 @@ class AndesPolicy(Policy):
     def __init__(self, **options: object) -> None:
         self.config: AndesConfig = build_config(AndesConfig, self.name, options)  # type: ignore[assignment]
         self._step = 0
-        self._admitted_at: dict[str, int] = {}  # req_id -> step it was (re)admitted
+        self._admitted_at: dict[str, tuple[int, float]] = {}  # req_id -> (re)admitted (step, s)
         self._snapshot = _Snapshot()  # per-request columns, re-read only where a view changed
         self._candidates = _MIN_CANDIDATES  # waiting requests valued exactly (see _knapsack)
         self.last_triggered = False  # whether the last step ran the knapsack (for benchmarks)
@@ -124,7 +145,7 @@ class AndesPolicy(Policy):
         self._step += 1
         snap = self._snapshot
         snap.sync(requests, capacity.block_size)
-        v = snap.values(now_s, self.config.slack_staleness_s)
+        v = snap.values(now_s, self.config)
         n_run = int(v.running.sum())
         # FCFS leaves work waiting or preempts exactly when everything together does not fit.
         pressure = len(requests) > capacity.max_batch or snap.total_blocks() > capacity.kv_blocks
@@ -150,7 +171,7 @@ class AndesPolicy(Policy):
             )
             if self.last_triggered:
                 decision = self._knapsack(now_s, requests, capacity)
-        self._note_admissions(step, requests, decision)
+        self._note_admissions(step, now_s, decision)
         return decision
 
     def _triggered(
@@ -162,26 +183,41 @@ class AndesPolicy(Policy):
         """
         if base.preempt or len(base.run) < len(requests):
             return True  # memory pressure: FCFS must preempt or leave work waiting
-        stale = self.config.slack_staleness_s
-        if not self.config.latency_trigger or not base.run:
+        cfg = self.config
+        if not cfg.latency_trigger or not base.run:
             return False
         max_tds = 0.0
         for r in requests:
             tds = r.spec.tds_tok_s
             rep = r.slack
-            if rep is not None and now_s - rep.t_s <= stale:
-                tds = 0.0 if rep.paused else rep.tds_tok_s
+            if _informs(rep, now_s, cfg.slack_staleness_s):
+                assert rep is not None
+                needs = _measured_need(rep, now_s, cfg.resume_cushion_s) < math.inf
+                tds = rep.tds_tok_s if needs else 0.0
             max_tds = max(max_tds, tds)
         return max_tds > 0.0 and capacity.token_latency_s(len(base.run)) > 1.0 / max_tds
 
-    def _note_admissions(self, step: int, requests: Sequence[RequestView], d: Decision) -> None:
+    def _note_admissions(self, step: int, now_s: float, d: Decision) -> None:
         running = self._snapshot.running_ids()
         for req_id in d.run:
             if req_id not in running:
-                self._admitted_at[req_id] = step
+                self._admitted_at[req_id] = (step, now_s)
         if step % 64 == 0:  # forget finished requests now and then
             live = set(self._snapshot.ids)
             self._admitted_at = {k: v for k, v in self._admitted_at.items() if k in live}
+
+    def _just_admitted(self, now_s: float) -> Callable[[str], bool]:
+        """Whether a running request is still protected by the anti-thrash rule."""
+        cfg = self.config
+        after_step, after_s = self._step - 1 - cfg.min_run_steps, now_s - cfg.min_run_s
+        get = self._admitted_at.get
+        never = (-(10**9), -math.inf)
+
+        def just(req_id: str) -> bool:
+            step, t_s = get(req_id, never)
+            return step > after_step or t_s > after_s
+
+        return just
 
     # -- Algorithm 1, fast ----------------------------------------------------------------------
 
@@ -205,13 +241,13 @@ class AndesPolicy(Policy):
         sizes = sorted({max(1, round(f * b_max)) for f in cfg.batch_fractions})
         lats = [capacity.token_latency_s(b) for b in sizes]
 
-        v = snap.values(now_s, cfg.slack_staleness_s)
+        v = snap.values(now_s, cfg)
         rel_now = now_s - v.arrival
         h = rel_now + cfg.horizon_s
         need_rel = v.need - v.arrival
         waiting = np.flatnonzero(~v.running)
         running = np.flatnonzero(v.running)
-        floor = _starvation_floor(now_s, v.running, v.read_late, _due(v), cfg.starvation_s)
+        floor = _starvation_floor(now_s, v.running, v.read_late, v.starve_due, cfg.starvation_s)
         always = np.union1d(running, np.flatnonzero(floor & ~v.running))
 
         k = waiting.size
@@ -264,16 +300,13 @@ class AndesPolicy(Policy):
         cfg = self.config
         m = sub.size
         arrival, blocks, running = v.arrival[sub], v.blocks[sub], v.running[sub]
-        protect_after = self._step - 1 - cfg.min_run_steps
-        admitted_get = self._admitted_at.get
+        just = self._just_admitted(now_s)
         ids = self._snapshot.ids
         protected = np.zeros(m, dtype=bool)
         prefill = np.zeros(m)
         run_at = np.flatnonzero(running)
         if run_at.size:
-            protected[run_at] = [
-                admitted_get(ids[i], -(10**9)) > protect_after for i in sub[run_at].tolist()
-            ]
+            protected[run_at] = [just(ids[i]) for i in sub[run_at].tolist()]
         protected |= floor
         wait_at = np.flatnonzero(~running)
         if wait_at.size:
@@ -335,8 +368,7 @@ class AndesPolicy(Policy):
         n_req = len(requests)
         bs = capacity.block_size
         stale = cfg.slack_staleness_s
-        protect_after = self._step - 1 - cfg.min_run_steps
-        admitted_at = self._admitted_at
+        just = self._just_admitted(now_s)
         prefill_of = capacity.prefill_latency_s
         inf = math.inf
         running_state = ReqState.RUNNING
@@ -350,28 +382,30 @@ class AndesPolicy(Policy):
             n = tr.num_tokens
             tokens = r.prompt_tokens + r.output_tokens
             rep = r.slack
-            if rep is not None and now_s - rep.t_s <= stale:
-                need = inf if rep.paused else now_s + rep.slack_s(now_s)
+            g_e = gi  # the pace the reader expects (its QoE's expected curve)
+            need = starve = tr.arrival_s + tr.last_read_s + gi if n else -inf
+            g_r = gi
+            if _informs(rep, now_s, stale):
+                assert rep is not None
+                need = _measured_need(rep, now_s, cfg.resume_cushion_s)
                 g_r = 1.0 / rep.tds_tok_s
-            else:
-                need = tr.arrival_s + tr.last_read_s + gi if n else -inf
-                g_r = gi
+                g_e = g_r if math.isfinite(g_r) else gi
+                if rep.paused or rep.slack_s(now_s) > 0.0:
+                    starve = need
             if r.state is running_state:
-                run, prot, pre = (
-                    1.0,
-                    float(admitted_at.get(r.req_id, -(10**9)) > protect_after),
-                    0.0,
-                )
+                run, prot, pre = 1.0, float(just(r.req_id)), 0.0
             else:
                 run, prot, pre = 0.0, 0.0, prefill_of(tokens)
             blocks = max(r.kv_blocks, -(-tokens // bs), 1)
             late = _read_late(r)
-            append((r.arrival_s, spec.ttft_s, gi, n, need, g_r, pre, blocks, run, prot, late))
+            append((r.arrival_s, spec.ttft_s, g_e, n, need, g_r, pre, blocks, run, prot, late,
+                    starve))  # fmt: skip
         cols = np.array(rows).T
         arrival, ttft, g, ntok, need, g_r, prefill, blocks = cols[:8]
         running, protected = cols[8] > 0.0, cols[9] > 0.0
         due = np.where(need == -inf, arrival + ttft, need)
-        protected |= _starvation_floor(now_s, running, cols[10], due, cfg.starvation_s)
+        starve_due = np.where(cols[11] == -inf, arrival + ttft, cols[11])
+        protected |= _starvation_floor(now_s, running, cols[10], starve_due, cfg.starvation_s)
 
         rel_now = now_s - arrival
         h = rel_now + cfg.horizon_s
@@ -542,7 +576,7 @@ class _Values:
 
     arrival: np.ndarray  # arrival, seconds (absolute)
     ttft: np.ndarray  # spec ttft_s
-    g: np.ndarray  # 1 / spec tds_tok_s
+    g: np.ndarray  # 1 / the pace the reader expects: spec tds_tok_s, or the measured pace
     ntok: np.ndarray  # tokens delivered so far
     need: np.ndarray  # when the reader needs the next token, absolute (measured slack if fresh)
     g_r: np.ndarray  # 1 / the reader's pace (measured if fresh)
@@ -550,6 +584,7 @@ class _Values:
     blocks: np.ndarray  # KV blocks for the next step (step_blocks)
     running: np.ndarray  # bool
     read_late: np.ndarray  # lateness of the reader's last read token, seconds (-inf: none yet)
+    starve_due: np.ndarray  # due, as the starvation floor counts it (see values)
 
 
 class _Snapshot:
@@ -613,19 +648,27 @@ class _Snapshot:
         ids = self.ids
         return {ids[i] for i in np.flatnonzero(self.cols[_RUNNING] > 0.0).tolist()}
 
-    def values(self, now_s: float, staleness_s: float) -> _Values:
+    def values(self, now_s: float, config: AndesConfig) -> _Values:
         c = self.cols
-        fresh = (c[_HAS_REPORT] > 0.0) & (now_s - c[_REPORT_T] <= staleness_s)
-        measured = np.where(
+        fresh = (c[_HAS_REPORT] > 0.0) & (now_s - c[_REPORT_T] <= config.slack_staleness_s)
+        buf = c[_REPORT_BUF]
+        measured = np.where(  # as _measured_need
             c[_REPORT_PAUSED] > 0.0,
-            math.inf,
-            now_s + (c[_REPORT_BUF] - np.maximum(now_s - c[_REPORT_T], 0.0)),
+            np.where(buf < config.resume_cushion_s, now_s + buf, math.inf),
+            now_s + (buf - np.maximum(now_s - c[_REPORT_T], 0.0)) + (buf > 0) * 0.5 * c[_REPORT_G],
         )
+        g_r = np.where(fresh, c[_REPORT_G], c[_G])
+        need = np.where(fresh, measured, c[_NEED])
+        # A measured reader with nothing buffered has been stalled since the server's inference
+        # says it ran out (it cannot read what was not delivered): the floor counts from then.
+        stalled = fresh & (c[_REPORT_PAUSED] == 0.0) & (measured - 0.5 * c[_REPORT_G] <= now_s)
+        starve = np.where(stalled, c[_NEED], need)
         return _Values(
-            arrival=c[_ARRIVAL], ttft=c[_TTFT], g=c[_G], ntok=c[_NTOK],
-            need=np.where(fresh, measured, c[_NEED]), g_r=np.where(fresh, c[_REPORT_G], c[_G]),
+            arrival=c[_ARRIVAL], ttft=c[_TTFT], g=np.where(np.isfinite(g_r), g_r, c[_G]),
+            ntok=c[_NTOK], need=need, g_r=g_r,
             tokens=c[_TOKENS], blocks=c[_BLOCKS], running=c[_RUNNING] > 0.0,
             read_late=c[_READ_LATE],
+            starve_due=np.where(starve == -math.inf, c[_ARRIVAL] + c[_TTFT], starve),
         )  # fmt: skip
 
 
@@ -640,7 +683,7 @@ def _row(r: RequestView, block_size: int) -> tuple[float, ...]:
     running = 1.0 if r.state is ReqState.RUNNING else 0.0
     late = _read_late(r)
     rep = r.slack
-    if rep is None:
+    if rep is None or not rep.delivered:
         no_report = (0.0, 0.0, 0.0, 0.0, gi)
         return (r.arrival_s, spec.ttft_s, gi, n, need, tokens, blocks, running, *no_report, late)
     tds = rep.tds_tok_s
@@ -648,6 +691,25 @@ def _row(r: RequestView, block_size: int) -> tuple[float, ...]:
     g_r = 1.0 / tds if tds else math.inf
     return (r.arrival_s, spec.ttft_s, gi, n, need, tokens, blocks, running,
             1.0, rep.t_s, buf, float(rep.paused), g_r, late)  # fmt: skip
+
+
+def _informs(rep: SlackReport | None, now_s: float, staleness_s: float) -> bool:
+    """Whether ``rep`` replaces the inference: fresh, and about a reader that has tokens (before
+    the first token the reader is where the request's ``ttft`` says, whatever a report says)."""
+    return rep is not None and rep.delivered > 0 and now_s - rep.t_s <= staleness_s
+
+
+def _measured_need(rep: SlackReport, now_s: float, cushion_s: float) -> float:
+    """When a reader with a fresh report needs its next token (absolute; inf: not before the
+    horizon). After its slack (the buffered tokens) and, when something is buffered, the rest of
+    the token it was reading at the report: half a token's reading time on average (with nothing
+    buffered it may already be waiting). A paused reader is taken to come back at once until
+    ``cushion_s`` of reading is buffered for it; with that much, it needs nothing while paused."""
+    if rep.paused:
+        buf = (rep.delivered - rep.consumed) / rep.tds_tok_s if rep.tds_tok_s else math.inf
+        return now_s + buf if buf < cushion_s else math.inf
+    reading = 0.5 / rep.tds_tok_s if rep.delivered > rep.consumed else 0.0
+    return now_s + rep.slack_s(now_s) + reading
 
 
 def _read_late(r: RequestView) -> float:

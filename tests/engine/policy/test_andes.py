@@ -9,10 +9,12 @@ NOW = 100.0
 
 
 def report(slack_s: float, *, paused: bool = False, age_s: float = 0.0, tds: float = 5.0):
-    """A slack report measured ``age_s`` ago that said ``slack_s`` of reading was buffered."""
-    return SlackReport(
-        delivered=round(slack_s * tds), consumed=0, tds_tok_s=tds, paused=paused, t_s=NOW - age_s
-    )
+    """A slack report measured ``age_s`` ago that said ``slack_s`` of reading was buffered (of
+    at least the 16 tokens :func:`streaming` delivers)."""
+    buffered = round(slack_s * tds)
+    delivered = max(16, buffered)
+    return SlackReport(delivered=delivered, consumed=delivered - buffered, tds_tok_s=tds,
+                       paused=paused, t_s=NOW - age_s)  # fmt: skip
 
 
 def streaming(req_id: str, arrival: float, state: ReqState, slack=None, n: int = 16):
@@ -46,13 +48,14 @@ def test_prefers_the_request_about_to_stall_over_one_with_large_slack() -> None:
 
 
 def test_paused_reader_yields_to_a_waiting_request_and_resumes_with_its_reader() -> None:
-    andes = get_policy("andes", min_run_steps=0)
-    paused = streaming("tab", 0.0, ReqState.RUNNING, slack=report(0.0, paused=True))
+    andes = get_policy("andes", min_run_steps=0, min_run_s=0.0)
+    # Hidden with more than the resume cushion (5 s) buffered: it needs nothing while away.
+    paused = streaming("tab", 0.0, ReqState.RUNNING, slack=report(6.0, paused=True))
     newcomer = make_request("new", NOW - 1.0, prompt=40)  # 3 blocks, its first token due now
     d = andes.schedule(NOW, [paused, newcomer], capacity(kv_blocks=3))
     assert d.run == ["new"] and d.preempt == ["tab"]
 
-    # The reader comes back with nothing buffered; the newcomer's reader has plenty.
+    # The reader comes back having read it all; the newcomer's reader has plenty.
     back = streaming("tab", 0.0, ReqState.PREEMPTED, slack=report(0.0))
     served = make_request(
         "new", NOW - 0.5, ReqState.RUNNING, prompt=40, delivered_at=[NOW - 0.4], slack=report(20.0)
@@ -62,15 +65,41 @@ def test_paused_reader_yields_to_a_waiting_request_and_resumes_with_its_reader()
     assert d.run == ["tab"] and d.preempt == ["new"]
 
 
+def test_a_paused_reader_is_served_until_its_resume_cushion_is_buffered() -> None:
+    cap = capacity(kv_blocks=3)
+    relaxed = streaming("relaxed", 0.0, ReqState.PREEMPTED, slack=report(30.0))
+    # Hidden with 1 s buffered: it might come back now, so it is valued as a reader with 1 s left.
+    short = streaming("tab", 1.0, ReqState.PREEMPTED, slack=report(1.0, paused=True))
+    assert get_policy("andes").schedule(NOW, [relaxed, short], cap).run == ["tab"]
+    # Without a cushion, a hidden reader never needs a token while away: FCFS's order stands.
+    no_cushion = get_policy("andes", resume_cushion_s=0.0)
+    assert no_cushion.schedule(NOW, [relaxed, short], cap).run == ["relaxed"]
+
+
+def test_a_report_before_the_first_token_says_nothing_about_the_reader() -> None:
+    cap = capacity(kv_blocks=3)
+    relaxed = streaming("relaxed", 0.0, ReqState.RUNNING, slack=report(30.0))
+    empty = SlackReport(0, 0, 5.0, False, NOW)  # as the gateway reports before the first token
+    # Its first token is due at its ttft, 0.9 s from now: waiting that long costs it nothing, so
+    # nobody is preempted for it yet (an empty buffer taken literally would make it due now).
+    fresh = make_request("new", NOW - 0.1, ReqState.WAITING, prompt=40, slack=empty)
+    d = get_policy("andes").schedule(NOW, [relaxed, fresh], cap)
+    assert d.run == ["relaxed"] and d.preempt == []
+    # Once its ttft is up, it is due, and the relaxed reader yields.
+    due = make_request("new", NOW - 1.0, ReqState.WAITING, prompt=40, slack=empty)
+    d = get_policy("andes").schedule(NOW, [relaxed, due], cap)
+    assert d.run == ["new"] and d.preempt == ["relaxed"]
+
+
 def test_stale_slack_falls_back_to_server_inference() -> None:
     cap = capacity(kv_blocks=3)
     # Both delivered 16 tokens on time; by the tracker both readers need their next token now.
     # "other" reported 0.02 s buffered: due before a token could reach it (0.05 s per token).
     other = streaming("other", NOW - 4.2, ReqState.PREEMPTED, slack=report(0.02))
-    fresh = streaming("tab", NOW - 4.2, ReqState.RUNNING, slack=report(0.0, paused=True))
+    fresh = streaming("tab", NOW - 4.2, ReqState.RUNNING, slack=report(6.0, paused=True))
     assert get_policy("andes").schedule(NOW, [fresh, other], cap).run == ["other"]
     # The same paused report, 2 s old: ignored; the tracker says the reader is about to stall.
-    stale = streaming("tab", NOW - 4.2, ReqState.RUNNING, slack=report(0.0, paused=True, age_s=2))
+    stale = streaming("tab", NOW - 4.2, ReqState.RUNNING, slack=report(6.0, paused=True, age_s=2))
     assert get_policy("andes").schedule(NOW, [stale, other], cap).run == ["tab"]
     # A longer staleness limit makes the same report count again.
     lenient = get_policy("andes", slack_staleness_s=5.0)
@@ -78,14 +107,22 @@ def test_stale_slack_falls_back_to_server_inference() -> None:
 
 
 def test_a_just_admitted_request_is_not_preempted() -> None:
-    andes = get_policy("andes", min_run_steps=4)
+    def contest(andes, now: float) -> list[str]:
+        running = streaming("a", 0.0, ReqState.RUNNING, slack=report(30.0, age_s=NOW - now))
+        urgent = streaming("b", now - 4.2, ReqState.PREEMPTED, slack=report(0.0, age_s=NOW - now))
+        return andes.schedule(now, [running, urgent], capacity(kv_blocks=3)).run
+
     first = streaming("a", 0.0, ReqState.PREEMPTED, slack=report(0.1))
-    assert andes.schedule(NOW, [first], capacity(kv_blocks=3)).run == ["a"]
-    running = streaming("a", 0.0, ReqState.RUNNING, slack=report(30.0))
-    urgent = streaming("b", 1.0, ReqState.PREEMPTED, slack=report(0.0))
+    by_steps = get_policy("andes", min_run_steps=4, min_run_s=0.0)
+    assert by_steps.schedule(NOW, [first], capacity(kv_blocks=3)).run == ["a"]
     for _ in range(3):  # protected for min_run_steps steps after admission
-        assert andes.schedule(NOW, [running, urgent], capacity(kv_blocks=3)).run == ["a"]
-    assert andes.schedule(NOW, [running, urgent], capacity(kv_blocks=3)).run == ["b"]
+        assert contest(by_steps, NOW) == ["a"]
+    assert contest(by_steps, NOW) == ["b"]
+
+    by_time = get_policy("andes", min_run_steps=0, min_run_s=2.0)
+    assert by_time.schedule(NOW, [first], capacity(kv_blocks=3)).run == ["a"]
+    assert contest(by_time, NOW + 1.0) == ["a"]  # protected for min_run_s seconds
+    assert contest(by_time, NOW + 2.5) == ["b"]
 
 
 def test_refiner_refuses_a_preemption_whose_recompute_costs_more_than_it_gains() -> None:
@@ -184,6 +221,8 @@ def test_latency_trigger_fires_only_when_the_batch_is_slower_than_its_strictest_
         ("batch_fractions", ()),
         ("batch_fractions", (0.5, 1.5)),
         ("min_run_steps", -2),
+        ("min_run_s", -1.0),
+        ("resume_cushion_s", float("inf")),
         ("starvation_s", 0),
         ("overhead_aware", "no"),
     ],

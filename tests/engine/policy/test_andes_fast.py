@@ -25,7 +25,7 @@ class StraightforwardAndes(AndesPolicy):
         running = {r.req_id for r in requests if r.state is ReqState.RUNNING}
         for req_id in d.run:
             if req_id not in running:
-                self._admitted_at[req_id] = step
+                self._admitted_at[req_id] = (step, now_s)
         return d
 
 

@@ -38,7 +38,11 @@ def slack_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any
 
     slack_dir = tmp_path_factory.mktemp("slack")
     config = EngineConfig(
-        port=0, scheduler=SchedulerSettings(policy="andes"), slack_port=0,
+        # Scaled to this test's streams (seconds long, 20 tok/s readers): an admission is
+        # protected for 0.5 s, a hidden reader yields once 0.5 s of reading is buffered for it.
+        port=0, slack_port=0,
+        scheduler=SchedulerSettings(policy="andes",
+                                    policy_options={"min_run_s": 0.5, "resume_cushion_s": 0.5}),
         max_model_len=512, block_size=32, num_kv_blocks=17, max_num_seqs=2, enforce_eager=True,
     )
     engine = EngineProcess(config, log_path=tmp_path_factory.mktemp("engine") / "engine.log")

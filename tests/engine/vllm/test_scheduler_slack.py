@@ -4,6 +4,7 @@ fake clock that advances 50 ms per step — 20 tokens/s per request."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 
@@ -26,6 +27,7 @@ from engine.vllm.scheduler import AndesScheduler
 
 STEP_S = 0.05
 READ_TDS = 20.0  # readers as fast as the engine: by inference, every reader needs every token
+POLICY_OPTIONS = {"min_run_s": 0.3, "resume_cushion_s": 0.1}
 
 
 @pytest.fixture
@@ -33,6 +35,10 @@ def slack_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANDES_POLICY", "andes")
     monkeypatch.setenv("ANDES_SLACK_PORT", "0")
     monkeypatch.setenv("ANDES_SLACK_ADVERT", "none")
+    # At this test's scale (50 ms steps, 20 tok/s readers, streams of a few seconds): protect an
+    # admission for 0.3 s (6 steps), and let a hidden reader yield once 0.1 s (2 tokens) is
+    # buffered for it.
+    monkeypatch.setenv("ANDES_POLICY_OPTIONS", json.dumps(POLICY_OPTIONS))
 
 
 @pytest.fixture
