@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import tempfile
@@ -95,26 +94,17 @@ class Settings:
 
     def key(self) -> dict[str, Any]:
         """The settings as they read back from a run file (tuples become lists in JSON)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return engine_qoe.settings_key(self)
 
 
 def run_path(config: str, rate_rps: float, runs_dir: Path = RUNS_DIR) -> Path:
-    return runs_dir / f"{config}_rate{rate_rps:g}.json"
+    return engine_qoe.run_path(config, rate_rps, runs_dir)
 
 
 def load_run(config: str, rate_rps: float, settings: Settings | None = None,
              runs_dir: Path = RUNS_DIR) -> BenchRun | None:  # fmt: skip
     """A saved load, if it exists (and was made with ``settings`` when given)."""
-    path = run_path(config, rate_rps, runs_dir)
-    if not path.exists():
-        return None
-    try:
-        run = BenchRun.load(path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if run.interrupted or (settings is not None and run.meta.get("settings") != settings.key()):
-        return None
-    return run
+    return engine_qoe.load_run(config, rate_rps, settings, runs_dir)
 
 
 def engine_config(config: str, settings: Settings) -> Any:
@@ -194,8 +184,11 @@ async def _measure_loads(config: str, engine: Any, rates: Sequence[float], setti
                     break
                 await asyncio.sleep(0.1)
             else:
-                print(f"[{config}] WARNING: the gateway's reporter has not connected to the"
-                      " engine's slack endpoint; the loads run without measured slack", flush=True)
+                print(
+                    f"[{config}] WARNING: the gateway's reporter has not connected to the"
+                    " engine's slack endpoint; the loads run without measured slack",
+                    flush=True,
+                )
         http_port = int(engine.config.port)
         for rate in rates:
             plan = settings.plan(rate)
@@ -322,8 +315,9 @@ def main(argv: list[str] | None = None) -> int:
               f" {', '.join(CONFIGS)}", file=sys.stderr)  # fmt: skip
         return 2
     settings, rates = settings_from(args)
-    runs = engine_qoe.collect_runs(args, configs, rates, settings, RUNS_DIR, measure_config,
-                                   load_run)
+    runs = engine_qoe.collect_runs(
+        args, configs, rates, settings, RUNS_DIR, measure_config, load_run
+    )
     if runs is None:
         return 130
     report(runs, settings, rates, args.quick, write=not args.no_record, runs_dir=args.runs_dir)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import sys
 import time
@@ -102,7 +103,12 @@ def run_path(policy: str, rate_rps: float, runs_dir: Path = RUNS_DIR) -> Path:
     return runs_dir / f"{policy}_rate{rate_rps:g}.json"
 
 
-def load_run(policy: str, rate_rps: float, settings: Settings | None = None,
+def settings_key(settings: Any) -> Any:
+    """``settings`` (a dataclass) as it reads back from a run file (tuples become lists)."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
+def load_run(policy: str, rate_rps: float, settings: Any = None,
              runs_dir: Path = RUNS_DIR) -> BenchRun | None:  # fmt: skip
     """A saved load, if it exists (and was made with ``settings`` when given)."""
     path = run_path(policy, rate_rps, runs_dir)
@@ -112,7 +118,9 @@ def load_run(policy: str, rate_rps: float, settings: Settings | None = None,
         run = BenchRun.load(path)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if run.interrupted or (settings is not None and run.meta.get("settings") != asdict(settings)):
+    if run.interrupted or (
+        settings is not None and run.meta.get("settings") != settings_key(settings)
+    ):
         return None
     return run
 
