@@ -17,7 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "engine": ("engine.vllm.cli", "start vLLM's OpenAI server with the Andes scheduler"),
     "gateway": ("gateway.cli", "the pacing gateway in front of an OpenAI-compatible engine"),
     "serve": ("andes.serve", "engine on the bundled model + gateway + demo page"),
-    "bench": ("engine.bench.cli", "replay a workload against an endpoint; QoE per request"),
+    "bench": ("bench.cli", "replay a workload against an endpoint; QoE per request"),
     "chat": ("gateway.chat", "a terminal chat that renders answers at your reading pace"),
 }
 

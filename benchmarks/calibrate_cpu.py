@@ -42,13 +42,13 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
+from bench.client import EndpointConfig
+from bench.plan import PlannedRequest, filler_prompt
+from bench.result import BenchRun
+from bench.runner import RunConfig, run_load
 from benchmarks import engine_qoe
 from benchmarks.record import command_line, machine_line, record
-from engine.bench.client import EndpointConfig
-from engine.bench.plan import PlannedRequest, filler_prompt
-from engine.bench.result import BenchRun
-from engine.bench.runner import RunConfig, run_load
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 from engine.sim.profile import LatencyProfile
 
 RESULTS = engine_qoe.RESULTS

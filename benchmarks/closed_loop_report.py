@@ -1,6 +1,6 @@
 """The closed-loop benchmark's report: tables, target lines, the simulator scenario, the section.
 
-Pure arithmetic over saved loads (:class:`~engine.bench.result.BenchRun` files written by
+Pure arithmetic over saved loads (:class:`~bench.result.BenchRun` files written by
 ``benchmarks/closed_loop.py``) plus the simulator; no engine. Kept apart from the measuring
 script so that ``--report-only`` and the tests need nothing but the files.
 
@@ -22,10 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.readers import Reader
+from bench.result import BenchRun
 from benchmarks.engine_qoe import summaries_of
 from benchmarks.record import command_line, machine_line, record
-from engine.bench.readers import Reader
-from engine.bench.result import BenchRun
 from engine.sim.report import Summary, format_table, plot_qoe_vs_rate
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def simulate_scenario(settings: Settings, rates: Sequence[float],
     if not PROFILE_JSON.exists():
         return [], (f"Simulator scenario skipped: no calibrated profile ({PROFILE_JSON.name}"
                     " does not exist; `python benchmarks/calibrate_cpu.py` writes it).")
-    from engine.bench.reader_slack import ReaderSlack
+    from bench.reader_slack import ReaderSlack
     from engine.policy import get_policy
     from engine.sim.profile import LatencyProfile
     from engine.sim.report import summarize
@@ -224,7 +224,7 @@ def report(runs: Runs, settings: Settings, rates: Sequence[float], quick: bool, 
         f"Machine: {machine_line()}",
         "",
         "Setup: the same requests, arrival times and readers for every configuration, each"
-        " streamed over the gateway's WebSocket with client pacing (`engine/bench/ws_client.py`)."
+        " streamed over the gateway's WebSocket with client pacing (`bench/ws_client.py`)."
         " `stock` = vLLM's own scheduler; `andes-inferred` = AndesScheduler without the slack"
         " channel; `andes-measured` = AndesScheduler with the gateway reporting slack every"
         f" {settings.slack_interval_s * 1000:g} ms. Engine as in `engine-qoe`: SmolLM2-135M bf16,"
@@ -233,7 +233,7 @@ def report(runs: Runs, settings: Settings, rates: Sequence[float], quick: bool, 
         f" prompts cut to {e.max_prompt_tokens} estimated tokens, outputs forced (ignore_eos) to"
         f" min(trace, {e.max_output_tokens}); Poisson arrivals, seed {e.seed},"
         f" {e.duration_s:g} s per load; reader pace × {e.tds_scale:g}. Readers"
-        f" (`engine/bench/readers.py`, seed {rd.seed}): {rd.misdeclared_share:.0%} read at"
+        f" (`bench/readers.py`, seed {rd.seed}): {rd.misdeclared_share:.0%} read at"
         f" {rd.pace_factor[0]:g}–{rd.pace_factor[1]:g}× the declared pace; {rd.pause_share:.0%}"
         f" hide the tab {rd.pause_after_s[0]:g}–{rd.pause_after_s[1]:g} s after their first"
         f" token for {rd.pause_s[0]:g}–{rd.pause_s[1]:g} s. **QoE on each reader's clock at its"
@@ -253,7 +253,7 @@ def report(runs: Runs, settings: Settings, rates: Sequence[float], quick: bool, 
         *(slack or ["- no slack reports were sent (no andes-measured load)"]),
         "",
         "Simulator, same loads, arrivals and readers (`sim andes-measured`: the readers as the"
-        " policy's client model, `engine/bench/reader_slack.py`; same reader-clock scoring):",
+        " policy's client model, `bench/reader_slack.py`; same reader-clock scoring):",
         "",
         *([format_table(sim_rows, markdown=True), "", *sim_lines, ""] if sim_rows else []),
         sim_note,

@@ -19,7 +19,7 @@ faster than people read. Here the KV cache is cut to ``--kv-tokens`` (default 8,
 25 of the trace's requests) so memory, not the batch limit, binds as on the paper's GPUs, and
 readers' paces are scaled by ``--tds-scale`` (default 0.5) so that a stream in a full batch of this
 CPU (~8–14 tokens/s at ~30 sequences) is several times faster than its reader (~2.4 tokens/s), as on
-the paper's GPUs (see ``engine/bench/plan.py``). Prompts are cut to 384 estimated tokens and outputs
+the paper's GPUs (see ``bench/plan.py``). Prompts are cut to 384 estimated tokens and outputs
 forced to min(trace length, 256) tokens (mean ~200), which keeps a response's reading time (~80 s)
 close to the paper's (332 tokens at 4.8 tokens/s, ~70 s) and one load within a few minutes; all of
 this is recorded beside the numbers. ``--duration`` (default 120 s of arrivals per load) bounds
@@ -50,12 +50,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.cli import DEFAULT_TRACE, load_requests
+from bench.client import EndpointConfig
+from bench.plan import PlanConfig, PlannedRequest, build_plan
+from bench.result import BenchRun, to_report_summary
+from bench.runner import RunConfig, run_load
 from benchmarks.record import command_line, machine_line, record
-from engine.bench.cli import DEFAULT_TRACE, load_requests
-from engine.bench.client import EndpointConfig
-from engine.bench.plan import PlanConfig, PlannedRequest, build_plan
-from engine.bench.result import BenchRun, to_report_summary
-from engine.bench.runner import RunConfig, run_load
 from engine.sim.arrivals import ArrivalSpec
 from engine.sim.report import Summary, format_table, plot_qoe_vs_rate
 
@@ -167,7 +167,7 @@ async def _warm_up(base_url: str) -> None:
 
 
 def _spec() -> Any:
-    from engine.qoe import QoESpec
+    from core.qoe import QoESpec
 
     return QoESpec()
 
@@ -304,7 +304,7 @@ def report(runs: dict[str, dict[float, BenchRun]], settings: Settings, policies:
         f" min(trace length, {settings.max_output_tokens}); Poisson arrivals, seed"
         f" {settings.seed}, {settings.duration_s:g} s of arrivals per load, the same requests and"
         f" arrival times for every policy. Reader pace scaled by **tds × {settings.tds_scale:g}**"
-        " (engine/bench/plan.py explains why). QoE measured at the client by `andes bench`;"
+        " (bench/plan.py explains why). QoE measured at the client by `andes bench`;"
         " preemptions from vLLM's `vllm:num_preemptions` counter.",
         "",
         format_table(rows, markdown=True),

@@ -18,8 +18,9 @@ import statistics
 import time
 
 from benchmarks.record import machine_line, record
-from engine.policy import Capacity, ReqState, RequestView, SlackReport, get_policy
-from engine.qoe import QoESpec, QoETracker
+from core.qoe import QoESpec, QoETracker
+from core.slack import SlackRecord
+from engine.policy import Capacity, ReqState, RequestView, get_policy
 
 BLOCK = 16
 LATENCY_S = 0.04
@@ -44,8 +45,8 @@ def build(n_running: int, n_waiting: int, seed: int = 0) -> tuple[list[RequestVi
         prompt = rng.randint(20, 1500)
         slack = None
         if made and rng.random() < 0.25:
-            slack = SlackReport(
-                delivered=made, consumed=max(made - rng.randint(0, 40), 0),
+            slack = SlackRecord(
+                stream_id=f"r{i}", delivered=made, consumed=max(made - rng.randint(0, 40), 0),
                 tds_tok_s=spec.tds_tok_s, paused=rng.random() < 0.1, t_s=now - rng.uniform(0, 0.5),
             )  # fmt: skip
         state = ReqState.RUNNING if running else (

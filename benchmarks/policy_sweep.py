@@ -25,10 +25,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.reader_slack import ReaderSlack
 from benchmarks import closed_loop
 from benchmarks import sim_headline as sh
 from benchmarks.closed_loop_report import CPU_CHUNKED_PREFILL_TOKENS, PROFILE_JSON, _kind
-from engine.bench.reader_slack import ReaderSlack
 from engine.policy import get_policy
 from engine.sim.profile import LatencyProfile, get_profile
 from engine.sim.simulator import SimConfig, simulate

@@ -23,18 +23,18 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway import http_api, ws_api
+from gateway.auth import GATEWAY, bearer, key_ok
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, PayloadTooLarge, Unauthorized
 from gateway.errors import openai_error as _openai_error
+from gateway.feedback import start_reporter
 from gateway.metrics import CONTENT_TYPE
-from gateway.reporter import start_for_gateway as start_slack_reporter
 from gateway.service import Gateway
 
 __all__ = ["GATEWAY", "create_app", "serve", "start"]
 
 log = logging.getLogger("andes.gateway")
 
-GATEWAY = http_api.GATEWAY
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 CLIENT_JS_DIR = Path(__file__).resolve().parent.parent / "client_js" / "src"
 _OPEN_PATHS = ("/health", "/metrics", "/v1/stream")  # /v1/stream authenticates inside the socket
@@ -82,7 +82,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     gw = request.app[GATEWAY]
     if (gw.config.api_keys and request.path.startswith("/v1/")
             and request.path not in _OPEN_PATHS
-            and not ws_api.key_ok(gw, ws_api.bearer(request))):
+            and not key_ok(gw, bearer(request))):
         # Never log or echo the presented key.
         raise Unauthorized("Incorrect or missing API key; send Authorization: Bearer KEY")
     return await handler(request)
@@ -118,8 +118,8 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _reporter_ctx(app: web.Application) -> AsyncIterator[None]:
-    # Slack reports to the engine's scheduler (gateway/reporter.py); off when not configured.
-    reporter = await start_slack_reporter(app[GATEWAY])
+    # Slack reports to the engine's scheduler (gateway/feedback.py); off when not configured.
+    reporter = await start_reporter(app[GATEWAY])
     yield
     if reporter is not None:
         await reporter.stop()

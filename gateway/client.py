@@ -40,7 +40,7 @@ from typing import Any, Literal
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from engine.qoe import QoESpec, QoETracker
+from core.qoe import QoESpec, QoETracker
 from gateway import protocol as p
 from gateway.pacer import Pacer, PacerConfig
 

@@ -51,8 +51,8 @@ class GatewayConfig:
     shutdown_grace_s: float = 10.0  # on shutdown, live streams get this long to finish
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Slack reporting to the engine's scheduler (gateway/reporter.py): explicit ws:// endpoints,
-    # else the adverts of upstreams on this host (engine/slack_discovery.py).
+    # Slack reporting to the engine's scheduler (slack/sender.py): explicit ws:// endpoints,
+    # else the adverts of upstreams on this host (slack/discovery.py).
     slack_urls: tuple[str, ...] = ()
     slack_discovery: bool = True
     slack_secret: str | None = None  # the engine's ANDES_SLACK_SECRET

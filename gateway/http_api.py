@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.auth import GATEWAY
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
@@ -36,9 +37,7 @@ from gateway.sse import DONE, KEEPALIVE, data_event
 from gateway.stream import Stream, StreamResult, transport_backlog
 from gateway.upstream import Endpoint
 
-__all__ = ["GATEWAY", "add_routes"]
-
-GATEWAY = web.AppKey("gateway", Gateway)
+__all__ = ["add_routes"]
 
 _ANDES_FIELDS = ("qoe", "pacing", "stream", "stream_options")
 _SSE_HEADERS = {

@@ -6,7 +6,7 @@ reads a clock: the caller passes ``now_s`` (seconds, any monotonic clock) to eve
 engine's tokens as they arrive, and asks :meth:`Pacer.due` for what to send, then sleeps until
 :meth:`Pacer.next_due_s`.
 
-The reading model is the QoE model's (engine/qoe.py): token *i* is read at
+The reading model is the QoE model's (core/qoe.py): token *i* is read at
 ``c_i = max(arrival_i, c_{i-1} + 1/tds)``. In ``server`` mode the pacer releases token *i* no later
 than ``c_i`` — up to one display frame early, so text is coalesced into at most one write per frame
 (``frame_s``, default 50 ms = 20 Hz) instead of one write per token, and is never late because of
@@ -30,6 +30,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
+
+from core.slack import slack_s
 
 __all__ = ["Chunk", "Pacer", "PacerConfig", "PacerOverflow", "PacingMode"]
 
@@ -224,10 +226,8 @@ class Pacer:
         return self._fed - self.consumed(now_s)
 
     def slack_s(self, now_s: float) -> float:
-        """Seconds the reader can go on from what is buffered; unbounded while paused."""
-        if self._paused:
-            return math.inf
-        return self.buffered(now_s) / self._tds
+        """Seconds the reader can go on from what is buffered (:func:`core.slack.slack_s`)."""
+        return slack_s(self.buffered(now_s), self._tds, self._paused)
 
     # -- internals ------------------------------------------------------------------------------
 

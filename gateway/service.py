@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, InvalidRequest, UpstreamStatus
 from gateway.metrics import Metrics

@@ -36,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from engine.qoe import QoESpec, QoETracker
+from core.qoe import QoESpec, QoETracker
+from core.slack import SlackRecord
 from gateway.errors import GatewayError, InvalidRequest, RateLimited, ShuttingDown, SlowReader
 from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
 from gateway.upstream import UpstreamError, UpstreamStream
@@ -222,11 +223,25 @@ class Stream:
     def buffered(self) -> int:
         return self.pacer.buffered(self._loop.time())
 
-    def slack_record(self) -> dict[str, Any]:
-        """What the engine's scheduler wants to know about this stream (see DESIGN.md)."""
-        now = self._loop.time()
-        return {"id": self.id, "delivered": self.pacer.sent, "consumed": self.pacer.consumed(now),
-                "tds": self.pacer.tds_tok_s, "paused": self.pacer.paused, "t": now}
+    def slack_record(self, now_s: float, wall_s: float) -> SlackRecord:
+        """This stream's delivery for the engine's scheduler (:mod:`core.slack` defines it).
+
+        ``delivered`` is what the gateway received from the engine (``pacer.fed``), ``consumed``
+        what the reader has read — the client's acknowledgements when it sends them, else the
+        pacer's reading model — so their difference is the whole buffer between the engine and
+        the reader's eyes, at the gateway and at the client. ``now_s`` is the pacer's clock (the
+        event loop's), ``wall_s`` the same instant on the wall clock, which goes on the wire.
+        """
+        pacer = self.pacer
+        fed = pacer.fed
+        return SlackRecord(
+            stream_id=self.id,
+            delivered=fed,
+            consumed=min(pacer.consumed(now_s), fed),
+            tds_tok_s=float(pacer.tds_tok_s),
+            paused=bool(pacer.paused),
+            t_s=wall_s,
+        )
 
     # -- the writer loop ------------------------------------------------------------------------
 

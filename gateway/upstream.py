@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 from gateway.config import GatewayConfig
 from gateway.errors import (
     ModelNotFound,

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway import protocol as p
+from gateway.auth import GATEWAY, bearer, key_ok
 from gateway.errors import GatewayError
-from gateway.http_api import GATEWAY
 from gateway.pacer import Chunk
 from gateway.service import Gateway, StreamRequest
 from gateway.stream import Stream, StreamResult, transport_backlog
@@ -29,24 +28,6 @@ log = logging.getLogger("andes.gateway")
 CLOSE_UNAUTHORIZED = 4401
 SOCKETS = web.AppKey("andes_sockets", set)  # live WebSocketResponses, closed on shutdown
 _FORWARDED = ("max_tokens", "temperature", "top_p", "stop", "seed")
-
-
-def key_ok(gw: Gateway, presented: str | None) -> bool:
-    """Constant-time comparison against every configured key; no keys = open gateway."""
-    if not gw.config.api_keys:
-        return True
-    if not presented:
-        return False
-    ok = False
-    for key in gw.config.api_keys:
-        ok |= hmac.compare_digest(presented.encode(), key.encode())
-    return ok
-
-
-def bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" else None
 
 
 class _WSSink:

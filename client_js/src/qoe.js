@@ -1,4 +1,4 @@
-// The QoE of a stream as its reader saw it: a mirror of engine/qoe.py's QoETracker.
+// The QoE of a stream as its reader saw it: a mirror of core/qoe.py's QoETracker.
 //
 // Token i is expected at e_i = ttft + i/tds and read at c_i = max(d_i, c_{i-1} + 1/tds);
 // QoE = 1 - Σ max(c_i - e_i, 0) / Σ (c_{n-1} - e_i), clipped to [0, 1]; 0 with no token.

@@ -1,4 +1,4 @@
-// The shown-text QoE mirrors engine/qoe.py (the checks DESIGN.md gives).
+// The shown-text QoE mirrors core/qoe.py (the checks DESIGN.md gives).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { QoETracker } from "../src/qoe.js";

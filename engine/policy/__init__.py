@@ -1,19 +1,11 @@
-"""Scheduling policies, chosen by name. Pure Python: no torch, vllm, aiohttp or asyncio imports."""
+"""Scheduling policies, chosen by name. Pure Python: no torch, vllm, aiohttp or asyncio imports.
 
-from engine.policy.base import (
-    Capacity,
-    Decision,
-    Policy,
-    ReqState,
-    RequestView,
-    SlackReport,
-    available_policies,
-    get_policy,
-    register_policy,
-)
+Importing this package loads the contract (:mod:`engine.policy.base`) and the registry
+(:mod:`engine.policy.registry`), not the policies: each is imported when first asked for by name.
+"""
 
-# Importing the modules registers the built-in policies.
-from engine.policy import andes, fcfs, lqf, round_robin  # noqa: F401  isort: skip
+from engine.policy.base import Capacity, Decision, Policy, ReqState, RequestView
+from engine.policy.registry import available_policies, get_policy, register_policy
 
 __all__ = [
     "Capacity",
@@ -21,7 +13,6 @@ __all__ = [
     "Policy",
     "ReqState",
     "RequestView",
-    "SlackReport",
     "available_policies",
     "get_policy",
     "register_policy",

@@ -1,7 +1,7 @@
 """``andes`` — the paper's QoE-aware scheduler (Liu et al., arXiv 2404.16283, §4, Algorithm 1).
 
 Each triggered step values every live request by what serving it over the next ``horizon_s`` adds
-to its QoE, ``Q_serve - Q_wait`` (the closed form of :func:`engine.qoe.predict_serve_gain`), divides
+to its QoE, ``Q_serve - Q_wait`` (the closed form of :func:`core.qoe.predict_serve_gain`), divides
 by its KV footprint, and packs the densest greedily into the KV cache and the batch limit. Running
 requests that fall out are preempted. With the paper's cost controls:
 
@@ -40,7 +40,7 @@ requests that fall out are preempted. With the paper's cost controls:
   count alone (8 steps, under half a second there) let each request be preempted ~6 times and
   cost half the throughput; with the 5 s floor, ~3 times.
 
-Measured slack: a :class:`SlackReport` younger than ``slack_staleness_s`` replaces the server's
+Measured slack: a :class:`SlackRecord` younger than ``slack_staleness_s`` replaces the server's
 inference of where the reader is — the reader needs the next token at ``now + slack`` (plus, when
 something is buffered, half a token's reading: the rest of the token it is on), reads at the
 report's pace, and expects that pace (its QoE's expected curve). A paused reader is valued as if
@@ -61,18 +61,17 @@ from operator import ne
 
 import numpy as np
 
+from core.slack import SlackRecord
 from engine.policy.base import (
     Capacity,
     Decision,
     Policy,
     ReqState,
     RequestView,
-    SlackReport,
-    build_config,
-    register_policy,
 )
 from engine.policy.fcfs import fcfs_decision
 from engine.policy.horizon import serve_gain
+from engine.policy.registry import build_config, register_policy
 
 __all__ = ["AndesConfig", "AndesPolicy"]
 
@@ -693,13 +692,13 @@ def _row(r: RequestView, block_size: int) -> tuple[float, ...]:
             1.0, rep.t_s, buf, float(rep.paused), g_r, late)  # fmt: skip
 
 
-def _informs(rep: SlackReport | None, now_s: float, staleness_s: float) -> bool:
+def _informs(rep: SlackRecord | None, now_s: float, staleness_s: float) -> bool:
     """Whether ``rep`` replaces the inference: fresh, and about a reader that has tokens (before
     the first token the reader is where the request's ``ttft`` says, whatever a report says)."""
     return rep is not None and rep.delivered > 0 and now_s - rep.t_s <= staleness_s
 
 
-def _measured_need(rep: SlackReport, now_s: float, cushion_s: float) -> float:
+def _measured_need(rep: SlackRecord, now_s: float, cushion_s: float) -> float:
     """When a reader with a fresh report needs its next token (absolute; inf: not before the
     horizon). After its slack (the buffered tokens) and, when something is buffered, the rest of
     the token it was reading at the report: half a token's reading time on average (with nothing

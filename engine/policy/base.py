@@ -12,13 +12,13 @@ order as far as memory and the batch limit allow, and preempts every running req
 from __future__ import annotations
 
 import enum
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from engine.qoe import QoESpec, QoETracker
+from core.qoe import QoESpec, QoETracker
+from core.slack import SlackRecord
 
 __all__ = [
     "Capacity",
@@ -26,11 +26,6 @@ __all__ = [
     "Policy",
     "ReqState",
     "RequestView",
-    "SlackReport",
-    "available_policies",
-    "build_config",
-    "get_policy",
-    "register_policy",
     "step_blocks",
 ]
 
@@ -39,23 +34,6 @@ class ReqState(enum.Enum):
     WAITING = "waiting"  # never run yet (no KV blocks held)
     RUNNING = "running"  # in the batch, holds KV blocks
     PREEMPTED = "preempted"  # ran before, was preempted; resumes by recompute (or swap-in)
-
-
-@dataclass(frozen=True, slots=True)
-class SlackReport:
-    """The latest delivery report for a stream, measured at the gateway or the client."""
-
-    delivered: int  # tokens the gateway has received from the engine for this stream
-    consumed: int  # tokens the reader has read (shown) so far
-    tds_tok_s: float  # the reader's current pace, tokens per second
-    paused: bool  # reader is not reading (tab hidden); slack is unbounded
-    t_s: float  # when it was measured, on the policy's clock
-
-    def slack_s(self, now_s: float) -> float:
-        """Seconds until the reader stalls, aged from ``t_s`` to ``now_s``."""
-        if self.paused:
-            return math.inf
-        return (self.delivered - self.consumed) / self.tds_tok_s - max(now_s - self.t_s, 0.0)
 
 
 @dataclass(slots=True)
@@ -70,7 +48,7 @@ class RequestView:
     output_tokens: int  # tokens generated so far
     kv_blocks: int  # KV blocks it holds (running) or needs to (re)start (waiting/preempted)
     tracker: QoETracker  # delivery of its tokens, as the reader sees them (server-side inference)
-    slack: SlackReport | None = None  # latest measured report, if the gateway sent one
+    slack: SlackRecord | None = None  # latest measured report (t_s on the policy clock)
     max_output_tokens: int | None = None  # the request's max_tokens, if known (not its true length)
     preemptions: int = 0  # times it has been preempted so far
 
@@ -121,50 +99,3 @@ class Policy(ABC):
         self, now_s: float, requests: Sequence[RequestView], capacity: Capacity
     ) -> Decision:
         """Decide who runs this step. Must not mutate ``requests``."""
-
-
-_REGISTRY: dict[str, Callable[..., Policy]] = {}
-
-
-def build_config(config_cls: type, policy: str, options: dict[str, object]) -> object:
-    """Build a policy's frozen config from keyword ``options``, naming any unknown option.
-
-    Policies call this from ``__init__`` so ``get_policy("fcfs", bogus=1)`` fails with a message
-    that quotes the bad name and lists the valid ones (a bare ``TypeError`` from the dataclass
-    would not).
-    """
-    import dataclasses
-
-    valid = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(options) - valid)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for policy {policy!r}; "
-            f"valid options: {', '.join(sorted(valid)) or '(none)'}"
-        )
-    return config_cls(**options)
-
-
-def register_policy(cls: type[Policy]) -> type[Policy]:
-    """Class decorator: make ``cls`` available to :func:`get_policy` under ``cls.name``."""
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_policy(name: str, **options: object) -> Policy:
-    """Build the policy registered as ``name`` with keyword ``options``."""
-    import engine.policy  # noqa: F401  (registers the built-in policies)
-
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown policy {name!r}; choose one of {', '.join(sorted(_REGISTRY))}"
-        ) from None
-    return factory(**options)
-
-
-def available_policies() -> list[str]:
-    import engine.policy  # noqa: F401
-
-    return sorted(_REGISTRY)

@@ -21,10 +21,9 @@ from engine.policy.base import (
     Policy,
     ReqState,
     RequestView,
-    build_config,
-    register_policy,
     step_blocks,
 )
+from engine.policy.registry import build_config, register_policy
 
 __all__ = ["FCFSConfig", "FCFSPolicy", "fcfs_decision"]
 

@@ -1,4 +1,4 @@
-"""The serve gain of :func:`engine.qoe.predict_serve_gain`, for many requests at once (numpy).
+"""The serve gain of :func:`core.qoe.predict_serve_gain`, for many requests at once (numpy).
 
 Same closed form, same arguments as arrays, relative to each request's arrival. The arguments
 broadcast, so ``andes`` values its candidates at every candidate batch size in one call

@@ -1,7 +1,7 @@
 """``lqf`` — least QoE first: the requests whose readers are worst off run first.
 
 Each step every live request is ranked by the QoE it will have ``horizon_s`` from now if it gets no
-token (:func:`engine.qoe.predict_wait`; with ``horizon_s=0`` its QoE so far, truncated at now), and
+token (:func:`core.qoe.predict_wait`; with ``horizon_s=0`` its QoE so far, truncated at now), and
 the ranking is packed greedily into the KV cache and the batch limit. A baseline for comparison.
 """
 
@@ -11,17 +11,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.qoe import predict_wait
 from engine.policy.base import (
     Capacity,
     Decision,
     Policy,
     ReqState,
     RequestView,
-    build_config,
-    register_policy,
 )
 from engine.policy.packing import greedy_pack
-from engine.qoe import predict_wait
+from engine.policy.registry import build_config, register_policy
 
 __all__ = ["LQFConfig", "LQFPolicy"]
 

@@ -16,11 +16,10 @@ from engine.policy.base import (
     Decision,
     Policy,
     RequestView,
-    build_config,
-    register_policy,
 )
 from engine.policy.fcfs import fcfs_decision
 from engine.policy.packing import greedy_pack
+from engine.policy.registry import build_config, register_policy
 
 __all__ = ["RoundRobinConfig", "RoundRobinPolicy"]
 

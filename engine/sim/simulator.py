@@ -22,7 +22,7 @@ Each iteration (one engine step, as in vLLM):
    (decode tokens included, like vLLM's ``max_num_batched_tokens``) is split over prefilling
    requests in order, and a request emits a token in the iteration that finishes its prefill. The
    iteration lasts :meth:`LatencyProfile.iteration_s` plus any swap time, and every token it
-   produces is delivered to its request's :class:`~engine.qoe.QoETracker` at the iteration's end.
+   produces is delivered to its request's :class:`~core.qoe.QoETracker` at the iteration's end.
 
 KV accounting: a request that has generated ``k`` tokens needs ``ceil((prompt + k) / block_size)``
 blocks to take its next step (``engine.policy.base.step_blocks``; vLLM's
@@ -34,7 +34,7 @@ tokens on resume; ``swap`` moves the blocks to host memory (unbounded) at ``swap
 way, added to the iteration in which it happens.
 
 Extension point — client model: ``slack_fn(view, now_s)`` is called for every live request before
-each policy call and its return value (a :class:`~engine.policy.base.SlackReport` or None) is put in
+each policy call and its return value (a :class:`~core.slack.SlackRecord` or None) is put in
 ``view.slack``. It lets a study simulate readers whose measured slack differs from the declared spec
 (slower or paused readers, network delay) without changing the engine.
 """
@@ -46,16 +46,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from engine.policy.base import Capacity, Policy, ReqState, RequestView, SlackReport
-from engine.qoe import QoESpec, QoETracker
+from core.qoe import QoESpec, QoETracker
+from core.slack import SlackRecord
+from engine.policy.base import Capacity, Policy, ReqState, RequestView
 from engine.sim.errors import SimulationError
 from engine.sim.profile import LatencyProfile
 from engine.sim.workload import TraceRequest
 
 __all__ = ["RequestResult", "SimConfig", "SimResult", "Simulator", "SlackFn", "simulate"]
 
-SlackFn = Callable[[RequestView, float], "SlackReport | None"]
-"""Client model hook: ``(view, now_s) -> SlackReport | None`` for each live request each step."""
+SlackFn = Callable[[RequestView, float], "SlackRecord | None"]
+"""Client model hook: ``(view, now_s) -> SlackRecord | None`` for each live request each step."""
 
 PREEMPTION_MODES = ("recompute", "swap")
 
@@ -95,7 +96,7 @@ class RequestResult:
     spec: QoESpec
     token_times_s: list[float]  # absolute delivery time of each output token
     preemptions: int
-    qoe: float  # final QoE (engine.qoe definition)
+    qoe: float  # final QoE (core.qoe definition)
 
     @property
     def ttft_s(self) -> float:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.qoe import DEFAULT_TDS_TOK_S, DEFAULT_TTFT_S, QoESpec
+from core.qoe import DEFAULT_TDS_TOK_S, DEFAULT_TTFT_S, QoESpec
 from engine.sim.errors import WorkloadError
 
 __all__ = [

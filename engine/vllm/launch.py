@@ -78,9 +78,9 @@ class EngineConfig:
     served_model_name: str | None = None  # default: the bundled name, or the model as given
     async_scheduling: bool | None = None  # None: async on GPU builds, sync on the CPU build
     extra_args: tuple[str, ...] = ()  # passed to vLLM's server as they are
-    # The slack side channel (engine/vllm/slack_server.py): base port of its WebSocket receiver
+    # The slack side channel (slack/receiver.py): base port of its WebSocket receiver
     # (rank r of data parallelism listens on base + r; 0 = ephemeral, found through the advert
-    # file of engine/slack_discovery.py); None = no channel.
+    # file of slack/discovery.py); None = no channel.
     slack_port: int | None = None
 
     def __post_init__(self) -> None:

@@ -31,12 +31,11 @@ Per-request QoE comes from the OpenAI request's ``vllm_xargs`` (→ ``SamplingPa
 * ``andes_stream_id`` — the gateway's stream id, the key of measured slack reports (vLLM's
   internal request ids carry a random suffix, so the gateway's own id must travel this way).
 
-Measured slack plugs in through :meth:`AndesSchedulerMixin.report_slack` (the side channel calls it
-from inside the engine-core process); reports older than ``ANDES_SLACK_STALE_S`` are ignored.
-With ``ANDES_SLACK_PORT`` set (``andes engine --slack-port``), the scheduler runs the side channel's
-receiver itself (:mod:`engine.vllm.slack_server`: a WebSocket server in a thread of this process,
-base port + data-parallel rank, advertised for gateways by :mod:`engine.slack_discovery`); each
-step reads its fresh reports by stream id, and a report from :meth:`report_slack` is the fallback.
+Measured slack: with ``ANDES_SLACK_PORT`` set (``andes engine --slack-port``), the scheduler runs
+the slack channel's receiver itself (:mod:`slack.receiver`: a WebSocket server in a thread of this
+process, base port + data-parallel rank, advertised for gateways by :mod:`slack.discovery`); each
+step reads the fresh reports of its requests by stream id. Reports older than
+``ANDES_SLACK_STALE_S`` are ignored.
 
 If the policy raises, the error is logged and that step runs with vLLM's own decision — a policy
 bug must not take the engine and every stream on it down.
@@ -61,19 +60,18 @@ from vllm.v1.engine import EngineCoreOutputs
 from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
+from core.qoe import QoESpec, QoETracker
 from engine.policy.base import (
     Capacity,
     Decision,
     Policy,
     ReqState,
     RequestView,
-    SlackReport,
-    get_policy,
 )
-from engine.qoe import QoESpec, QoETracker
+from engine.policy.registry import get_policy
 from engine.vllm.settings import SchedulerSettings
-from engine.vllm.slack_server import SlackServer, start_for_engine
 from engine.vllm.step_latency import StepLatencyModel
+from slack.receiver import SlackServer, start_for_engine
 
 __all__ = [
     "SUPPORTED_VLLM",
@@ -156,7 +154,6 @@ class AndesSchedulerMixin:
     step_latency: StepLatencyModel
     _views: dict[str, RequestView]
     _stream_ids: dict[str, str]
-    _slack_reports: dict[str, SlackReport]
     _step_marks: dict[int, tuple[float, int, int]]
     _last_output_s: float
     _policy_failures: int
@@ -187,31 +184,16 @@ class AndesSchedulerMixin:
         )
         self._views = {}
         self._stream_ids = {}
-        # stream id -> latest measured report; the slack side channel writes it (report_slack).
-        self._slack_reports = {}
         self._step_marks = {}  # id(SchedulerOutput) -> (scheduled at, decode seqs, prefill tokens)
         self._last_output_s = -math.inf
         self._policy_failures = 0
-        # The slack side channel (engine/vllm/slack_server.py): a WebSocket receiver in a thread
+        # The slack side channel (slack/receiver.py): a WebSocket receiver in a thread
         # of this engine-core process, when ANDES_SLACK_PORT is set. One per data-parallel rank.
         dp_rank = getattr(getattr(self, "parallel_config", None), "data_parallel_rank", 0) or 0
         self.slack_server = start_for_engine(
             os.environ, dp_rank, sys.argv, clock=lambda: self.clock()  # reports on our clock
         )
         logger.info("Andes scheduler: policy %r, %s", self.settings.policy, self.settings)
-
-    # -- the hook for measured slack -------------------------------------------------------------
-
-    def report_slack(self, stream_id: str, report: SlackReport) -> None:
-        """Record the latest measured delivery slack of a stream (by its ``andes_stream_id``).
-
-        ``report.t_s`` must be on the scheduler's clock (``time.time()``).
-        """
-        self._slack_reports[stream_id] = report
-
-    def forget_slack(self, stream_id: str) -> None:
-        """Drop a stream's slack report (the stream ended at the gateway)."""
-        self._slack_reports.pop(stream_id, None)
 
     # -- vLLM's scheduler interface ---------------------------------------------------------------
 
@@ -343,14 +325,9 @@ class AndesSchedulerMixin:
             view.kv_blocks = -(-request.num_tokens // bs)
         view.output_tokens = request.num_output_tokens
         view.preemptions = request.num_preemptions
-        stream_id = self._stream_ids[req_id]
         server = self.slack_server
-        report = server.fresh(stream_id, now_s, self.settings.slack_stale_s) if server else None
-        if report is None and self._slack_reports:
-            report = self._slack_reports.get(stream_id)
-        if report is not None and now_s - report.t_s > self.settings.slack_stale_s:
-            report = None
-        view.slack = report
+        if server is not None:
+            view.slack = server.fresh(self._stream_ids[req_id], now_s, self.settings.slack_stale_s)
         return view
 
     def _new_view(self, request: Request) -> RequestView:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.qoe import DEFAULT_TDS_TOK_S, DEFAULT_TTFT_S
+from core.qoe import DEFAULT_TDS_TOK_S, DEFAULT_TTFT_S
 
 __all__ = ["SchedulerSettings"]
 

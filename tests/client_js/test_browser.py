@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from cdp import Browser, Page, find_chromium, launch
 from scripted_upstream import Script, ScriptedUpstream
 
 from gateway.app import start
+from gateway.auth import GATEWAY
 from gateway.config import GatewayConfig
-from gateway.http_api import GATEWAY
 from gateway.stream import Stream
 
 CHROMIUM = find_chromium()
@@ -191,22 +192,25 @@ async def test_hidden_page_pauses_the_stream_at_the_gateway(
     await page.wait_for("window.andesDemo.shown >= 3")
     sid = await page.eval("window.andesDemo.streamId")
     stream = gw.table.streams[sid]
-    assert stream.slack_record()["paused"] is False
+    loop = asyncio.get_running_loop()
+
+    def record():  # what the slack reporter sends for this stream now
+        return stream.slack_record(loop.time(), time.time())
+
+    assert record().paused is False
 
     other = await browser.new_page()  # a second tab: the demo page is now hidden
     assert await page.wait_for("document.visibilityState === 'hidden'")
-    loop = asyncio.get_running_loop()
     deadline = loop.time() + 10
-    while not stream.slack_record()["paused"] and loop.time() < deadline:
+    while not record().paused and loop.time() < deadline:
         await asyncio.sleep(0.02)
-    record = stream.slack_record()
-    assert record["paused"] is True, spy.calls
+    assert record().paused is True, spy.calls
     assert spy.of(sid, "pause") == [None]
     assert stream.pacer.slack_s(loop.time()) == float("inf")
     frozen = await page.eval("window.andesDemo.shown")
     await asyncio.sleep(1.0)
     assert await page.eval("window.andesDemo.shown") == frozen, "text shown while hidden"
-    assert stream.slack_record()["paused"] is True
+    assert record().paused is True
 
     await page.send("Page.bringToFront")  # back: the stream resumes
     await page.wait_for("document.visibilityState === 'visible'")

@@ -11,6 +11,7 @@ import pytest
 from scripted_upstream import Script
 
 from gateway import chat
+from gateway.auth import GATEWAY
 from gateway.client import (
     ConnectionLost,
     StreamFailed,
@@ -18,7 +19,6 @@ from gateway.client import (
     stream,
     stream_sync,
 )
-from gateway.http_api import GATEWAY
 from gateway.stream import Stream
 
 MSGS = [{"role": "user", "content": "hi"}]
@@ -90,7 +90,7 @@ async def test_pause_resume_and_pace_reach_the_gateway(gateway, upstream, spy) -
                         break
                     await asyncio.sleep(0.01)
                 live = gw.table.streams[s.stream_id]
-                assert live.slack_record()["paused"] is True
+                assert live.slack_record(asyncio.get_running_loop().time(), 0.0).paused is True
                 await s.resume()
                 await s.set_pace(80)
     names = [n for _, n, _ in spy if n not in ("ack", "cancel")]  # cancel: the gateway's cleanup

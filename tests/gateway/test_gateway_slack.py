@@ -13,8 +13,8 @@ import pytest
 from scripted_upstream import Script
 from websockets.asyncio.client import connect
 
-from engine.slack_discovery import advert_path, write_advert
-from engine.vllm.slack_server import SlackServer, SlackServerConfig
+from slack.discovery import advert_path, write_advert
+from slack.receiver import SlackServer, SlackServerConfig
 
 MSGS = [{"role": "user", "content": "hi"}]
 

@@ -1,7 +1,7 @@
 """Generate ``tests/golden/slack_frames.json``: the slack side channel's frames, byte for byte.
 
 Valid frames are written by hand as msgpack bytes via ``msgpack.packb`` of plain dicts (not through
-``engine/slack.py``), so the file pins the wire format independently of the encoder; the tests check
+``slack/wire.py``), so the file pins the wire format independently of the encoder; the tests check
 that the encoder reproduces the bytes and the decoder the records. Invalid frames carry a fragment
 of the decoder's error message.
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from engine.policy import Capacity, ReqState, RequestView, SlackReport
-from engine.qoe import QoESpec, QoETracker
+from core.qoe import QoESpec, QoETracker
+from core.slack import SlackRecord
+from engine.policy import Capacity, ReqState, RequestView
 
 BLOCK = 16
 
@@ -16,7 +17,7 @@ def make_request(
     prompt: int = 32,
     delivered_at: list[float] | None = None,
     spec: QoESpec | None = None,
-    slack: SlackReport | None = None,
+    slack: SlackRecord | None = None,
 ) -> RequestView:
     """A request whose tokens were delivered at the absolute times ``delivered_at``."""
     spec = spec or QoESpec(ttft_s=1.0, tds_tok_s=5.0)

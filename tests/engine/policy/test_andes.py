@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from policy_snapshots import BLOCK, capacity, make_request
 
-from engine.policy import Capacity, ReqState, SlackReport, get_policy
+from core.slack import SlackRecord
+from engine.policy import Capacity, ReqState, get_policy
 
 NOW = 100.0
 
@@ -13,8 +14,8 @@ def report(slack_s: float, *, paused: bool = False, age_s: float = 0.0, tds: flo
     at least the 16 tokens :func:`streaming` delivers)."""
     buffered = round(slack_s * tds)
     delivered = max(16, buffered)
-    return SlackReport(delivered=delivered, consumed=delivered - buffered, tds_tok_s=tds,
-                       paused=paused, t_s=NOW - age_s)  # fmt: skip
+    return SlackRecord(stream_id="s", delivered=delivered, consumed=delivered - buffered,
+                       tds_tok_s=tds, paused=paused, t_s=NOW - age_s)  # fmt: skip
 
 
 def streaming(req_id: str, arrival: float, state: ReqState, slack=None, n: int = 16):
@@ -79,7 +80,8 @@ def test_a_paused_reader_is_served_until_its_resume_cushion_is_buffered() -> Non
 def test_a_report_before_the_first_token_says_nothing_about_the_reader() -> None:
     cap = capacity(kv_blocks=3)
     relaxed = streaming("relaxed", 0.0, ReqState.RUNNING, slack=report(30.0))
-    empty = SlackReport(0, 0, 5.0, False, NOW)  # as the gateway reports before the first token
+    # As the gateway reports before the first token:
+    empty = SlackRecord("new", 0, 0, 5.0, False, NOW)
     # Its first token is due at its ttft, 0.9 s from now: waiting that long costs it nothing, so
     # nobody is preempted for it yet (an empty buffer taken literally would make it due now).
     fresh = make_request("new", NOW - 0.1, ReqState.WAITING, prompt=40, slack=empty)

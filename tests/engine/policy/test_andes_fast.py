@@ -7,10 +7,11 @@ import random
 import pytest
 from policy_snapshots import BLOCK
 
-from engine.policy import Capacity, Decision, ReqState, RequestView, SlackReport
+from core.qoe import QoESpec, QoETracker
+from core.slack import SlackRecord
+from engine.policy import Capacity, Decision, ReqState, RequestView
 from engine.policy.andes import AndesPolicy
 from engine.policy.fcfs import fcfs_decision
-from engine.qoe import QoESpec, QoETracker
 
 
 class StraightforwardAndes(AndesPolicy):
@@ -43,8 +44,8 @@ def snapshot(rng: random.Random, n: int, now: float) -> list[RequestView]:
             tracker.add(t)
         slack = None
         if made and rng.random() < 0.3:
-            slack = SlackReport(
-                delivered=made, consumed=max(made - rng.randint(0, 30), 0),
+            slack = SlackRecord(
+                stream_id=f"r{i}", delivered=made, consumed=max(made - rng.randint(0, 30), 0),
                 tds_tok_s=rng.uniform(2.0, 12.0), paused=rng.random() < 0.15,
                 t_s=now - rng.uniform(0.0, 2.0),
             )  # fmt: skip

@@ -1,4 +1,4 @@
-"""The vectorised serve gain agrees with the scalar reference in engine.qoe."""
+"""The vectorised serve gain agrees with the scalar reference in core.qoe."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
+from core.qoe import QoESpec, QoETracker, predict_serve_gain
 from engine.policy.horizon import serve_gain
-from engine.qoe import QoESpec, QoETracker, predict_serve_gain
 
 
 def test_vectorised_gain_equals_scalar() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 from engine.sim.report import format_table, plot_qoe_vs_rate, summarize, to_json
 from engine.sim.simulator import RequestResult, SimResult
 

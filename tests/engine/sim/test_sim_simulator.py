@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import pytest
 
+from core.qoe import QoESpec
+from core.slack import SlackRecord
 from engine.policy import available_policies, get_policy
-from engine.policy.base import Capacity, Decision, Policy, ReqState, RequestView, SlackReport
-from engine.qoe import QoESpec
+from engine.policy.base import Capacity, Decision, Policy, ReqState, RequestView
 from engine.sim.arrivals import ArrivalSpec, arrival_times
 from engine.sim.errors import SimulationError
 from engine.sim.profile import LatencyProfile
@@ -181,9 +182,10 @@ def test_client_model_hook_feeds_the_policy() -> None:
             seen.extend(r.slack.slack_s(now_s) for r in requests if r.slack is not None)
             return super().schedule(now_s, requests, capacity)
 
-    def paused_reader(view: RequestView, now_s: float) -> SlackReport | None:
-        return SlackReport(
-            delivered=view.output_tokens, consumed=0, tds_tok_s=5.0, paused=True, t_s=now_s
+    def paused_reader(view: RequestView, now_s: float) -> SlackRecord | None:
+        return SlackRecord(
+            stream_id=view.req_id, delivered=view.output_tokens, consumed=0, tds_tok_s=5.0,
+            paused=True, t_s=now_s,
         )
 
     simulate(one(), [0.0], Watcher(), SIMPLE, slack_fn=paused_reader)

@@ -116,7 +116,7 @@ async def _preemptions(base_url: str) -> float:
 
 
 def _advert_counters(slack_dir: Path) -> dict[str, int]:
-    """The engine core's slack counters, from its advert (engine/slack_discovery.py)."""
+    """The engine core's slack counters, from its advert (slack/discovery.py)."""
     paths = sorted(slack_dir.glob("engine-*-dp0.json"))
     assert paths, "the engine advertised no slack endpoint"
     return json.loads(paths[0].read_text())["counters"]

@@ -38,10 +38,8 @@ from engine.policy.base import (
     Policy,
     ReqState,
     RequestView,
-    SlackReport,
-    available_policies,
-    register_policy,
 )
+from engine.policy.registry import available_policies, register_policy
 from engine.vllm.model import prepare_bundled_model
 from engine.vllm.scheduler import (
     AndesAsyncScheduler,
@@ -375,23 +373,6 @@ def test_views_carry_qoe_spec_tracker_and_capacity(
     capacity = policy.capacity  # type: ignore[attr-defined]
     assert (capacity.kv_blocks, capacity.block_size, capacity.max_batch) == (32, BLOCK_SIZE, 5)
     assert capacity.token_latency_s(1) > 0
-
-
-def test_measured_slack_reaches_the_policy_until_it_is_stale(
-    model_dir: ModelConfig, gate_env: None
-) -> None:
-    sched = create_scheduler(model_dir)
-    now = [100.0]
-    sched.clock = lambda: now[0]
-    policy = sched.andes_policy
-    sched.add_request(create_request("A", arrival_s=99.0, extra_args={"andes_stream_id": "s-1"}))
-    report = SlackReport(delivered=4, consumed=1, tds_tok_s=5.0, paused=False, t_s=100.0)
-    sched.report_slack("s-1", report)
-    step(sched)
-    assert policy.seen[-1]["A"].slack == report  # type: ignore[attr-defined]
-    now[0] = 100.0 + sched.settings.slack_stale_s + 0.5
-    step(sched)
-    assert policy.seen[-1]["A"].slack is None  # type: ignore[attr-defined]
 
 
 def test_a_failing_policy_falls_back_to_vllms_order(

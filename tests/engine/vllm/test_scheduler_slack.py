@@ -22,8 +22,9 @@ from test_scheduler import (  # the vLLM-style harness (same directory)
 from vllm.v1.request import RequestStatus
 from websockets.sync.client import connect
 
-from engine.slack import SlackRecord, encode_batch
+from core.slack import SlackRecord
 from engine.vllm.scheduler import AndesScheduler
+from slack.wire import encode_batch
 
 STEP_S = 0.05
 READ_TDS = 20.0  # readers as fast as the engine: by inference, every reader needs every token

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from engine.qoe import (
+from core.qoe import (
     QoESpec,
     QoETracker,
     predict_serve,

@@ -10,7 +10,7 @@ so rates differ only by how compressed the arrivals are. The table has one row p
 simulator's columns; preemptions are not visible from the client and show as nan).
 
 The closed loop, through the Andes gateway's WebSocket with readers who read at their own pace and
-hide the tab for a while (``engine/bench/readers.py``; QoE scored on each reader's clock)::
+hide the tab for a while (``bench/readers.py``; QoE scored on each reader's clock)::
 
     andes bench --url http://127.0.0.1:8080 --transport ws --misdeclared-share 0.3 \\
         --pause-share 0.2 --rate 1,2 --duration 120 --tds-scale 0.5
@@ -27,12 +27,12 @@ import signal
 import sys
 from pathlib import Path
 
-from engine.bench.client import API_KINDS, TRANSPORTS, EndpointConfig
-from engine.bench.errors import BenchConfigError, BenchError
-from engine.bench.plan import PlanConfig, PlannedRequest, build_plan, load_prompt_texts
-from engine.bench.readers import Reader, ReaderConfig, draw_readers
-from engine.bench.result import BenchRun, to_report_summary
-from engine.bench.runner import RunConfig, run_load
+from bench.client import API_KINDS, TRANSPORTS, EndpointConfig
+from bench.errors import BenchConfigError, BenchError
+from bench.plan import PlanConfig, PlannedRequest, build_plan, load_prompt_texts
+from bench.readers import Reader, ReaderConfig, draw_readers
+from bench.result import BenchRun, to_report_summary
+from bench.runner import RunConfig, run_load
 from engine.sim.arrivals import ArrivalSpec
 from engine.sim.errors import SimError
 from engine.sim.workload import TraceRequest, load_workload, synthetic_workload
@@ -136,7 +136,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Replay a workload against an OpenAI-compatible streaming endpoint (open loop: requests"
         " go out when due, whatever came before), time every token's arrival at the client, and"
-        " score each request's QoE against its reader's expectation (engine/qoe.py). Prints a"
+        " score each request's QoE against its reader's expectation (core/qoe.py). Prints a"
         " table per rate: average and p10 QoE, share with QoE >= 0.9, TTFT, token throughput."
         " With --transport ws it streams through the Andes gateway's WebSocket instead, each"
         " request read by a modelled reader (own pace, tab hidden a while): the closed loop."
@@ -205,9 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     wl.add_argument("--tds-scale", type=_positive_float, default=1.0,
                     help="multiply every reader's pace (tokens/s) by this; < 1 puts a small"
                          " engine in the paper's regime of generating several times faster than"
-                         " people read (see engine/bench/plan.py)")  # fmt: skip
+                         " people read (see bench/plan.py)")  # fmt: skip
     rd = parser.add_argument_group(
-        "readers", "who reads each stream (engine/bench/readers.py); QoE is scored on each"
+        "readers", "who reads each stream (bench/readers.py); QoE is scored on each"
         " reader's clock at its own pace, and over ws the reader's pace and pauses reach the"
         " gateway (over http they only change the score)")  # fmt: skip
     rd.add_argument("--misdeclared-share", type=_share, default=None,

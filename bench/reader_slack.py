@@ -1,9 +1,9 @@
-"""The readers of :mod:`engine.bench.readers` as the simulator's client model: measured slack.
+"""The readers of :mod:`bench.readers` as the simulator's client model: measured slack.
 
 :mod:`engine.sim.simulator` asks its ``slack_fn(view, now_s)`` hook, before every policy call, for
-each live request's latest :class:`~engine.policy.base.SlackReport`. :class:`ReaderSlack` answers
-what the gateway would report if the request were read by its :class:`~engine.bench.readers.Reader`
-over the WebSocket (``engine/bench/ws_client.py``):
+each live request's latest :class:`~core.slack.SlackRecord`. :class:`ReaderSlack` answers
+what the gateway would report if the request were read by its :class:`~bench.readers.Reader`
+over the WebSocket (``bench/ws_client.py``):
 
 * ``delivered`` — the tokens generated so far (the simulator delivers each at the end of its
   iteration, so a token produced is a token at the client);
@@ -25,8 +25,9 @@ import math
 from collections import deque
 from collections.abc import Mapping
 
-from engine.bench.readers import Interval, Reader, reader_clock_s
-from engine.policy.base import RequestView, SlackReport
+from bench.readers import Interval, Reader, reader_clock_s
+from core.slack import SlackRecord
+from engine.policy.base import RequestView
 
 __all__ = ["ReaderSlack"]
 
@@ -45,7 +46,7 @@ class _ReadState:
         self.pending: deque[list[float]] = deque()  # unread batches: [reader-clock arrival, count]
         self.read = 0  # tokens read
         self.last_read_s = -math.inf  # reader-clock read time of the last read token
-        self.report: SlackReport | None = None
+        self.report: SlackRecord | None = None
 
     def deliver(self, total: int, rel_s: float) -> None:
         """``total`` tokens have arrived by ``rel_s`` (seconds since the request arrived)."""
@@ -91,7 +92,7 @@ class ReaderSlack:
         self.interval_s = interval_s
         self._states: dict[str, _ReadState] = {}
 
-    def __call__(self, view: RequestView, now_s: float) -> SlackReport | None:
+    def __call__(self, view: RequestView, now_s: float) -> SlackRecord | None:
         state = self._states.get(view.req_id)
         if state is None:
             reader = self.readers.get(view.req_id)
@@ -103,8 +104,8 @@ class ReaderSlack:
         last = state.report
         if last is not None and now_s - last.t_s < self.interval_s:
             return last
-        report = SlackReport(
-            delivered=state.delivered, consumed=state.consumed(rel),
+        report = SlackRecord(
+            stream_id=view.req_id, delivered=state.delivered, consumed=state.consumed(rel),
             tds_tok_s=state.reader.read_tds_tok_s, paused=state.hidden(rel), t_s=now_s,
         )  # fmt: skip
         state.report = report

@@ -1,6 +1,6 @@
 """Where an engine's slack endpoint is advertised, and how a gateway finds it.
 
-An engine core's slack server (:mod:`engine.vllm.slack_server`) writes a small JSON file when it
+An engine core's slack server (:mod:`slack.receiver`) writes a small JSON file when it
 listens, rewrites it about once a second with its counters, and removes it when it stops::
 
     <dir>/engine-<http port>-dp<rank>.json

@@ -1,15 +1,15 @@
-"""The readers as the simulator's client model (engine/bench/reader_slack.py)."""
+"""The readers as the simulator's client model (bench/reader_slack.py)."""
 
 from __future__ import annotations
 
 import math
 import random
 
-from engine.bench.reader_slack import ReaderSlack
-from engine.bench.readers import Reader, reader_clock_s
+from bench.reader_slack import ReaderSlack
+from bench.readers import Reader, reader_clock_s
+from core.qoe import QoESpec, QoETracker, read_times
 from engine.policy import get_policy
 from engine.policy.base import ReqState, RequestView
-from engine.qoe import QoESpec, QoETracker, read_times
 from engine.sim.profile import LatencyProfile
 from engine.sim.simulator import SimConfig, simulate
 from engine.sim.workload import TraceRequest

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 
+from bench.result import BenchRun, RequestRecord
 from benchmarks import engine_qoe
 from benchmarks.calibrate_cpu import decode_point, fit_profile
-from engine.bench.result import BenchRun, RequestRecord
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 from engine.sim.report import Summary
 
 

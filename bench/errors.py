@@ -7,7 +7,7 @@
     └── EndpointError            the endpoint cannot be used at all (unreachable, no model served)
 
 A failure of one request is never an exception here: it is recorded on that request's
-:class:`~engine.bench.result.RequestRecord` and counted in the summary.
+:class:`~bench.result.RequestRecord` and counted in the summary.
 """
 
 from __future__ import annotations

@@ -30,11 +30,11 @@ while the tab is visible::
     τ(t) = a_j - Σ_{k: b_k ≤ a_j} (b_k - a_k)        for t in pause j (a_j ≤ t < b_j)
 
 so a token that arrives while the tab is hidden is available at the instant the reader returns.
-Token *i*, arrived at ``d_i``, is scored by :func:`engine.qoe.qoe` at ``τ(d_i)`` against the spec
+Token *i*, arrived at ``d_i``, is scored by :func:`core.qoe.qoe` at ``τ(d_i)`` against the spec
 ``(declared ttft, actual tds)``: expected at ``ttft + i / tds_actual`` on the reader's clock
 (nothing is due while hidden; a slow reader does not expect the declared pace) and read at
 ``c_i = max(τ(d_i), c_{i-1} + 1 / tds_actual)``. A reader without pauses whose pace is the declared
-one scores exactly :func:`engine.qoe.qoe` of the arrivals. Edge cases, by the definition: a pause
+one scores exactly :func:`core.qoe.qoe` of the arrivals. Edge cases, by the definition: a pause
 before the first token does not count towards its TTFT; a pause after the last token changes
 nothing; tokens that arrive during a pause are read one after another from the reader's return.
 """
@@ -46,7 +46,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from engine.qoe import QoESpec, qoe
+from core.qoe import QoESpec, qoe
 
 __all__ = [
     "Interval",
@@ -192,7 +192,7 @@ def reader_clock_s(t_s: float, pauses_s: Sequence[Interval]) -> float:
 def reader_qoe(
     token_times_s: Sequence[float], actual: QoESpec, pauses_s: Sequence[Interval] = ()
 ) -> float:
-    """The QoE a reader experiences (module docstring): :func:`engine.qoe.qoe` of the arrivals on
+    """The QoE a reader experiences (module docstring): :func:`core.qoe.qoe` of the arrivals on
     the reader's clock, against ``actual`` (declared TTFT, the reader's own pace)."""
     if not pauses_s:
         return qoe(token_times_s, actual)

@@ -1,4 +1,4 @@
-"""The reader model: seeded draws, and the QoE on the reader's clock (engine/bench/readers.py)."""
+"""The reader model: seeded draws, and the QoE on the reader's clock (bench/readers.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from engine.bench.readers import (
+from bench.readers import (
     Reader,
     ReaderConfig,
     draw_reader,
@@ -14,8 +14,8 @@ from engine.bench.readers import (
     reader_clock_s,
     reader_qoe,
 )
-from engine.bench.result import RequestRecord
-from engine.qoe import QoESpec, qoe
+from bench.result import RequestRecord
+from core.qoe import QoESpec, qoe
 
 SPEC = QoESpec(ttft_s=1.0, tds_tok_s=4.0)
 

@@ -6,10 +6,10 @@ limit, or by a slow connection, is late for the reader all the same. Token arriv
 at the client when the chunk (SSE event or WebSocket ``delta`` frame) carrying them was read off the
 socket.
 
-A record may also say how its reader read (:mod:`engine.bench.readers`): the pace it actually read
+A record may also say how its reader read (:mod:`bench.readers`): the pace it actually read
 at and when it hid the tab. Its :attr:`RequestRecord.qoe` is then the QoE on that reader's clock;
 without them (every HTTP record, and every record written before they existed) it is exactly
-:func:`engine.qoe.qoe` of the arrivals against the declared spec, as before.
+:func:`core.qoe.qoe` of the arrivals against the declared spec, as before.
 
 :class:`BenchRun` holds the records of one run with the settings that produced them and round-trips
 through JSON (the raw measurements that the calibration and the reports read back).
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from engine.bench.readers import reader_qoe
-from engine.qoe import QoESpec, qoe
+from bench.readers import reader_qoe
+from core.qoe import QoESpec, qoe
 from engine.sim.report import Summary
 
 __all__ = ["BenchRun", "BenchSummary", "RequestRecord", "summarize", "to_report_summary"]
@@ -76,13 +76,13 @@ class RequestRecord:
     @property
     def qoe(self) -> float:
         """The QoE the reader experienced (0 when nothing arrived): on the reader's clock, at its
-        pace (:func:`engine.bench.readers.reader_qoe`); :func:`engine.qoe.qoe` of the arrivals
+        pace (:func:`bench.readers.reader_qoe`); :func:`core.qoe.qoe` of the arrivals
         against the declared spec when the record says nothing about its reader."""
         return reader_qoe(self.token_times_s, self.reader_spec, self.pauses_s)
 
     @property
     def declared_qoe(self) -> float:
-        """:func:`engine.qoe.qoe` of the arrivals against the declared spec, on the wall clock
+        """:func:`core.qoe.qoe` of the arrivals against the declared spec, on the wall clock
         (what a server that believes the declaration would score)."""
         return qoe(self.token_times_s, self.spec)
 

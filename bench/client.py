@@ -1,8 +1,8 @@
 """One streamed request against an OpenAI-compatible endpoint, timed at the client.
 
-:func:`stream_request` sends a :class:`~engine.bench.plan.PlannedRequest` as a streaming
+:func:`stream_request` sends a :class:`~bench.plan.PlannedRequest` as a streaming
 ``/v1/completions`` or ``/v1/chat/completions`` call and fills a
-:class:`~engine.bench.result.RequestRecord` as chunks arrive, so whatever arrived survives a
+:class:`~bench.result.RequestRecord` as chunks arrive, so whatever arrived survives a
 timeout or a cancel.
 
 Counting tokens. With ``vllm_extras`` the request asks for
@@ -29,10 +29,10 @@ from typing import Any
 
 import aiohttp
 
-from engine.bench.errors import EndpointError
-from engine.bench.plan import PlannedRequest
-from engine.bench.result import RequestRecord
-from engine.bench.sse import SSEParser
+from bench.errors import EndpointError
+from bench.plan import PlannedRequest
+from bench.result import RequestRecord
+from bench.sse import SSEParser
 
 __all__ = ["API_KINDS", "TRANSPORTS", "EndpointConfig", "fetch_model", "stream_request"]
 
@@ -55,7 +55,7 @@ class EndpointConfig:
     request_timeout_s: float = 900.0  # a request still streaming after this long fails
     read_timeout_s: float = 120.0  # a request that receives no byte for this long fails (HTTP)
     # "http": the api above as SSE; "ws": the Andes gateway's /v1/stream (chat, client pacing,
-    # engine/bench/ws_client.py), where the reader model plays pace, acks and pauses.
+    # bench/ws_client.py), where the reader model plays pace, acks and pauses.
     transport: str = "http"
 
     def __post_init__(self) -> None:

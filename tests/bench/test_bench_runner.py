@@ -7,11 +7,11 @@ import math
 import pytest
 from bench_scripted_server import Script, ScriptedServer
 
-from engine.bench.client import EndpointConfig
-from engine.bench.plan import PlannedRequest
-from engine.bench.result import BenchRun
-from engine.bench.runner import RunConfig, run_load
-from engine.qoe import QoESpec, qoe
+from bench.client import EndpointConfig
+from bench.plan import PlannedRequest
+from bench.result import BenchRun
+from bench.runner import RunConfig, run_load
+from core.qoe import QoESpec, qoe
 
 QUIET = RunConfig(progress=False)
 

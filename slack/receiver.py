@@ -3,9 +3,9 @@
 :class:`SlackServer` runs a ``websockets`` asyncio server on its own event loop in a daemon thread,
 so the scheduler thread never waits for the network: it only takes a lock for the few microseconds
 of a dictionary lookup (:meth:`SlackServer.fresh_many`), and the receiver holds that lock only to
-store an already decoded batch (:meth:`engine.slack.SlackTable.apply`).
+store an already decoded batch (:meth:`slack.table.SlackTable.apply`).
 
-Defences, each counted in :class:`engine.slack.SlackCounters` and none fatal to the engine:
+Defences, each counted in :class:`slack.table.SlackCounters` and none fatal to the engine:
 
 * frame size: a frame over ``max_frame_bytes`` is dropped (the connection stays); over four times
   that, ``websockets`` itself closes the connection (1009) before buffering it;
@@ -13,7 +13,7 @@ Defences, each counted in :class:`engine.slack.SlackCounters` and none fatal to 
 * floods: a token bucket per connection (``frames_per_s``, ``burst_frames``) drops the excess;
 * at most ``max_connections`` connections (1013 "try again later" beyond);
 * with a ``secret``, every connection must answer a fresh challenge first (HMAC-SHA256, see
-  :mod:`engine.slack`) within ``auth_timeout_s``, or is closed with 1008;
+  :mod:`slack.wire`) within ``auth_timeout_s``, or is closed with 1008;
 * with ``require_known``, reports for streams the scheduler has not registered are dropped, so
   the table holds at most the engine's live requests.
 
@@ -39,21 +39,19 @@ from typing import Any
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from engine.policy.base import SlackReport
-from engine.slack import (
+from core.slack import SlackRecord
+from slack.discovery import remove_advert, write_advert
+from slack.table import SlackCounters, SlackTable, TokenBucket
+from slack.wire import (
     DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_RECORDS,
     NONCE_BYTES,
-    SlackCounters,
     SlackFrameError,
     SlackFrameTooLarge,
-    SlackTable,
-    TokenBucket,
     decode_batch,
     encode_challenge,
     verify_hello,
 )
-from engine.slack_discovery import remove_advert, write_advert
 
 __all__ = ["SlackServer", "SlackServerConfig"]
 
@@ -79,7 +77,7 @@ class SlackServerConfig:
     max_connections: int = 64
     auth_timeout_s: float = 5.0  # to answer the challenge
     require_known: bool = False  # only store reports for registered stream ids
-    advert_path: str | None = None  # where to advertise url + counters (engine.slack_discovery)
+    advert_path: str | None = None  # where to advertise url + counters (slack.discovery)
     advert_interval_s: float = 1.0  # how often the advert's counters are refreshed
 
     def __post_init__(self) -> None:
@@ -107,7 +105,7 @@ class SlackServerConfig:
         ``ANDES_SLACK_PORT`` is the base port (rank ``r`` listens on base + r; 0 = ephemeral),
         ``ANDES_SLACK_HOST`` the address (127.0.0.1), ``ANDES_SLACK_SECRET`` the shared secret,
         ``ANDES_SLACK_MAX_FRAME_BYTES`` / ``ANDES_SLACK_FRAMES_PER_S`` the limits. The advert goes
-        to :func:`engine.slack_discovery.advert_path` for ``http_port`` unless
+        to :func:`slack.discovery.advert_path` for ``http_port`` unless
         ``ANDES_SLACK_ADVERT`` names a file (``none`` disables it).
         """
         raw = env.get("ANDES_SLACK_PORT", "").strip()
@@ -137,7 +135,7 @@ class SlackServerConfig:
         elif advert:
             kwargs["advert_path"] = advert.replace("{rank}", str(dp_rank))
         elif http_port is not None:
-            from engine.slack_discovery import advert_path, slack_dir
+            from slack.discovery import advert_path, slack_dir
 
             kwargs["advert_path"] = str(advert_path(http_port, dp_rank, slack_dir(dict(env))))
         return cls(**kwargs)
@@ -264,13 +262,13 @@ class SlackServer:
         with self._lock:
             self._table.unregister(stream_id)
 
-    def fresh(self, stream_id: str, now_s: float, stale_after_s: float) -> SlackReport | None:
+    def fresh(self, stream_id: str, now_s: float, stale_after_s: float) -> SlackRecord | None:
         with self._lock:
             return self._table.fresh(stream_id, now_s, stale_after_s)
 
     def fresh_many(
         self, stream_ids: Sequence[str], now_s: float, stale_after_s: float
-    ) -> dict[str, SlackReport]:
+    ) -> dict[str, SlackRecord]:
         """Fresh reports for ``stream_ids``, under one lock acquisition (one per engine step)."""
         with self._lock:
             return self._table.fresh_many(stream_ids, now_s, stale_after_s)

@@ -11,15 +11,15 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gateway"))  # the scripted engine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))  # the scripted engine
 from scripted_upstream import Script, ScriptedUpstream
 
-from engine.bench.client import EndpointConfig
-from engine.bench.errors import EndpointError
-from engine.bench.plan import PlannedRequest
-from engine.bench.readers import Reader, reader_qoe
-from engine.bench.runner import RunConfig, run_load
-from engine.qoe import QoESpec
+from bench.client import EndpointConfig
+from bench.errors import EndpointError
+from bench.plan import PlannedRequest
+from bench.readers import Reader, reader_qoe
+from bench.runner import RunConfig, run_load
+from core.qoe import QoESpec
 from gateway.app import start
 from gateway.config import GatewayConfig
 from gateway.stream import Stream

@@ -7,9 +7,9 @@ waits for a slot is still timed from its due time, so an undersized limit shows 
 as a lighter load. One process, one event loop: light enough to share two cores with the engine.
 
 Transports: ``endpoint.transport`` ``http`` streams each request as SSE
-(:mod:`engine.bench.client`); ``ws`` streams it through the Andes gateway's WebSocket, read by its
-reader (:mod:`engine.bench.ws_client`: local pacing at the reader's pace, acks, pause/resume). With
-``readers`` (:mod:`engine.bench.readers`) every record is scored on its reader's clock; over HTTP
+(:mod:`bench.client`); ``ws`` streams it through the Andes gateway's WebSocket, read by its
+reader (:mod:`bench.ws_client`: local pacing at the reader's pace, acks, pause/resume). With
+``readers`` (:mod:`bench.readers`) every record is scored on its reader's clock; over HTTP
 the reader cannot tell the server anything, so there it only changes the score.
 
 Stopping: setting the ``stop`` event (the CLI wires Ctrl-C to it) stops sending, cancels what is in
@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import aiohttp
 from tqdm import tqdm
 
-from engine.bench.client import EndpointConfig, fetch_model, stream_request
-from engine.bench.plan import PlannedRequest
-from engine.bench.readers import Reader
-from engine.bench.result import BenchRun, RequestRecord
-from engine.bench.ws_client import check_gateway, ws_stream_request
+from bench.client import EndpointConfig, fetch_model, stream_request
+from bench.plan import PlannedRequest
+from bench.readers import Reader
+from bench.result import BenchRun, RequestRecord
+from bench.ws_client import check_gateway, ws_stream_request
 
 __all__ = ["RunConfig", "run_load"]
 
@@ -65,7 +65,7 @@ async def run_load(
     """Replay ``plan`` against ``endpoint``; return every request's record.
 
     ``readers`` maps request ids to their readers (missing: reads as declared, never hides).
-    Raises :class:`~engine.bench.errors.EndpointError` only if no model can be found (or, for the
+    Raises :class:`~bench.errors.EndpointError` only if no model can be found (or, for the
     ``ws`` transport, no gateway WebSocket answers) before the run starts; failures of single
     requests are recorded, not raised.
     """

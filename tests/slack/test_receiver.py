@@ -11,14 +11,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from engine.slack import (
-    SlackRecord,
+from core.slack import SlackRecord
+from slack.discovery import discover, read_adverts
+from slack.receiver import SlackServer, SlackServerConfig
+from slack.wire import (
     decode_challenge,
     encode_batch,
     encode_hello,
 )
-from engine.slack_discovery import discover, read_adverts
-from engine.vllm.slack_server import SlackServer, SlackServerConfig
 
 
 class FakeClock:

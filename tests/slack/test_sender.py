@@ -9,9 +9,9 @@ from collections.abc import Callable
 
 import pytest
 
-from engine.slack import SlackRecord
-from engine.vllm.slack_server import SlackServer, SlackServerConfig
-from gateway.reporter import ReporterConfig, SlackReporter
+from core.slack import SlackRecord
+from slack.receiver import SlackServer, SlackServerConfig
+from slack.sender import ReporterConfig, SlackReporter
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -1,6 +1,6 @@
 """One planned request over the Andes gateway's WebSocket, read by its reader: the closed loop.
 
-:func:`ws_stream_request` streams a :class:`~engine.bench.plan.PlannedRequest` through the
+:func:`ws_stream_request` streams a :class:`~bench.plan.PlannedRequest` through the
 gateway's ``/v1/stream`` with ``client`` pacing, using the project's Python client
 (:mod:`gateway.client`) as a chat page would: the gateway sends the text as the engine produces it;
 the client paces it locally at the *reader's actual* pace (a ``pace`` frame tells the gateway too)
@@ -8,11 +8,11 @@ and acknowledges what it has shown; a reader who hides the tab sends ``pause`` a
 ``resume``. The gateway turns acks, pace and pause into the slack it reports to the engine — the
 closed loop that server-side inference lacks.
 
-Recorded into the :class:`~engine.bench.result.RequestRecord`, relative to the request's due time:
+Recorded into the :class:`~bench.result.RequestRecord`, relative to the request's due time:
 each token's arrival at the client (``delta`` frames, when read off the socket, before local
 pacing), the reader's pace and the pause actually sent (``[pause, resume)``; if the stream ends
 while the reader is away, the interval keeps the reader's planned return). With those the record is
-scored on the reader's clock (:func:`engine.bench.readers.reader_qoe`) and can be rescored later.
+scored on the reader's clock (:func:`bench.readers.reader_qoe`) and can be rescored later.
 
 The request is over once the gateway's ``done`` frame has arrived: what the reader does after that
 (reading the rest of the buffer, coming back) no longer reaches the engine, and its score follows
@@ -33,11 +33,11 @@ from collections.abc import Callable
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidHandshake, InvalidURI
 
-from engine.bench.client import EndpointConfig
-from engine.bench.errors import EndpointError
-from engine.bench.plan import PlannedRequest
-from engine.bench.readers import Reader
-from engine.bench.result import RequestRecord
+from bench.client import EndpointConfig
+from bench.errors import EndpointError
+from bench.plan import PlannedRequest
+from bench.readers import Reader
+from bench.result import RequestRecord
 from gateway.client import ClientError, StreamFailed, TextStream, stream
 
 __all__ = ["check_gateway", "ws_stream_request"]

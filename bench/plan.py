@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 from engine.sim.arrivals import ArrivalSpec, arrival_times
 from engine.sim.workload import CHARS_PER_TOKEN, TraceRequest
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from engine.bench.plan import PlanConfig, build_plan, filler_prompt, load_prompt_texts
-from engine.bench.sse import SSEParser
-from engine.qoe import QoESpec
+from bench.plan import PlanConfig, build_plan, filler_prompt, load_prompt_texts
+from bench.sse import SSEParser
+from core.qoe import QoESpec
 from engine.sim.arrivals import ArrivalSpec
 from engine.sim.workload import CHARS_PER_TOKEN, TraceRequest, load_workload
 

@@ -7,11 +7,11 @@ import math
 
 import pytest
 
+from bench.readers import ReaderConfig
+from bench.result import BenchRun, RequestRecord
 from benchmarks import closed_loop, closed_loop_report, engine_qoe
 from benchmarks.closed_loop_report import rate_at_qoe, targets
-from engine.bench.readers import ReaderConfig
-from engine.bench.result import BenchRun, RequestRecord
-from engine.qoe import QoESpec
+from core.qoe import QoESpec
 from engine.sim.profile import LatencyProfile
 from engine.sim.report import Summary
 
@@ -147,7 +147,7 @@ async def test_one_configuration_measures_its_loads_through_a_gateway(tmp_path) 
     import types
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "gateway"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
     from scripted_upstream import Script, ScriptedUpstream
 
     up = ScriptedUpstream()

@@ -1,11 +1,11 @@
 """The slack reporter: sends every live stream's delivery slack to the engine's scheduler.
 
 Every ``interval_s`` (75 ms by default) a collector task asks a *provider* — a plain callable the
-gateway passes in, returning one :class:`engine.slack.SlackRecord` per live stream — for the
+gateway passes in, returning one :class:`slack.wire.SlackRecord` per live stream — for the
 current records, and queues them for every slack endpoint (one per engine core). A sender task per
 endpoint keeps a WebSocket open (reconnecting with exponential backoff and full jitter, answering
 the HMAC challenge when a secret is set) and sends the queued batches as msgpack frames
-(:func:`engine.slack.encode_batch`, stamped with the send time so the engine can age them).
+(:func:`slack.wire.encode_batch`, stamped with the send time so the engine can age them).
 
 Backpressure: the queue per endpoint holds at most ``queue_batches`` batches and drops the oldest —
 each batch carries every live stream, so a newer one supersedes an older one entirely, and a slow
@@ -26,15 +26,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from engine.slack import (
+from core.slack import SlackRecord
+from slack.wire import (
     DEFAULT_MAX_RECORDS,
     SlackFrameError,
-    SlackRecord,
     decode_challenge,
     encode_batch,
     encode_hello,
@@ -310,85 +309,3 @@ class SlackReporter:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-# -- the gateway's wiring -------------------------------------------------------------------------
-
-
-def stream_records(streams: Iterable[Any], now_s: float, wall_s: float) -> list[SlackRecord]:
-    """One record per live stream of a gateway (``Stream`` objects with a ``pacer``).
-
-    ``delivered`` is what the gateway received from the engine (``pacer.fed``), ``consumed`` what
-    the reader has read — the client's acknowledgements when it sends them, else the pacer's
-    reading model — so their difference is the whole buffer between the engine and the reader's
-    eyes, at the gateway and at the client. ``now_s`` is the pacers' clock (the event loop's),
-    ``wall_s`` the same instant on the wall clock, which is what goes on the wire.
-    """
-    records = []
-    for stream in streams:
-        pacer = stream.pacer
-        fed = pacer.fed
-        records.append(SlackRecord(
-            stream_id=stream.id,
-            delivered=fed,
-            consumed=min(pacer.consumed(now_s), fed),
-            tds_tok_s=float(pacer.tds_tok_s),
-            paused=bool(pacer.paused),
-            t_s=wall_s,
-        ))
-    return records
-
-
-def slack_endpoints(config: Any) -> Callable[[], list[str]]:
-    """The slack URLs for a :class:`gateway.config.GatewayConfig`: ``slack_urls`` if given, else
-    (with ``slack_discovery``) the adverts of its upstreams on this host, re-read on each call."""
-    from engine.slack_discovery import discover
-
-    fixed = list(config.slack_urls)
-
-    def resolve() -> list[str]:
-        if fixed:
-            return fixed
-        if not config.slack_discovery:
-            return []
-        return [url for upstream in config.upstreams for url in discover(upstream)]
-
-    return resolve
-
-
-async def start_for_gateway(gw: Any) -> SlackReporter | None:
-    """Start reporting the live streams of gateway service ``gw`` (``gateway.service.Gateway``).
-
-    Returns ``None`` (and starts nothing) when reporting is switched off. Its counters are
-    exported as ``andes_gateway_slack_reporter_total{event}`` and
-    ``andes_gateway_slack_endpoints_connected`` in the gateway's registry.
-    """
-    config = gw.config
-    if not config.slack_urls and not config.slack_discovery:
-        return None
-    from prometheus_client import Counter, Gauge
-
-    events = Counter("andes_gateway_slack_reporter", "Slack reporter events", ["event"],
-                     registry=gw.metrics.registry)
-    connected = Gauge("andes_gateway_slack_endpoints_connected",
-                      "Engine slack endpoints connected now", registry=gw.metrics.registry)
-
-    def on_event(name: str, n: int) -> None:
-        if name == "connected":
-            connected.inc(n)
-        else:
-            events.labels(name).inc(n)
-
-    loop = asyncio.get_running_loop()
-    table = gw.table
-
-    def provider() -> list[SlackRecord]:
-        return stream_records(table.streams.values(), loop.time(), time.time())
-
-    reporter = SlackReporter(
-        slack_endpoints(config), provider,
-        ReporterConfig(interval_s=config.slack_interval_s, secret=config.slack_secret),
-        on_event=on_event,
-    )
-    await reporter.start()
-    return reporter

@@ -1,0 +1,14 @@
+"""``andes bench``: replay a workload against an OpenAI-compatible endpoint, score QoE per request.
+
+One noun per module: :mod:`~bench.plan` (what to send and when),
+:mod:`~bench.readers` (who reads each stream, and the QoE on the reader's clock),
+:mod:`~bench.sse` (the server-sent-events parser, sans-I/O), :mod:`~bench.client`
+(one streamed request over HTTP, timed at the client), :mod:`~bench.ws_client` (one request
+over the Andes gateway's WebSocket, read by its reader), :mod:`~bench.reader_slack` (the same
+readers as the simulator's client model), :mod:`~bench.runner` (the open-loop load
+generator), :mod:`~bench.result` (what came back, scored) and :mod:`~bench.cli`.
+
+The load generator never imports vLLM: over HTTP it measures any engine (vLLM with or without the
+Andes scheduler, the gateway, SGLang, TGI, llama.cpp) the same way; over the WebSocket it needs the
+Andes gateway in front of the engine.
+"""
