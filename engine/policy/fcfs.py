@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.policy.base import (
+    ON_DEVICE,
     Capacity,
     Decision,
     Policy,
-    ReqState,
     RequestView,
     step_blocks,
 )
@@ -49,7 +49,7 @@ def fcfs_decision(
     """The FCFS decision for ``requests`` (shared with ``andes`` on its untriggered steps)."""
     bs = capacity.block_size
     running = sorted(
-        (r for r in requests if r.state is ReqState.RUNNING), key=lambda r: (r.arrival_s, r.req_id)
+        (r for r in requests if r.state in ON_DEVICE), key=lambda r: (r.arrival_s, r.req_id)
     )
     need = [step_blocks(r, bs) for r in running]
     used = sum(need)
@@ -67,7 +67,7 @@ def fcfs_decision(
     slots = capacity.max_batch - keep
     if slots > 0:
         waiting = sorted(
-            (r for r in requests if r.state is not ReqState.RUNNING),
+            (r for r in requests if r.state not in ON_DEVICE),
             key=lambda r: (r.arrival_s, r.req_id),
         )
         for r in waiting:

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from core.qoe import predict_wait
 from engine.policy.base import (
+    ON_DEVICE,
     Capacity,
     Decision,
     Policy,
-    ReqState,
     RequestView,
 )
 from engine.policy.packing import greedy_pack
@@ -55,7 +55,7 @@ class LQFPolicy(Policy):
             requests,
             key=lambda r: (
                 predict_wait(r.tracker, now_s, h),
-                r.state is not ReqState.RUNNING,
+                r.state not in ON_DEVICE,
                 r.arrival_s,
             ),
         )

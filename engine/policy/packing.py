@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from engine.policy.base import Capacity, Decision, ReqState, RequestView, step_blocks
+from engine.policy.base import ON_DEVICE, Capacity, Decision, RequestView, step_blocks
 
 __all__ = ["greedy_pack"]
 
@@ -24,6 +24,6 @@ def greedy_pack(priority: Iterable[RequestView], capacity: Capacity) -> Decision
             run.append(r.req_id)
             free -= blocks
             slots -= 1
-        elif r.state is ReqState.RUNNING:
+        elif r.state in ON_DEVICE:
             left_out.append(r.req_id)
     return Decision(run=run, preempt=left_out[::-1])

@@ -31,6 +31,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from engine.sim.errors import ProfileError
 
@@ -108,9 +109,13 @@ class LatencyProfile:
         """Seconds per token for a pure decode batch of ``batch`` sequences."""
         return self.iteration_s(batch, context_tokens, 0)
 
-    def prefill_s(self, tokens: int) -> float:
-        """Seconds a stand-alone prefill of ``tokens`` prompt tokens takes."""
-        return self.iteration_s(0, 0, tokens)
+    def prefill_s(self, tokens: Any) -> Any:
+        """Seconds a stand-alone prefill of ``tokens`` prompt tokens takes (an int, or a numpy
+        array elementwise: ``iteration_s(0, 0, tokens)``)."""
+        memory = self.weight_read_s
+        compute = self.compute_s_per_token * tokens
+        bound = compute * (compute > memory) + memory * (compute <= memory)
+        return self.overhead_s + bound + self.prefill_s_per_token * tokens
 
     def swap_s(self, blocks: int) -> float:
         """Seconds to move ``blocks`` KV blocks one way between GPU and host memory."""

@@ -38,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 SYNC_SCHEDULER = "engine.vllm.scheduler.AndesScheduler"
 ASYNC_SCHEDULER = "engine.vllm.scheduler.AndesAsyncScheduler"
+AUTO_SCHEDULER = "engine.vllm.scheduler.AndesAutoScheduler"  # follows vLLM's async setting
 
 
 class EngineError(RuntimeError):
@@ -103,11 +104,13 @@ class EngineConfig:
         )
 
     def scheduler_cls(self) -> str | None:
-        """The ``--scheduler-cls`` to pass, or None for vLLM's own (``stock``)."""
+        """The ``--scheduler-cls`` to pass, or None for vLLM's own (``stock``): the class that
+        follows vLLM's resolved async setting, unless ``async_scheduling`` forces one."""
         if self.stock:
             return None
-        use_async = (not on_cpu()) if self.async_scheduling is None else self.async_scheduling
-        return ASYNC_SCHEDULER if use_async else SYNC_SCHEDULER
+        if self.async_scheduling is None:
+            return AUTO_SCHEDULER
+        return ASYNC_SCHEDULER if self.async_scheduling else SYNC_SCHEDULER
 
     def command(self, model_path: str) -> list[str]:
         """The server command line, for ``model_path`` (the resolved model)."""
@@ -131,12 +134,9 @@ class EngineConfig:
         scheduler_cls = self.scheduler_cls()
         if scheduler_cls is not None:
             cmd += ["--scheduler-cls", scheduler_cls]
-            if self.async_scheduling is not None or not on_cpu():
-                cmd.append(
-                    "--async-scheduling"
-                    if scheduler_cls == ASYNC_SCHEDULER
-                    else "--no-async-scheduling"
-                )
+            if self.async_scheduling is not None:
+                cmd.append("--async-scheduling" if self.async_scheduling
+                           else "--no-async-scheduling")  # fmt: skip
         if not on_cpu():
             cmd += ["--kv-cache-memory-bytes", str(int(self.kv_cache_gb * 2**30))]
         if self.enforce_eager:

@@ -61,14 +61,10 @@ from vllm.v1.outputs import ModelRunnerOutput
 from vllm.v1.request import Request, RequestStatus
 
 from core.qoe import QoESpec, QoETracker
-from engine.policy.base import (
-    Capacity,
-    Decision,
-    Policy,
-    ReqState,
-    RequestView,
-)
+from engine.policy.base import Capacity, Policy, ReqState, RequestView
+from engine.policy.plan import StepPlan, UnknownRequest, fcfs_plan, plan_step
 from engine.policy.registry import get_policy
+from engine.policy.snapshot import Snapshot
 from engine.vllm.settings import SchedulerSettings
 from engine.vllm.step_latency import StepLatencyModel
 from slack.receiver import SlackServer, start_for_engine
@@ -77,6 +73,7 @@ __all__ = [
     "SUPPORTED_VLLM",
     "VERIFIED_VLLM",
     "AndesAsyncScheduler",
+    "AndesAutoScheduler",
     "AndesScheduler",
     "AndesSchedulerMixin",
     "check_vllm_version",
@@ -152,11 +149,13 @@ class AndesSchedulerMixin:
     settings: SchedulerSettings
     andes_policy: Policy
     step_latency: StepLatencyModel
-    _views: dict[str, RequestView]
+    _snapshot: Snapshot
     _stream_ids: dict[str, str]
+    _held: set[str]
     _step_marks: dict[int, tuple[float, int, int]]
     _last_output_s: float
     _policy_failures: int
+    _max_tds: float
     slack_server: SlackServer | None
 
     running: list[Request]
@@ -182,13 +181,15 @@ class AndesSchedulerMixin:
         self.step_latency = StepLatencyModel(
             self.settings.token_latency_s, self.settings.prefill_s_per_token
         )
-        self._views = {}
+        self._snapshot = Snapshot()  # every live request the policy knows, with a change log
         self._stream_ids = {}
+        self._held = set()  # running requests the policy held out of the last step
         self._step_marks = {}  # id(SchedulerOutput) -> (scheduled at, decode seqs, prefill tokens)
         self._last_output_s = -math.inf
         self._policy_failures = 0
-        # The slack side channel (slack/receiver.py): a WebSocket receiver in a thread
-        # of this engine-core process, when ANDES_SLACK_PORT is set. One per data-parallel rank.
+        self._max_tds = 0.0  # the fastest declared reader seen (for the quick latency check)
+        # The slack channel's receiver (slack/receiver.py): a WebSocket server in a thread of
+        # this engine-core process, when ANDES_SLACK_PORT is set. One per data-parallel rank.
         dp_rank = getattr(getattr(self, "parallel_config", None), "data_parallel_rank", 0) or 0
         self.slack_server = start_for_engine(
             os.environ, dp_rank, sys.argv, clock=lambda: self.clock()  # reports on our clock
@@ -199,14 +200,17 @@ class AndesSchedulerMixin:
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         now_s = self.clock()
-        held = self._apply_policy(now_s)
+        held_running: list[Request] = []
+        held_waiting: list[Request] = []
+        if self._has_decision_to_make():
+            held_running, held_waiting = self._apply_policy(now_s)
         try:
             output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
         finally:
-            if held:
-                # Back into the queue between steps, so finish_requests (aborts) and the stats
-                # see them; their place does not matter, the next step reorders the queue.
-                self.waiting.extend(held)
+            # Back between steps, so finish_requests (aborts) and the stats see them; their
+            # place does not matter, the next step orders both queues again.
+            self.running.extend(held_running)
+            self.waiting.extend(held_waiting)
         self._mark_step(output, now_s)
         return output
 
@@ -218,17 +222,21 @@ class AndesSchedulerMixin:
         )
         now_s = self.clock()
         self._observe_step(scheduler_output, now_s)
-        views = self._views
+        snap = self._snapshot
         for engine_outputs in outputs.values():
             for out in engine_outputs.outputs:
-                view = views.get(out.request_id)
-                if view is None:
+                req_id = out.request_id
+                if req_id not in snap:
                     continue
                 if out.new_token_ids:
-                    view.tracker.add(now_s, len(out.new_token_ids))
+                    snap.deliver(req_id, now_s, len(out.new_token_ids))
                 if out.finish_reason is not None:
-                    self._forget(out.request_id)
+                    self._forget(req_id)
         return outputs
+
+    def add_request(self, request: Request) -> None:
+        super().add_request(request)  # type: ignore[misc]
+        self._new_view(request)
 
     def finish_requests(
         self, request_ids: str | Iterable[str] | None, finished_status: RequestStatus
@@ -242,21 +250,43 @@ class AndesSchedulerMixin:
 
     # -- the policy step ---------------------------------------------------------------------------
 
-    def _apply_policy(self, now_s: float) -> list[Request]:
-        """Run the policy and apply its decision; return the waiting requests held this step."""
-        if len(self._views) > len(self.requests):  # belt and braces: never leak a view
-            for req_id in self._views.keys() - self.requests.keys():
+    def _has_decision_to_make(self) -> bool:
+        """Whether this step needs the policy at all (a few comparisons, no view is read).
+
+        Nothing waits to be admitted, nothing is held, the cache has a block for every running
+        request's growth, and the batch keeps up with its fastest reader: then a policy that
+        says it has nothing to decide in that case (``Policy.idle_when_unbound``, as ``andes``)
+        is not called, vLLM's own step is the policy's, and Andes costs nothing.
+        """
+        if not self.andes_policy.idle_when_unbound:
+            return True
+        if self._held or len(self.running) > self.max_num_running_reqs:  # type: ignore[attr-defined]
+            return True
+        if any(r.status in _ADMITTABLE for r in self.waiting):
+            return True
+        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+        if pool.get_num_free_blocks() < len(self.running):
+            return True
+        tds = self._max_tds
+        return tds > 0 and self.step_latency.token_latency_s(len(self.running)) > 1.0 / tds
+
+    def _apply_policy(self, now_s: float) -> tuple[list[Request], list[Request]]:
+        """Run the policy and carry its decision out; return the running and waiting requests
+        held out of this step (the caller puts them back after vLLM's step)."""
+        snap = self._snapshot
+        if len(snap) > len(self.requests):  # belt and braces: never leak a view
+            for req_id in [v.req_id for v in snap if v.req_id not in self.requests]:
                 self._forget(req_id)
         admittable: list[Request] = []
         unmanaged: list[Request] = []
         for request in self.waiting:
             (admittable if request.status in _ADMITTABLE else unmanaged).append(request)
-        if not admittable and not self.running:
-            return []
-        views = [self._view(r, now_s) for r in self.running]
-        views += [self._view(r, now_s) for r in admittable]
+        for request in self.running:
+            self._sync_view(request, now_s)
+        for request in admittable:
+            self._sync_view(request, now_s)
         try:
-            decision = self.andes_policy.schedule(now_s, views, self._capacity())
+            decision = self.andes_policy.schedule(now_s, snap, self._capacity())
         except Exception:
             self._policy_failures += 1
             if self._policy_failures <= 3 or self._policy_failures % 1000 == 0:
@@ -268,24 +298,34 @@ class AndesSchedulerMixin:
                     len(self.running),
                     len(admittable),
                 )
-            return []
-        return self._apply(decision, admittable, unmanaged)
+            decision = None
+        states = {v.req_id: v.state for v in snap}
+        max_batch = self.max_num_running_reqs  # type: ignore[attr-defined]
+        if decision is None:
+            arrival = {v.req_id: v.arrival_s for v in snap}
+            plan = fcfs_plan(states, arrival, max_batch)
+        else:
+            try:
+                plan = plan_step(decision, states, max_batch)
+            except UnknownRequest as exc:
+                logger.warning("policy %r: %s; this step uses vLLM's own order",
+                               self.settings.policy, exc)  # fmt: skip
+                plan = fcfs_plan(states, {v.req_id: v.arrival_s for v in snap}, max_batch)
+        return self._carry_out(plan, admittable, unmanaged)
 
-    def _apply(
-        self, decision: Decision, admittable: list[Request], unmanaged: list[Request]
-    ) -> list[Request]:
-        rank = {req_id: i for i, req_id in enumerate(decision.run)}
-        last = len(rank)
-        victims = [r for r in self.running if r.request_id not in rank]
+    def _carry_out(
+        self, plan: StepPlan, admittable: list[Request], unmanaged: list[Request]
+    ) -> tuple[list[Request], list[Request]]:
+        """The plan with vLLM's own machinery (engine/policy/plan.py gives the order of work)."""
+        by_id = self.requests
         preempted: list[Request] = []
-        if victims:
-            order = {req_id: i for i, req_id in enumerate(decision.preempt)}
-            victims.sort(key=lambda r: order.get(r.request_id, last))
+        if plan.preempt:
             stamp = time.monotonic()  # vLLM's event clock
             can_free = getattr(self, "_request_blocks_can_be_freed", None)
             drop_stale = bool(getattr(self, "requires_kv_delivery", False))
-            for request in victims:
-                if request.status != RequestStatus.RUNNING:
+            for req_id in plan.preempt:
+                request = by_id.get(req_id)
+                if request is None or request.status != RequestStatus.RUNNING:
                     continue
                 if can_free is not None and not can_free(request):
                     continue  # a deferred free would not give the memory back now
@@ -295,42 +335,74 @@ class AndesSchedulerMixin:
                 else:
                     self._preempt_request(request, stamp)  # type: ignore[attr-defined]
                 preempted.append(request)
-        # vLLM preempts running[-1] under memory pressure: make that the least valued request.
-        self.running.sort(key=lambda r: rank.get(r.request_id, last))
-        admit = sorted(
-            (r for r in admittable if r.request_id in rank), key=lambda r: rank[r.request_id]
-        )
-        held = [r for r in admittable if r.request_id not in rank]
-        held += preempted  # _preempt_request queued them; the policy did not ask them back
+        # Running: the plan's order (vLLM's own memory-pressure victim is running[-1]); held
+        # requests sit this step out with their KV.
+        rank = {req_id: i for i, req_id in enumerate(plan.running)}
+        keep = [r for r in self.running if r.request_id in rank]
+        keep.sort(key=lambda r: rank[r.request_id])
+        held_running = [r for r in self.running if r.request_id not in rank]
+        self.running[:] = keep
+        self._held = {r.request_id for r in held_running}
+        # Waiting: the plan's admissions in order; the rest wait outside the queue this step.
+        order = {req_id: i for i, req_id in enumerate(plan.admit)}
+        admit = sorted((r for r in admittable if r.request_id in order),
+                       key=lambda r: order[r.request_id])  # fmt: skip
+        held_waiting = [r for r in admittable if r.request_id not in order]
+        held_waiting += [r for r in preempted if r.request_id not in order]
         self.waiting.clear()
         self.waiting.extend(admit)
         self.waiting.extend(unmanaged)
-        return held
+        return held_running, held_waiting
 
-    def _view(self, request: Request, now_s: float) -> RequestView:
+    def _sync_view(self, request: Request, now_s: float) -> None:
+        """Bring ``request``'s view up to date (touching it in the snapshot if it changed)."""
         req_id = request.request_id
-        view = self._views.get(req_id)
+        view = self._snapshot.get(req_id)
         if view is None:
             view = self._new_view(request)
         bs = self.block_size
         if request.status == RequestStatus.RUNNING:
-            view.state = ReqState.RUNNING
-            view.kv_blocks = -(-request.num_computed_tokens // bs)
+            state = ReqState.HELD if req_id in self._held else ReqState.RUNNING
+            blocks = -(-request.num_computed_tokens // bs)
+            pending = max(request.num_tokens - request.num_computed_tokens - 1, 0)
+            cached = 0
         else:
-            view.state = (
-                ReqState.PREEMPTED
-                if request.status == RequestStatus.PREEMPTED or request.num_preemptions
-                else ReqState.WAITING
-            )
-            view.kv_blocks = -(-request.num_tokens // bs)
-        view.output_tokens = request.num_output_tokens
-        view.preemptions = request.num_preemptions
+            preempted = request.status == RequestStatus.PREEMPTED or request.num_preemptions
+            state = ReqState.PREEMPTED if preempted else ReqState.WAITING
+            blocks = -(-request.num_tokens // bs)
+            pending = 0
+            cached = self._cached_tokens(request) if preempted else 0
         server = self.slack_server
-        if server is not None:
-            view.slack = server.fresh(self._stream_ids[req_id], now_s, self.settings.slack_stale_s)
-        return view
+        report = (
+            server.fresh(self._stream_ids[req_id], now_s, self.settings.slack_stale_s)
+            if server is not None
+            else None
+        )
+        fields = (state, blocks, pending, cached, request.num_output_tokens,
+                  request.num_preemptions, report)  # fmt: skip
+        if fields != (view.state, view.kv_blocks, view.pending_tokens, view.cached_tokens,
+                      view.output_tokens, view.preemptions, view.slack):  # fmt: skip
+            view.state, view.kv_blocks, view.pending_tokens, view.cached_tokens = fields[:4]
+            view.output_tokens, view.preemptions, view.slack = fields[4:]
+            self._snapshot.touch(req_id)
+
+    def _cached_tokens(self, request: Request) -> int:
+        """Tokens of a parked request the prefix cache still holds (a readmission skips them)."""
+        manager = self.kv_cache_manager  # type: ignore[attr-defined]
+        try:
+            if not manager.prefix_cache_lookup_enabled(request):
+                return 0
+            _, hit, *_ = manager.coordinator.find_longest_cache_hit(
+                request.block_hashes, request.num_tokens - 1
+            )
+        except (AttributeError, TypeError):  # another vLLM version's internals: assume none
+            return 0
+        return int(hit)
 
     def _new_view(self, request: Request) -> RequestView:
+        known = self._snapshot.get(request.request_id)
+        if known is not None:  # a streaming-input session adds its request again
+            return known
         extra = (request.sampling_params.extra_args if request.sampling_params else None) or {}
         spec = self._spec(request.request_id, extra)
         stream_id = extra.get(EXTRA_STREAM_ID)
@@ -340,14 +412,16 @@ class AndesSchedulerMixin:
             spec=spec,
             state=ReqState.WAITING,
             prompt_tokens=request.num_prompt_tokens,
-            output_tokens=request.num_output_tokens,
-            kv_blocks=0,
+            output_tokens=0,
+            kv_blocks=-(-request.num_tokens // self.block_size),
             tracker=QoETracker(spec, request.arrival_time),
             max_output_tokens=request.max_tokens,
         )
         if request.num_output_tokens:  # first seen mid-stream: count what it already has
             view.tracker.add(request.arrival_time, request.num_output_tokens)
-        self._views[request.request_id] = view
+            view.output_tokens = request.num_output_tokens
+        self._snapshot.add(view)
+        self._max_tds = max(self._max_tds, spec.tds_tok_s)
         self._stream_ids[request.request_id] = (
             str(stream_id) if stream_id is not None else request.request_id
         )
@@ -370,17 +444,30 @@ class AndesSchedulerMixin:
         usable = pool.num_gpu_blocks - 1  # block 0 is vLLM's null block
         watermark = getattr(self.scheduler_config, "watermark", 0.0) or 0.0  # type: ignore[attr-defined]
         max_batch = getattr(self, "max_num_active_reqs", None) or self.max_num_running_reqs  # type: ignore[attr-defined]
+        config = self.scheduler_config  # type: ignore[attr-defined]
+        chunked = getattr(config, "enable_chunked_prefill", False)
         latency = self.step_latency
         return Capacity(
             kv_blocks=int(usable * (1.0 - watermark)),
             block_size=self.block_size,
             max_batch=max_batch,
+            token_budget=self.max_num_scheduled_tokens if chunked else None,  # type: ignore[attr-defined]
             token_latency_s=latency.token_latency_s,
             prefill_latency_s=latency.prefill_latency_s,
+            offload_s_per_token=self._offload_s_per_token(),
         )
 
+    def _offload_s_per_token(self) -> float | None:
+        """With vLLM's KV offloading on (the OffloadingConnector), parked KV comes back from
+        host memory; ANDES_OFFLOAD_S_PER_TOKEN prices the copy (seconds per token)."""
+        connector = getattr(self, "connector", None)
+        if connector is None or "Offloading" not in type(connector).__name__:
+            return None
+        return self.settings.offload_s_per_token
+
     def _forget(self, req_id: str) -> None:
-        self._views.pop(req_id, None)
+        self._snapshot.remove(req_id)
+        self._held.discard(req_id)
         stream_id = self._stream_ids.pop(req_id, None)
         if stream_id is not None and self.slack_server is not None:
             self.slack_server.unregister(stream_id)
@@ -425,3 +512,21 @@ class AndesAsyncScheduler(AndesSchedulerMixin, AsyncScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._andes_init()
+
+
+class AndesAutoScheduler:
+    """``--scheduler-cls engine.vllm.scheduler.AndesAutoScheduler``: whichever of the two vLLM
+    itself would run — :class:`AndesAsyncScheduler` where it schedules asynchronously (GPU
+    builds, unless a feature turned it off), :class:`AndesScheduler` otherwise. vLLM documents
+    that plug-ins must extend its ``AsyncScheduler`` where async scheduling is on (a plain
+    ``Scheduler`` subclass turns the overlap off); this follows vLLM's own resolved setting
+    instead of guessing it from the platform. What ``andes engine`` passes."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> AndesScheduler:  # type: ignore[misc]
+        config = kwargs.get("vllm_config", args[0] if args else None)
+        use_async = bool(getattr(getattr(config, "scheduler_config", None), "async_scheduling",
+                                 False))  # fmt: skip
+        chosen = AndesAsyncScheduler if use_async else AndesScheduler
+        mode = "asynchronously" if use_async else "synchronously"
+        logger.info("Andes scheduler: vLLM schedules %s; using %s", mode, chosen.__name__)
+        return chosen(*args, **kwargs)  # type: ignore[return-value]

@@ -16,6 +16,8 @@ variable                        meaning                                         
 ``ANDES_SLACK_STALE_S``         ignore a measured slack report older than this (seconds)   2.0
 ``ANDES_TOKEN_LATENCY_S``       prior for the decode step latency (seconds)                0.03
 ``ANDES_PREFILL_S_PER_TOKEN``   prior for the prefill cost (seconds per prompt token)      0.0005
+``ANDES_OFFLOAD_S_PER_TOKEN``   with vLLM's KV offloading: seconds to load one token's     5e-6
+                                KV back from host memory (prices a park's resume)
 ==============================  =========================================================  =======
 """
 
@@ -44,6 +46,7 @@ class SchedulerSettings:
     slack_stale_s: float = 2.0  # measured slack older than this is ignored (seconds)
     token_latency_s: float = 0.03  # prior decode step latency (seconds per iteration)
     prefill_s_per_token: float = 0.0005  # prior prefill cost (seconds per prompt token)
+    offload_s_per_token: float = 5e-6  # host-to-device KV copy per token (KV offloading)
 
     def __post_init__(self) -> None:
         if not self.policy or not isinstance(self.policy, str):
@@ -58,6 +61,7 @@ class SchedulerSettings:
         _check("ANDES_SLACK_STALE_S", self.slack_stale_s, positive=True)
         _check("ANDES_TOKEN_LATENCY_S", self.token_latency_s, positive=True)
         _check("ANDES_PREFILL_S_PER_TOKEN", self.prefill_s_per_token)
+        _check("ANDES_OFFLOAD_S_PER_TOKEN", self.offload_s_per_token)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SchedulerSettings:
@@ -80,6 +84,7 @@ class SchedulerSettings:
             ("ANDES_SLACK_STALE_S", "slack_stale_s"),
             ("ANDES_TOKEN_LATENCY_S", "token_latency_s"),
             ("ANDES_PREFILL_S_PER_TOKEN", "prefill_s_per_token"),
+            ("ANDES_OFFLOAD_S_PER_TOKEN", "offload_s_per_token"),
         ):
             if env.get(name):
                 kwargs[key] = _float(name, env[name])
@@ -94,6 +99,7 @@ class SchedulerSettings:
             "ANDES_SLACK_STALE_S": repr(self.slack_stale_s),
             "ANDES_TOKEN_LATENCY_S": repr(self.token_latency_s),
             "ANDES_PREFILL_S_PER_TOKEN": repr(self.prefill_s_per_token),
+            "ANDES_OFFLOAD_S_PER_TOKEN": repr(self.offload_s_per_token),
         }
         if self.policy_options:
             env["ANDES_POLICY_OPTIONS"] = json.dumps(dict(self.policy_options))

@@ -17,6 +17,7 @@ O(1) per step.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 __all__ = ["StepLatencyModel"]
 
@@ -79,9 +80,9 @@ class StepLatencyModel:
         base, slope = self._line()
         return max(base + slope * max(batch, 1), 1e-6)
 
-    def prefill_latency_s(self, tokens: int) -> float:
-        """Seconds to compute ``tokens`` prompt tokens."""
-        return self._prefill_s_per_token * max(tokens, 0)
+    def prefill_latency_s(self, tokens: Any) -> Any:
+        """Seconds to compute ``tokens`` prompt tokens (an int, or a numpy array elementwise)."""
+        return self._prefill_s_per_token * (tokens * (tokens > 0))
 
     def _add(self, x: float, y: float, w: float) -> None:
         self._sw += w

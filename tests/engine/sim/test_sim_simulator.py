@@ -80,15 +80,50 @@ def test_single_request_timing_by_hand() -> None:
     assert r.ttft_s == pytest.approx(0.11) and r.qoe == 1.0 and r.preemptions == 0
 
 
+NO_CACHE = SimConfig(prefix_caching=False)
+
+
 def test_recompute_preemption_costs_a_reprefill() -> None:
     base = simulate(one(), [0.0], Everyone(), SIMPLE).requests[0]
-    r = simulate(one(), [0.0], PreemptOnce("r0", at=5), SIMPLE).requests[0]
+    r = simulate(one(), [0.0], PreemptOnce("r0", at=5), SIMPLE, NO_CACHE).requests[0]
     assert r.preemptions == 1
     # Token 5 at 0.15; one idle tick (0.01) with nothing to run; then the resumed request
     # recomputes prompt + 5 generated tokens (0.01 + 0.105 s) before its 6th token.
     assert r.token_times_s[:5] == pytest.approx(base.token_times_s[:5])
     assert r.token_times_s[5] == pytest.approx(0.15 + 0.01 + 0.115)
     assert r.finish_s - base.finish_s == pytest.approx(0.01 + 0.105)
+
+
+def test_a_resume_recomputes_only_what_the_prefix_cache_lost() -> None:
+    base = simulate(one(), [0.0], Everyone(), SIMPLE).requests[0]
+    result = simulate(one(), [0.0], PreemptOnce("r0", at=5), SIMPLE)
+    r = result.requests[0]
+    # Nothing else needs the blocks, so the 6 full blocks (96 tokens) of its 105 stay cached and
+    # the resume computes 9 tokens: 0.01 + 0.009 s after the idle tick.
+    assert r.token_times_s[5] == pytest.approx(0.15 + 0.01 + 0.019)
+    assert r.finish_s - base.finish_s == pytest.approx(0.01 + 0.009)
+    # Every admission asks the cache: the first for its 100-token prompt (a miss), the resume
+    # for 105 tokens, 96 of them a hit.
+    assert (result.cache_queried_tokens, result.cache_hit_tokens) == (205, 96)
+    assert result.recomputed_tokens == 9
+
+
+def test_a_resume_recomputes_what_other_requests_evicted() -> None:
+    prof = LatencyProfile(name="tight", kv_capacity_blocks=8, block_size=16, overhead_s=0.01,
+                          prefill_s_per_token=0.001)  # fmt: skip
+    work = [*one(), TraceRequest("r1", 100, 1, QoESpec())]
+    # r0 is parked after 5 tokens, and r1 (7 blocks), arriving then, is admitted first. r0's 6
+    # cached blocks and 2 anonymous ones are free: r1 takes the 2, then evicts 5 of r0's, tail
+    # first. r0 gets back its first block and recomputes the other 89 tokens.
+    class NewestFirst(PreemptOnce):
+        def schedule(self, now_s, requests, capacity):  # type: ignore[no-untyped-def]
+            d = super().schedule(now_s, requests, capacity)
+            d.run.reverse()
+            return d
+
+    result = simulate(work, [0.0, 0.151], NewestFirst("r0", at=5), prof)
+    assert result.requests[0].preemptions == 1
+    assert result.recomputed_tokens == 105 - 16
 
 
 def test_swap_preemption_costs_block_transfers() -> None:

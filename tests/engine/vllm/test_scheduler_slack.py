@@ -95,8 +95,10 @@ def run(sched: AndesScheduler, now: list[float], received: dict[str, list[int]])
 
 @pytest.mark.parametrize("measured", [True, False], ids=["measured", "inferred"])
 def test_a_paused_reader_yields_to_a_waiting_request_and_resumes_intact(make, measured) -> None:
-    """Without the report (``inferred``) the policy cannot know A's reader is away: it parks B,
-    the younger stream, and A's absent reader keeps the slot."""
+    """Only the batch limit binds (two slots, three requests; the cache holds all three), so the
+    lever is a hold: the stream that yields keeps its KV and pays no recompute. Without the
+    report (``inferred``) the policy cannot know A's reader is away: it holds B, the younger
+    stream, and A's absent reader keeps the slot."""
     sched = make(max_num_seqs=2)
     now = [0.0]
     sched.clock = lambda: now[0]
@@ -131,12 +133,13 @@ def test_a_paused_reader_yields_to_a_waiting_request_and_resumes_intact(make, me
         # The policy lets C wait while that costs nothing, and no longer than its TTFT (0.5 s).
         assert steps_to_yield is not None, "C waited although A's reader is away"
         assert steps_to_yield * STEP_S <= 0.5 + 1e-9
+        yielded, kept = ("A", "B") if measured else ("B", "A")
+        assert yielded not in scheduled and kept in scheduled
+        # Held, not parked: still RUNNING for vLLM, its KV kept, nothing to recompute.
+        assert sched.requests[yielded].status == RequestStatus.RUNNING
+        assert sched.requests[yielded].num_preemptions == 0
         if not measured:
-            assert sched.requests["B"].status == RequestStatus.PREEMPTED
-            assert sched.requests["A"].status == RequestStatus.RUNNING
             return
-        assert sched.requests["A"].status == RequestStatus.PREEMPTED
-        assert sched.requests["B"].status == RequestStatus.RUNNING  # B's reader needs it
         a_paused_at = len(received["A"])
         # While A is paused and C has work, A stays out (the reports keep coming, fresh).
         while "C" in sched.requests:
@@ -162,6 +165,7 @@ def test_reports_fall_back_to_inference_when_stale_and_unknown_ids_are_counted(m
     now = [100.0]
     sched.clock = lambda: now[0]
     policy = sched.andes_policy
+    policy.idle_when_unbound = False  # consult it every step, though one request binds nothing
     seen: list[object] = []
     original = policy.schedule
 

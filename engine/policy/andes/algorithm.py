@@ -1,0 +1,338 @@
+"""Algorithm 1 of the paper and its refiner, straightforwardly: the definition of a decision.
+
+Liu et al., *Andes* (arXiv 2404.16283), §4. Read top to bottom, one step is:
+
+1. **What binds.** The batch limit (more live requests than ``max_batch``), the KV cache (the
+   next step of everyone on the device plus every waiting request's KV exceeds it), or the
+   latency trigger (§4.3: a full batch is slower than its strictest reader). When none does,
+   there is no decision to make: ``None``, the engine's own order (and no CPU spent).
+2. **Value.** Each request's ``Q_serve − Q_wait`` over the horizon ``Δt`` (§4.2; the closed
+   form of :func:`core.qoe.predict_serve_gain`, :func:`engine.policy.horizon.serve_gain`),
+   served at the per-token latency ``L`` of the batch and after its first-token delay (its
+   prefill, the rest of its prompt, or what a park makes it recompute or load).
+3. **Knapsack** (§4.2–4.3). For a few batch sizes (``batch_fractions``, §4.3's pruning), order by
+   value per unit of what binds (per KV block when the cache binds, per batch slot otherwise),
+   protected requests first (:mod:`engine.policy.andes.guards`), and pack greedily into the KV
+   cache and the batch; the size with the most total value wins.
+4. **Refiner** (the paper's v2, which replaces v1's preemption cap): the cheapest lever first.
+   On-device requests the knapsack left out are *held* (they keep their KV: free) and only
+   *parked* (KV freed) when an admission that is **due** (admitted one step later it would be
+   late) needs their memory and gains more than the park loses: the victim's own value plus the
+   QoE the whole batch loses while its context is recomputed on resume
+   (:meth:`~engine.policy.base.Capacity.park_cost_s`, at the batch's value per second). Parks
+   also draw on a budget, ``park_budget``, the share of engine time recomputation may take, so
+   the throughput a park can cost is bounded whatever the values say; parks that cost nothing
+   (host offload) draw nothing.
+5. **Work conservation.** A batch slot the plan leaves free is filled — by a held request (it
+   costs nothing) or by a waiting one that fits — so choosing never shrinks the batch unless the
+   latency trigger asked for a smaller one. Admissions keep one block of headroom per running
+   request: the growth of the next ``block_size`` steps, which would otherwise make the engine
+   preempt the request it just admitted (vLLM's victim is the newest) and pay its prefill twice.
+6. **Memory pressure.** When the running set's own growth overflows the cache, the victims are
+   the lowest in the order — the most slack, the least value per block — not the newest.
+
+:mod:`engine.policy.andes.fast` decides the same, faster; ``tests/engine/policy`` checks it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.policy.andes.config import AndesConfig
+from engine.policy.andes.guards import Row, reader_at, starving
+from engine.policy.andes.memory import Memory
+from engine.policy.base import Capacity, Decision
+from engine.policy.horizon import serve_gain
+
+__all__ = ["Frame", "Outcome", "batch_sizes", "decide", "refine"]
+
+WAITING, PREEMPTED, RUNNING, HELD = range(4)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """A decision and why: what bound, and the batch size the knapsack chose."""
+
+    decision: Decision | None
+    binds: tuple[str, ...] = ()  # of "kv", "slots", "latency"
+    batch: int = 0
+    parked_s: float = 0.0  # engine seconds the decision's parks will cost
+    notes: dict[str, float] = field(default_factory=dict)
+
+
+def batch_sizes(
+    n_live: int, capacity: Capacity, config: AndesConfig, binds: Sequence[str]
+) -> list[int]:
+    """The batch sizes the knapsack tries: the largest possible, and, when the batch is too slow
+    for its readers (the latency trigger), a few fractions of it (§4.3's pruning) — a smaller
+    batch is only worth its lost throughput when it makes tokens come in time."""
+    b_max = min(capacity.max_batch, n_live)
+    if "latency" not in binds:
+        return [b_max]
+    return sorted({max(1, round(f * b_max)) for f in config.batch_fractions})
+
+
+@dataclass(slots=True)
+class Frame:
+    """The per-request inputs of one step, as arrays by position (the definition builds them
+    with a loop over the rows, the fast path keeps them as columns)."""
+
+    ids: list[str]
+    on: np.ndarray  # bool: KV on the device (running or held)
+    blocks: np.ndarray  # KV blocks for its next step
+    tokens: np.ndarray  # context tokens (prompt + output)
+    pending: np.ndarray  # on device: prefill tokens left beyond one step's
+    arrival: np.ndarray
+    due: np.ndarray  # when waiting starts to cost it QoE (absolute)
+    first_delay: np.ndarray  # seconds before its next token once it takes a step, beyond the step
+    protected: np.ndarray  # bool: the guards' protection
+    starve: np.ndarray  # how long it has starved (-inf: not starving)
+
+
+def decide(
+    now_s: float, rows: Sequence[Row], memory: Memory, capacity: Capacity, config: AndesConfig
+) -> Outcome:
+    """One step of Algorithm 1 and the refiner over ``rows`` (see the module docstring)."""
+    cfg, cap = config, capacity
+    n = len(rows)
+    readers = [reader_at(r, now_s, cfg.slack_staleness_s, cfg.resume_cushion_s) for r in rows]
+
+    # 1. What binds.
+    binds = []
+    if sum(r.blocks for r in rows) > cap.kv_blocks:
+        binds.append("kv")
+    if n > cap.max_batch:
+        binds.append("slots")
+    if cfg.latency_trigger and _too_slow([rd.g_read for rd in readers if rd.need < math.inf],
+                                         cap, min(n, cap.max_batch)):  # fmt: skip
+        binds.append("latency")
+    if not binds:
+        return Outcome(None)
+
+    # Guards (guards.py): the starving (the longest-starving first) and the just admitted.
+    starve = [starving(r, rd, now_s, cfg.starvation_s) for r, rd in zip(rows, readers, strict=True)]
+    protected = [
+        starve[i] > -math.inf or (r.on_device and memory.just_admitted(r.req_id, now_s))
+        for i, r in enumerate(rows)
+    ]
+    frame = Frame(
+        ids=[r.req_id for r in rows],
+        on=np.array([r.on_device for r in rows], dtype=bool),
+        blocks=np.array([r.blocks for r in rows], dtype=np.int64),
+        tokens=np.array([r.tokens for r in rows], dtype=np.int64),
+        pending=np.array([r.pending for r in rows], dtype=np.int64),
+        arrival=np.array([r.arrival for r in rows]),
+        due=np.array([rd.due for rd in readers]),
+        first_delay=np.array([_first_delay(r, cap) for r in rows]),
+        protected=np.array(protected, dtype=bool),
+        starve=np.array(starve),
+    )
+
+    # 2–3. Value at each candidate batch size, and the knapsack.
+    per_block = "kv" in binds
+    best: tuple[float, int, float, np.ndarray, list[int], set[int]] | None = None
+    for b in batch_sizes(n, cap, cfg, binds):
+        lat = cap.token_latency_s(b)
+        gain = _gains(now_s, rows, readers, frame.first_delay, lat, cfg.horizon_s)
+        density = [gain[i] / (rows[i].blocks if per_block else 1.0) for i in range(n)]
+
+        def key(i: int, density: list[float] = density) -> tuple:
+            return (not protected[i], -starve[i] if protected[i] else 0.0, -density[i],
+                    not rows[i].on_device, readers[i].due, rows[i].arrival, i)
+
+        order = sorted(range(n), key=key)
+        chosen = _pack(order, rows, cap.kv_blocks, b)
+        total = sum(float(gain[i]) for i in chosen)
+        if best is None or total >= best[0]:  # ties: the larger batch (throughput)
+            best = (total, b, lat, gain, order, chosen)
+    assert best is not None
+    _, b, lat, gain, order, chosen = best
+    fill = sorted((i for i in range(n) if not rows[i].on_device), key=lambda i: (frame.due[i], i))
+    return refine(now_s, frame, gain, order, chosen, fill, b, lat, memory, cap, cfg, tuple(binds))
+
+
+def refine(
+    now_s: float,
+    f: Frame,
+    gain: np.ndarray,
+    order: Sequence[int],
+    chosen: set[int],
+    fill: Sequence[int],
+    batch: int,
+    lat: float,
+    memory: Memory,
+    cap: Capacity,
+    cfg: AndesConfig,
+    binds: tuple[str, ...],
+) -> Outcome:
+    """Steps 4–6 of the module docstring: the knapsack's choice turned into levers.
+
+    ``order`` is the knapsack's priority order (it must hold every on-device and every chosen
+    request; others may be left out); ``fill`` the waiting requests in the order free slots are
+    filled with: earliest due first (FCFS for first tokens), whatever their value — a slot
+    that would otherwise idle costs nothing to fill, and the knapsack already had its say.
+    """
+    on = f.on
+    free = cap.kv_blocks - int(f.blocks[on].sum())
+    reserve = int((on & (f.pending == 0)).sum()) if cfg.admission_headroom else 0
+    step = 1 if cfg.admission_headroom else 0
+    run_on = [i for i in order if i in chosen and on[i]]
+    left = [i for i in order if i not in chosen and on[i]]  # priority order
+    parked: list[int] = []
+    parked_set: set[int] = set()
+    loss_per_s = float(sum(gain[i] for i in chosen)) / cfg.horizon_s  # the batch's value per s
+    credit = memory.park_credit(now_s, cfg)
+    spent = 0.0
+
+    def grows(v: int) -> int:  # the headroom a running request reserves (0 once parked)
+        return step if on[v] and f.pending[v] == 0 else 0
+
+    def park(v: int) -> None:
+        nonlocal free, spent, reserve
+        free += int(f.blocks[v])
+        reserve -= grows(v)
+        parked.append(v)
+        parked_set.add(v)
+        spent += cap.park_cost_s(int(f.tokens[v]))
+
+    # 6. Memory pressure first: the running set's growth must fit (the engine would preempt).
+    # The victims lose least: their value over the horizon plus their recompute at the batch's
+    # value per second (vLLM's own victim, the newest, is only the cheapest to recompute).
+    if free < 0:
+        def loss(i: int) -> tuple[bool, float, int]:
+            price = float(gain[i]) + cap.park_cost_s(int(f.tokens[i])) * loss_per_s
+            return (bool(f.protected[i]), price, i)
+
+        for v in sorted([*left, *run_on], key=loss):
+            if free >= 0:
+                break
+            park(v)
+
+    # 4. Admissions in the knapsack's order; a due one may pay for parks.
+    admitted: list[int] = []
+    blocked = False  # a starving request waits for room: nobody else may take it (as FCFS)
+    for j in order:
+        if j not in chosen or on[j]:
+            continue
+        need = int(f.blocks[j]) + reserve
+        starving = f.starve[j] > -math.inf
+        if need > free:
+            if now_s + f.first_delay[j] + 2.0 * lat < f.due[j]:
+                continue  # not due: waiting costs it nothing yet, so no park for it
+            found = _victims(left, parked_set, f, gain, cap, loss_per_s, need - free,
+                             cfg.overhead_aware, grows)  # fmt: skip
+            cost = sum(cap.park_cost_s(int(f.tokens[v])) for v in found or ())
+            loss = sum(float(gain[v]) + cap.park_cost_s(int(f.tokens[v])) * loss_per_s
+                       for v in found or ())  # fmt: skip
+            # A starving request skips the value test (by value it would wait until arrivals
+            # stop: the tail the floor exists to bound) and may overdraw the budget once.
+            if starving:
+                priced_out = spent + cost > credit + memory.burst_s(cfg)
+            else:
+                priced_out = cfg.overhead_aware and not (gain[j] > loss and spent + cost <= credit)
+            if found is None or priced_out:
+                if starving:
+                    blocked = True
+                    break
+                continue
+            for v in found:
+                park(v)
+        admitted.append(j)
+        free -= int(f.blocks[j])
+        reserve += step
+
+    # 5. Work conservation: fill the batch's free slots, held requests first, then waiting ones.
+    run_on = [i for i in run_on if i not in parked_set]
+    slots = batch - len(run_on) - len(admitted)
+    refill = []
+    for i in left:
+        if slots <= 0:
+            break
+        if i not in parked_set:
+            refill.append(i)
+            slots -= 1
+    taken = set(admitted)
+    for j in fill:
+        if slots <= 0 or blocked:
+            break
+        if j in taken:
+            continue
+        if int(f.blocks[j]) + reserve <= free:
+            admitted.append(j)
+            taken.add(j)
+            free -= int(f.blocks[j])
+            reserve += step
+            slots -= 1
+
+    ids = f.ids
+    decision = Decision(run=[ids[i] for i in [*run_on, *refill, *admitted]],
+                        preempt=[ids[i] for i in parked])  # fmt: skip
+    memory.spend(spent)
+    return Outcome(decision, binds, batch, spent)
+
+
+def _first_delay(row: Row, cap: Capacity) -> float:
+    """Seconds before ``row`` can emit its next token once it takes a step (beyond the step)."""
+    if row.on_device:
+        return cap.prefill_latency_s(row.pending) if row.pending else 0.0
+    return cap.resume_delay_s(row.tokens, row.cached)
+
+
+def _gains(now_s, rows, readers, first_delay, lat, horizon_s) -> np.ndarray:  # type: ignore[no-untyped-def]
+    arrival = np.array([r.arrival for r in rows])
+    rel = now_s - arrival
+    return serve_gain(
+        rel + horizon_s,
+        np.array([r.ttft for r in rows]),
+        np.array([rd.g_expect for rd in readers]),
+        np.array([float(r.ntok) for r in rows]),
+        rel + first_delay + lat,
+        np.array([rd.need for rd in readers]) - arrival,
+        np.array([rd.g_read for rd in readers]),
+        lat,
+    )
+
+
+def _pack(order: list[int], rows: Sequence[Row], kv_blocks: int, batch: int) -> set[int]:
+    """Take requests in ``order`` while they fit the KV cache and the batch (skipping misfits)."""
+    free, slots, chosen = kv_blocks, batch, set()
+    for i in order:
+        if slots > 0 and rows[i].blocks <= free:
+            chosen.add(i)
+            free -= rows[i].blocks
+            slots -= 1
+    return chosen
+
+
+def _victims(left, parked, f, gain, cap, loss_per_s, shortfall, priced, grows):  # type: ignore[no-untyped-def]
+    """The left-out on-device requests to park for ``shortfall`` blocks (each gives back its
+    blocks and the headroom it reserved, ``grows``), or None if too few.
+
+    Priced (overhead-aware): cheapest park loss first (its value plus its recompute at the
+    batch's value per second); else lowest priority first (``left`` is in priority order).
+    """
+    pool = [i for i in left if i not in parked and not f.protected[i]]
+    if priced:
+        pool.sort(key=lambda i: (float(gain[i]) + cap.park_cost_s(int(f.tokens[i])) * loss_per_s,
+                                 -int(f.blocks[i]), i))  # fmt: skip
+    else:
+        pool.reverse()
+    found, got = [], 0
+    for v in pool:
+        if got >= shortfall:
+            break
+        found.append(v)
+        got += int(f.blocks[v]) + grows(v)
+    return found if got >= shortfall else None
+
+
+def _too_slow(g_read: Sequence[float], cap: Capacity, batch: int) -> bool:
+    """The latency trigger: a batch of ``batch`` is slower than its strictest reader (the
+    readers that need tokens: ``g_read`` = 1 / their pace)."""
+    if not batch or not len(g_read):
+        return False
+    return cap.token_latency_s(batch) > float(min(g_read))

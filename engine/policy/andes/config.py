@@ -1,0 +1,62 @@
+"""The options of the ``andes`` policy (``get_policy("andes", horizon_s=3)``,
+``ANDES_POLICY_OPTIONS='{"horizon_s": 3}'`` for the vLLM scheduler)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["AndesConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class AndesConfig:
+    """Options of the ``andes`` policy; validated on construction, errors quote the value."""
+
+    horizon_s: float = 5.0  # look-ahead Δt over which Q_serve and Q_wait are compared
+    batch_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the largest batch, to try
+    slack_staleness_s: float = 1.0  # slack reports older than this are ignored
+    # A paused reader is served until this much reading is buffered, then yields (guards.py).
+    resume_cushion_s: float = 5.0
+    min_run_steps: int = 8  # steps after (re)admission during which a request is not parked
+    min_run_s: float = 5.0  # and seconds (guards.py, "Anti-thrash")
+    overhead_aware: bool = True  # price parks by their recompute (the paper's v2 refiner)
+    latency_trigger: bool = True  # also decide when the batch is slower than its strictest reader
+    # A reader late longer than this is starving and goes first (guards.py, "Starvation floor").
+    starvation_s: float = 30.0
+    # Share of engine time that recomputing parked requests may take (algorithm.py, step 4).
+    park_budget: float = 0.05
+    # Admissions leave one block per running request for the next block_size steps' growth.
+    admission_headroom: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("horizon_s", "slack_staleness_s", "starvation_s"):
+            _number(name, getattr(self, name), low=0.0, open_low=True)
+        for name in ("min_run_s", "resume_cushion_s"):
+            _number(name, getattr(self, name), low=0.0)
+        _number("park_budget", self.park_budget, low=0.0, high=1.0)
+        fr = self.batch_fractions
+        if not (
+            isinstance(fr, tuple)
+            and fr
+            and all(not isinstance(f, bool) and isinstance(f, int | float) and 0 < f <= 1
+                    for f in fr)
+        ):  # fmt: skip
+            raise ValueError(f"batch_fractions must be a non-empty tuple of (0, 1], got {fr!r}")
+        m = self.min_run_steps
+        if isinstance(m, bool) or not (isinstance(m, int) and m >= 0):
+            raise ValueError(f"min_run_steps must be an integer >= 0, got {m!r}")
+        for name in ("overhead_aware", "latency_trigger", "admission_headroom"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+
+def _number(
+    name: str, v: object, low: float, high: float = math.inf, open_low: bool = False
+) -> None:
+    ok = not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+    ok = ok and (v > low if open_low else v >= low) and v <= high  # type: ignore[operator]
+    if not ok:
+        bound = f"> {low:g}" if open_low else f">= {low:g}"
+        extra = f" and <= {high:g}" if high < math.inf else ""
+        raise ValueError(f"{name} must be a finite number {bound}{extra}, got {v!r}")
