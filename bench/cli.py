@@ -40,7 +40,7 @@ from engine.sim.workload import TraceRequest, load_workload, synthetic_workload
 __all__ = ["DEFAULT_TRACE", "add_arguments", "run"]
 
 DEFAULT_TRACE = (
-    Path(__file__).resolve().parents[2].parent
+    Path(__file__).resolve().parents[1].parent
     / "shared"
     / "data"
     / ("andes_sharegpt_qoe_trace.json")

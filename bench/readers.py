@@ -12,14 +12,16 @@ The model (:class:`ReaderConfig`, every draw seeded):
   uniform in ``pace_factor`` (default [0.5, 0.8]); the rest read exactly at the declared pace. The
   default is slower-than-declared because that is what a client declaring a population pace
   mostly gets wrong in the direction a scheduler can use: such a reader builds up a buffer that
-  server-side inference cannot see, so the engine can serve someone else meanwhile. Faster readers
-  are allowed (a range above 1) but not the default.
+  server-side inference cannot see, so the engine can serve someone else meanwhile.
+* **Skimming.** Another share (``skim_share``, default 0) reads *faster* than declared, at
+  ``declared tds × f`` with ``f`` uniform in ``skim_factor`` (default [1.5, 2.5]): it runs out of
+  text sooner than inference thinks, so only a measured report shows it is about to stall.
 * **Pause.** A share (``pause_share``, default 20%) hides the tab once: ``pause_after_s`` (uniform,
   default [2, 20] s) after its first token arrived, for ``pause_s`` (uniform, default [15, 45] s).
 * **Seeding.** Every request's draws come from its own generator, seeded with ``(seed, req_id)``,
-  always in the same order (share draw, factor, pause draw, start, duration). So the same request
-  gets the same reader at every load and in every configuration compared, and changing one share
-  does not reshuffle the other draw. Shares are therefore met in expectation (each request is an
+  always in the same order (share draw, factor, pause draw, start, duration, skim factor). So the
+  same request gets the same reader at every load and in every configuration compared, and
+  changing one share does not reshuffle the other draw. Shares are therefore met in expectation (each request is an
   independent draw), not exactly in every plan.
 
 Reader-clock QoE (:func:`reader_qoe`, exact definition). Let the pauses be disjoint intervals
@@ -81,14 +83,20 @@ class ReaderConfig:
     pause_share: float = 0.2  # readers who hide the tab once
     pause_after_s: tuple[float, float] = (2.0, 20.0)  # hidden this long after the first token
     pause_s: tuple[float, float] = (15.0, 45.0)  # for this long, uniform
+    skim_share: float = 0.0  # readers faster than declared (not among the slower ones)
+    skim_factor: tuple[float, float] = (1.5, 2.5)  # their actual pace ÷ declared, uniform
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("misdeclared_share", "pause_share"):
+        for name in ("misdeclared_share", "pause_share", "skim_share"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
                 raise ValueError(f"{name} must be a number within [0, 1], got {v!r}")
+        if self.misdeclared_share + self.skim_share > 1:
+            raise ValueError(f"misdeclared_share + skim_share must be <= 1, got "
+                             f"{self.misdeclared_share!r} + {self.skim_share!r}")  # fmt: skip
         _range("pace_factor", self.pace_factor, 1e-3)
+        _range("skim_factor", self.skim_factor, 1e-3)
         _range("pause_after_s", self.pause_after_s, 0.0)
         _range("pause_s", self.pause_s, 0.0)
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -155,7 +163,12 @@ def draw_reader(req_id: str, declared: QoESpec, config: ReaderConfig) -> Reader:
     u_pace, factor = rng.random(), rng.uniform(*config.pace_factor)
     u_pause, after = rng.random(), rng.uniform(*config.pause_after_s)
     length = rng.uniform(*config.pause_s)
-    tds = declared.tds_tok_s * factor if u_pace < config.misdeclared_share else declared.tds_tok_s
+    skim = rng.uniform(*config.skim_factor)  # drawn last: older draws keep their values
+    tds = declared.tds_tok_s
+    if u_pace < config.misdeclared_share:
+        tds *= factor
+    elif u_pace < config.misdeclared_share + config.skim_share:
+        tds *= skim
     if u_pause < config.pause_share:
         return Reader(declared, tds, after, length)
     return Reader(declared, tds)

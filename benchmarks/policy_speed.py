@@ -21,6 +21,7 @@ from benchmarks.record import machine_line, record
 from core.qoe import QoESpec, QoETracker
 from core.slack import SlackRecord
 from engine.policy import Capacity, ReqState, RequestView, get_policy
+from engine.policy.snapshot import Snapshot
 
 BLOCK = 16
 LATENCY_S = 0.04
@@ -69,20 +70,28 @@ def build(n_running: int, n_waiting: int, seed: int = 0) -> tuple[list[RequestVi
 
 
 def time_policy(name: str, views: list[RequestView], now: float, cap: Capacity, steps: int):
+    """Time ``steps`` calls, the snapshot kept as the adapters keep it (a :class:`Snapshot`
+    told what changed: one token delivered to every running request per step)."""
     policy = get_policy(name)
+    snap = Snapshot()
+    for v in views:
+        snap.add(v)
     running = [v for v in views if v.state is ReqState.RUNNING]
     triggered: list[float] = []
     plain: list[float] = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        policy.schedule(now, views, cap)
+        policy.schedule(now, snap, cap)
         dt = time.perf_counter() - t0
         (triggered if getattr(policy, "last_triggered", False) else plain).append(dt)
         now += LATENCY_S
         for v in running:
-            v.tracker.add(now)
             v.output_tokens += 1
-            v.kv_blocks = -(-(v.prompt_tokens + v.output_tokens) // BLOCK)
+            snap.deliver(v.req_id, now)
+            blocks = -(-(v.prompt_tokens + v.output_tokens) // BLOCK)
+            if blocks != v.kv_blocks:
+                v.kv_blocks = blocks
+                snap.touch(v.req_id)
     return triggered, plain
 
 

@@ -26,10 +26,47 @@ def serve_gain(
     g_r: np.ndarray,  # 1 / the reader's pace
     latency: float | np.ndarray,  # per-token latency L of the batch
 ) -> np.ndarray:
-    """Per request, ``predict_serve_gain`` (QoE points gained at ``h`` by serving, ≥ 0)."""
+    """Per request, ``predict_serve_gain`` (QoE points gained at ``h`` by serving, ≥ 0).
+
+    The three lines of the closed form (``core.qoe``) have slopes ``max(L, g_r)``, ``g_r`` and
+    ``g``. In the common case — a batch faster than the reader, who reads at the pace the QoE
+    expects — all three are equal and the sum is one arithmetic series; only the other requests
+    take the general piecewise sum.
+    """
     h, ttft, g, n, d1, need, g_r, latency = np.broadcast_arrays(
         h, ttft, g, n, d1, need, g_r, np.asarray(latency, dtype=float)
     )
+    out = np.zeros(h.shape)
+    same = (g_r == g) & (latency <= g_r)
+    if same.any():
+        out[same] = _one_slope(h[same], ttft[same], g[same], n[same], d1[same], need[same])
+    rest = ~same
+    if rest.any():
+        out[rest] = _piecewise(h[rest], ttft[rest], g[rest], n[rest], d1[rest], need[rest],
+                               g_r[rest], latency[rest])  # fmt: skip
+    return out
+
+
+def _one_slope(h, ttft, g, n, d1, need):  # type: ignore[no-untyped-def]
+    """:func:`_piecewise` when every line has slope ``g``: ``Σ_{k=1}^{k_hi-1} max(a - g·k, 0)``
+    with ``a`` the lowest intercept."""
+    m = np.where(h < ttft, 0.0, np.floor((h - ttft) / g) + 1.0)
+    denom = m * (h - ttft) - g * m * (m - 1.0) * 0.5
+    k_hi = np.maximum(m - n + 1.0, 1.0)
+    need = np.minimum(need, _FAR)
+    a = np.minimum(np.minimum(h - d1 + g, h - np.maximum(d1, need) + g), h - ttft - (n - 1.0) * g)
+    # Terms k = 1 .. end-1 are positive, end = min(k_hi, ceil(a / g)).
+    end = np.minimum(k_hi, np.ceil(a / g))
+    count = np.maximum(end - 1.0, 0.0)
+    first = a - g
+    last = a - g * (end - 1.0)
+    total = np.where(count > 0, count * (first + last) * 0.5, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0.0, total / denom, 0.0)
+
+
+def _piecewise(h, ttft, g, n, d1, need, g_r, latency):  # type: ignore[no-untyped-def]
+    """The general closed form: the minimum of three lines, summed piecewise."""
     m = np.where(h < ttft, 0.0, np.floor((h - ttft) / g) + 1.0)
     denom = m * (h - ttft) - g * m * (m - 1.0) * 0.5
     k_hi = np.maximum(m - n + 1.0, 1.0)  # tokens k in [1, k_hi) are due before h

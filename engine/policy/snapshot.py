@@ -50,6 +50,7 @@ class Snapshot(Sequence[RequestView]):
         self._views: dict[str, RequestView] = {}
         self._list: list[RequestView] | None = []
         self._changes = Changes()
+        self._entries = 0  # log entries since the last take_changes
 
     # -- the adapter's side -----------------------------------------------------------------------
 
@@ -79,7 +80,7 @@ class Snapshot(Sequence[RequestView]):
 
     def take_changes(self) -> Changes:
         """The changes since the last call (and a fresh, empty log)."""
-        changes, self._changes = self._changes, Changes()
+        changes, self._changes, self._entries = self._changes, Changes(), 0
         return changes
 
     def get(self, req_id: str) -> RequestView | None:
@@ -104,9 +105,7 @@ class Snapshot(Sequence[RequestView]):
         return self._list[index]
 
     def _log(self) -> Changes:
-        changes = self._changes
-        if len(changes) >= MAX_LOG:
-            self._changes = changes = Changes(overflowed=True)
-        elif changes.overflowed:
-            pass  # already told to re-read everything; keep the log small
-        return changes
+        self._entries += 1
+        if self._entries > MAX_LOG:  # nobody reads it: start again, and say so
+            self._changes, self._entries = Changes(overflowed=True), 0
+        return self._changes

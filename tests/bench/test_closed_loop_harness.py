@@ -87,7 +87,7 @@ def test_quick_settings_and_bad_reader_options(capsys) -> None:
     assert rates == [1.0, 4.0] and s.engine.duration_s == 15.0 and s.engine.enforce_eager
     assert s.engine.max_output_tokens == 48 and s.readers.pause_after_s == (1.0, 4.0)
     full, rates = closed_loop.settings_from(closed_loop.build_parser().parse_args([]))
-    assert rates == [2.4, 4.8, 6.0] and full.readers == ReaderConfig()
+    assert rates == [2.4, 4.8, 6.0] and full.readers == ReaderConfig(skim_share=0.2)
     assert full.engine.kv_tokens == 8192 and full.engine.max_output_tokens == 256
     with pytest.raises(SystemExit, match="pause_share must be a number within"):
         closed_loop.settings_from(closed_loop.build_parser().parse_args(["--pause-share", "2"]))

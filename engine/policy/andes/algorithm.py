@@ -115,9 +115,9 @@ def decide(
 
     # Guards (guards.py): the starving (the longest-starving first) and the just admitted.
     starve = [starving(r, rd, now_s, cfg.starvation_s) for r, rd in zip(rows, readers, strict=True)]
+    recent = set(memory.recent(now_s))
     protected = [
-        starve[i] > -math.inf or (r.on_device and memory.just_admitted(r.req_id, now_s))
-        for i, r in enumerate(rows)
+        starve[i] > -math.inf or (r.on_device and r.req_id in recent) for i, r in enumerate(rows)
     ]
     frame = Frame(
         ids=[r.req_id for r in rows],
@@ -176,35 +176,37 @@ def refine(
     filled with: earliest due first (FCFS for first tokens), whatever their value — a slot
     that would otherwise idle costs nothing to fill, and the knapsack already had its say.
     """
-    on = f.on
-    free = cap.kv_blocks - int(f.blocks[on].sum())
-    reserve = int((on & (f.pending == 0)).sum()) if cfg.admission_headroom else 0
+    free = cap.kv_blocks - int(f.blocks[f.on].sum())
+    reserve = int((f.on & (f.pending == 0)).sum()) if cfg.admission_headroom else 0
     step = 1 if cfg.admission_headroom else 0
+    # Plain lists: the loops below index them one request at a time.
+    on, blocks, tokens = f.on.tolist(), f.blocks.tolist(), f.tokens.tolist()
+    pending, gains = f.pending.tolist(), gain.tolist()
     run_on = [i for i in order if i in chosen and on[i]]
     left = [i for i in order if i not in chosen and on[i]]  # priority order
     parked: list[int] = []
     parked_set: set[int] = set()
-    loss_per_s = float(sum(gain[i] for i in chosen)) / cfg.horizon_s  # the batch's value per s
+    loss_per_s = sum(gains[i] for i in chosen) / cfg.horizon_s  # the batch's value per second
     credit = memory.park_credit(now_s, cfg)
     spent = 0.0
 
     def grows(v: int) -> int:  # the headroom a running request reserves (0 once parked)
-        return step if on[v] and f.pending[v] == 0 else 0
+        return step if on[v] and pending[v] == 0 else 0
 
     def park(v: int) -> None:
         nonlocal free, spent, reserve
-        free += int(f.blocks[v])
+        free += blocks[v]
         reserve -= grows(v)
         parked.append(v)
         parked_set.add(v)
-        spent += cap.park_cost_s(int(f.tokens[v]))
+        spent += cap.park_cost_s(tokens[v])
 
     # 6. Memory pressure first: the running set's growth must fit (the engine would preempt).
     # The victims lose least: their value over the horizon plus their recompute at the batch's
     # value per second (vLLM's own victim, the newest, is only the cheapest to recompute).
     if free < 0:
         def loss(i: int) -> tuple[bool, float, int]:
-            price = float(gain[i]) + cap.park_cost_s(int(f.tokens[i])) * loss_per_s
+            price = gains[i] + cap.park_cost_s(tokens[i]) * loss_per_s
             return (bool(f.protected[i]), price, i)
 
         for v in sorted([*left, *run_on], key=loss):
@@ -214,20 +216,21 @@ def refine(
 
     # 4. Admissions in the knapsack's order; a due one may pay for parks.
     admitted: list[int] = []
+    pool: list[int] | None = None
     blocked = False  # a starving request waits for room: nobody else may take it (as FCFS)
     for j in order:
         if j not in chosen or on[j]:
             continue
-        need = int(f.blocks[j]) + reserve
+        need = blocks[j] + reserve
         starving = f.starve[j] > -math.inf
         if need > free:
             if now_s + f.first_delay[j] + 2.0 * lat < f.due[j]:
                 continue  # not due: waiting costs it nothing yet, so no park for it
-            found = _victims(left, parked_set, f, gain, cap, loss_per_s, need - free,
-                             cfg.overhead_aware, grows)  # fmt: skip
-            cost = sum(cap.park_cost_s(int(f.tokens[v])) for v in found or ())
-            loss = sum(float(gain[v]) + cap.park_cost_s(int(f.tokens[v])) * loss_per_s
-                       for v in found or ())  # fmt: skip
+            if pool is None:  # the park candidates, cheapest first (priced once per step)
+                pool = _park_pool(left, f, gains, tokens, cap, loss_per_s, cfg.overhead_aware)
+            found = _victims(pool, parked_set, blocks, need - free, grows)
+            cost = sum(cap.park_cost_s(tokens[v]) for v in found or ())
+            loss = sum(gains[v] + cap.park_cost_s(tokens[v]) * loss_per_s for v in found or ())
             # A starving request skips the value test (by value it would wait until arrivals
             # stop: the tail the floor exists to bound) and may overdraw the budget once.
             if starving:
@@ -242,7 +245,7 @@ def refine(
             for v in found:
                 park(v)
         admitted.append(j)
-        free -= int(f.blocks[j])
+        free -= blocks[j]
         reserve += step
 
     # 5. Work conservation: fill the batch's free slots, held requests first, then waiting ones.
@@ -261,10 +264,10 @@ def refine(
             break
         if j in taken:
             continue
-        if int(f.blocks[j]) + reserve <= free:
+        if blocks[j] + reserve <= free:
             admitted.append(j)
             taken.add(j)
-            free -= int(f.blocks[j])
+            free -= blocks[j]
             reserve += step
             slots -= 1
 
@@ -308,25 +311,37 @@ def _pack(order: list[int], rows: Sequence[Row], kv_blocks: int, batch: int) -> 
     return chosen
 
 
-def _victims(left, parked, f, gain, cap, loss_per_s, shortfall, priced, grows):  # type: ignore[no-untyped-def]
-    """The left-out on-device requests to park for ``shortfall`` blocks (each gives back its
-    blocks and the headroom it reserved, ``grows``), or None if too few.
+def _park_pool(left, f, gains, tokens, cap, loss_per_s, priced):  # type: ignore[no-untyped-def]
+    """The left-out on-device requests that may be parked, in the order they go.
 
     Priced (overhead-aware): cheapest park loss first (its value plus its recompute at the
     batch's value per second); else lowest priority first (``left`` is in priority order).
     """
-    pool = [i for i in left if i not in parked and not f.protected[i]]
-    if priced:
-        pool.sort(key=lambda i: (float(gain[i]) + cap.park_cost_s(int(f.tokens[i])) * loss_per_s,
-                                 -int(f.blocks[i]), i))  # fmt: skip
-    else:
-        pool.reverse()
+    pool = np.array([i for i in left if not f.protected[i]], dtype=np.int64)
+    if not priced:
+        return pool[::-1].tolist()
+    if not pool.size:
+        return []
+    # The same prices as one request at a time (park_cost_s is elementwise on arrays).
+    price = np.asarray(gain_of(gains, pool)) + cap.park_cost_s(f.tokens[pool]) * loss_per_s
+    return pool[np.lexsort((pool, -f.blocks[pool], price))].tolist()
+
+
+def gain_of(gains: list[float], idx: np.ndarray) -> np.ndarray:
+    return np.array([gains[i] for i in idx.tolist()])
+
+
+def _victims(pool, parked, blocks, shortfall, grows):  # type: ignore[no-untyped-def]
+    """The first requests of ``pool`` (not yet parked) that free ``shortfall`` blocks (each
+    gives back its blocks and the headroom it reserved, ``grows``), or None if too few."""
     found, got = [], 0
     for v in pool:
+        if v in parked:
+            continue
         if got >= shortfall:
             break
         found.append(v)
-        got += int(f.blocks[v]) + grows(v)
+        got += blocks[v] + grows(v)
     return found if got >= shortfall else None
 
 

@@ -181,12 +181,11 @@ def decide_fast(
     starve = starving_at(c, stall_from, now_s, cfg.starvation_s)
     protected = starve > -math.inf
     on_idx = np.flatnonzero(on)
-    if on_idx.size:
-        just = memory.just_admitted
-        ids = cols.ids
-        protected[on_idx] |= np.fromiter(
-            (just(ids[i], now_s) for i in on_idx.tolist()), dtype=bool, count=on_idx.size
-        )
+    pos = cols.pos
+    recent = [pos[r] for r in memory.recent(now_s) if r in pos]
+    if recent:
+        idx = np.array(recent, dtype=np.int64)
+        protected[idx] |= on[idx]
 
     sizes = batch_sizes(n, cap, cfg, binds)
     lats = [cap.token_latency_s(b) for b in sizes]

@@ -40,6 +40,16 @@ class Memory:
         cfg = self.config
         return step > self.step - cfg.min_run_steps or t_s > now_s - cfg.min_run_s
 
+    def recent(self, now_s: float) -> list[str]:
+        """The requests :meth:`just_admitted` says yes to (forgetting the ones no longer recent,
+        so this stays as small as the admissions of the last ``min_run_s``)."""
+        cfg = self.config
+        gone = [r for r, (step, t_s) in self._admitted.items()
+                if not (step > self.step - cfg.min_run_steps or t_s > now_s - cfg.min_run_s)]
+        for r in gone:
+            del self._admitted[r]
+        return list(self._admitted)
+
     def park_credit(self, now_s: float, config: AndesConfig) -> float:
         """Engine seconds of recompute the budget allows now (it accrues at ``park_budget``)."""
         if self._credit_at is not None and now_s > self._credit_at:

@@ -13,7 +13,7 @@ from engine.policy.base import Capacity, Decision, Policy, ReqState, RequestView
 from engine.sim.arrivals import ArrivalSpec, arrival_times
 from engine.sim.errors import SimulationError
 from engine.sim.profile import LatencyProfile
-from engine.sim.simulator import SimConfig, SimResult, simulate
+from engine.sim.simulator import SimConfig, SimResult, Simulator, simulate
 from engine.sim.workload import TraceRequest, synthetic_workload
 
 # Hand-computable: 10 ms per iteration plus 1 ms per prefilled token, nothing else.
@@ -266,3 +266,65 @@ def test_waiting_requests_are_seen_as_waiting_then_running() -> None:
 
     simulate(one(output=3), [0.0], Recorder(), SIMPLE)
     assert states == [("r0", ReqState.WAITING), ("r0", ReqState.RUNNING), ("r0", ReqState.RUNNING)]
+
+
+class HoldWhile(Everyone):
+    """Lists every live request except ``held`` while the clock is in ``[start, end)``."""
+
+    name = "hold-while"
+
+    def __init__(self, held: str, start: float, end: float) -> None:
+        self.held, self.start, self.end = held, start, end
+
+    def schedule(self, now_s, requests, capacity):  # type: ignore[no-untyped-def]
+        d = super().schedule(now_s, requests, capacity)
+        if self.start <= now_s < self.end:
+            d.run.remove(self.held)
+        return d
+
+
+def test_a_held_request_keeps_its_kv_and_resumes_without_a_recompute() -> None:
+    base = simulate(one(), [0.0], Everyone(), SIMPLE).requests[0]
+    result = simulate(one(), [0.0], HoldWhile("r0", 0.145, 0.2), SIMPLE)
+    r = result.requests[0]
+    # Token 5 at 0.15; held until 0.2 (idle ticks), then a plain decode step: no prefill.
+    assert r.preemptions == 0 and result.recomputed_tokens == 0
+    assert r.token_times_s[:5] == pytest.approx(base.token_times_s[:5])
+    gap = r.token_times_s[5] - r.token_times_s[4]
+    assert gap > 0.05 and r.token_times_s[6] - r.token_times_s[5] == pytest.approx(0.01)
+    assert result.peak_kv_blocks == 7  # its blocks stayed allocated the whole time
+
+
+def test_the_token_budget_leaves_running_requests_out_as_vllm_does() -> None:
+    # Budget 30: a running request still prefilling takes what is left after earlier decodes;
+    # a decode after it in the order gets nothing that step (vLLM's running loop stops when the
+    # budget is spent).
+    work = [TraceRequest("a", 10, 5, QoESpec()), TraceRequest("b", 100, 1, QoESpec())]
+    res = simulate(work, [0.0, 0.015], Everyone(), SIMPLE, SimConfig(chunked_prefill_tokens=30))
+    a, b = res.requests
+    # a prefills at once (10 tokens, 0.02 s), then b's prefill takes the budget left over.
+    assert a.ttft_s == pytest.approx(0.02)
+    assert len(a.token_times_s) == 5 and b.output_tokens == 1
+    gaps = [y - x for x, y in zip(a.token_times_s, a.token_times_s[1:], strict=False)]
+    assert max(gaps) > 0.01  # a's decode steps shared the budget with b's prefill chunks
+
+
+def test_offload_brings_a_parked_request_back_from_the_host_without_recompute() -> None:
+    prof = LatencyProfile(name="off", kv_capacity_blocks=8, block_size=16, overhead_s=0.01,
+                          prefill_s_per_token=0.001, swap_s_per_block=0.0016)  # fmt: skip
+    work = [*one(), TraceRequest("r1", 100, 1, QoESpec())]
+
+    class NewestFirst(PreemptOnce):
+        def schedule(self, now_s, requests, capacity):  # type: ignore[no-untyped-def]
+            d = super().schedule(now_s, requests, capacity)
+            d.run.reverse()
+            return d
+
+    for mode, recomputed in (("recompute", 105 - 16), ("offload", 105 - 96)):
+        res = simulate(work, [0.0, 0.151], NewestFirst("r0", at=5), prof,
+                       SimConfig(preemption=mode))  # fmt: skip
+        # r1 evicts r0's cached blocks; with offload the host copy (6 full blocks) comes back at
+        # 0.1 ms a token instead of being recomputed.
+        assert res.recomputed_tokens == recomputed, mode
+    cap = Simulator(work, [0.0, 0.151], Everyone(), prof, SimConfig(preemption="offload")).capacity
+    assert cap.offload_s_per_token == pytest.approx(0.0001) and cap.park_cost_s(500) == 0.0
