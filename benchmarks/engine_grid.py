@@ -319,6 +319,8 @@ def run_setting(setting: Setting, knee: float, points: Sequence[Point], args: ar
     todo = [(pl, pol) for pl in plans for pol in policies if (pl.point, pol) not in done]
     if not todo:
         return done
+    for plan in {pl for pl, _ in todo}:  # a bad workload fails here, before an engine starts
+        plan.requests()
     with ExitStack() as stack:
         engines = {}
         for pol in policies:
