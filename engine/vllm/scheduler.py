@@ -230,6 +230,11 @@ class AndesSchedulerMixin:
                     continue
                 if out.new_token_ids:
                     snap.deliver(req_id, now_s, len(out.new_token_ids))
+                    view = snap.get(req_id)
+                    request = self.requests.get(req_id)
+                    if view is not None and request is not None:
+                        # Counted with the delivery: the next sync sees nothing new to read.
+                        view.output_tokens = request.num_output_tokens
                 if out.finish_reason is not None:
                     self._forget(req_id)
         return outputs

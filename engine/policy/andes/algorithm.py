@@ -182,8 +182,10 @@ def refine(
     # Plain lists: the loops below index them one request at a time.
     on, blocks, tokens = f.on.tolist(), f.blocks.tolist(), f.tokens.tolist()
     pending, gains = f.pending.tolist(), gain.tolist()
-    run_on = [i for i in order if i in chosen and on[i]]
-    left = [i for i in order if i not in chosen and on[i]]  # priority order
+    run_on, left = [], []  # on-device, in priority order: chosen, and left out
+    for i in order:
+        if on[i]:
+            (run_on if i in chosen else left).append(i)
     parked: list[int] = []
     parked_set: set[int] = set()
     loss_per_s = sum(gains[i] for i in chosen) / cfg.horizon_s  # the batch's value per second
@@ -271,8 +273,12 @@ def refine(
             reserve += step
             slots -= 1
 
+    # The order vLLM serves its running list in, and spends the step's token budget in: the
+    # decoding streams first (one token each), then those still prefilling (what is left).
+    on_device = [*run_on, *refill]
+    ordered = [i for i in on_device if pending[i] == 0] + [i for i in on_device if pending[i]]
     ids = f.ids
-    decision = Decision(run=[ids[i] for i in [*run_on, *refill, *admitted]],
+    decision = Decision(run=[ids[i] for i in [*ordered, *admitted]],
                         preempt=[ids[i] for i in parked])  # fmt: skip
     memory.spend(spent)
     return Outcome(decision, binds, batch, spent)

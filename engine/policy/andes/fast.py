@@ -180,7 +180,6 @@ def decide_fast(
 
     starve = starving_at(c, stall_from, now_s, cfg.starvation_s)
     protected = starve > -math.inf
-    on_idx = np.flatnonzero(on)
     pos = cols.pos
     recent = [pos[r] for r in memory.recent(now_s) if r in pos]
     if recent:
@@ -194,7 +193,7 @@ def decide_fast(
     h = rel + cfg.horizon_s
     need_rel = need - c["arrival"]
     waiting = np.flatnonzero(~on)
-    always = np.union1d(on_idx, np.flatnonzero(protected & ~on))
+    always = on | protected  # valued exactly whatever their bound
 
     # Upper bounds on the waiting requests' density: no first-token delay, fastest latency.
     k = waiting.size
@@ -210,7 +209,9 @@ def decide_fast(
             sub, thr = np.arange(n), -math.inf
         else:
             part = np.argpartition(-bound, k)
-            sub = np.union1d(always, waiting[part[:k]])
+            pick = always.copy()
+            pick[waiting[part[:k]]] = True
+            sub = np.flatnonzero(pick)  # ascending, as the full set is
             thr = float(bound[part[k]])
             thr += abs(thr) * 1e-9 + 1e-12  # strictly above, with room for rounding
         found = _knapsack(sub, thr, cols, cap, sizes, lats, per_block, protected, starve, due,
