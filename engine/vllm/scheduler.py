@@ -288,7 +288,13 @@ class AndesSchedulerMixin:
             (admittable if request.status in _ADMITTABLE else unmanaged).append(request)
         for request in self.running:
             self._sync_view(request, now_s)
+        snap_get = snap.get
         for request in admittable:
+            view = snap_get(request.request_id)
+            if (view is not None and view.state is ReqState.WAITING
+                    and not request.num_output_tokens and not request.num_preemptions):
+                continue  # never run: nothing about it changes while it waits (reports before
+                # the first token say nothing either: guards.py)
             self._sync_view(request, now_s)
         try:
             decision = self.andes_policy.schedule(now_s, snap, self._capacity())
