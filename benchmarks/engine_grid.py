@@ -68,6 +68,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 RUNS_DIR = RESULTS / "engine_grid"
 SECTION = "engine-grid"
 TUNE, EVAL, HOLDOUT = (0, 1500), (1500, 2250), (2250, 3000)  # the trace's parts (docstring)
+READY_TIMEOUT_S = 1800.0  # compiling the model can take long on a busy machine
 KNEE_QOE = 0.95  # the knee: highest load where stock keeps at least this average QoE
 KNEE_RATES = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0)  # the knee search's loads
 
@@ -286,7 +287,8 @@ def find_knee(setting: Setting, runs_dir: Path, duration_s: float, progress: boo
     if path.exists():
         return float(json.loads(path.read_text())["knee_rps"])
     knee, seen = KNEE_RATES[0], {}
-    engine = EngineProcess(setting.engine("stock"), log_path=runs_dir / f"knee_{setting.name}.log")
+    engine = EngineProcess(setting.engine("stock"), log_path=runs_dir / f"knee_{setting.name}.log",
+                           ready_timeout_s=READY_TIMEOUT_S)
     with engine:
         asyncio.run(_warm_up(engine.base_url))
         for rate in KNEE_RATES:
@@ -326,7 +328,8 @@ def run_setting(setting: Setting, knee: float, points: Sequence[Point], args: ar
         for pol in policies:
             if any(p == pol for _, p in todo):
                 log = args.runs_dir / f"engine_{setting.name}_{pol}.log"
-                engine = stack.enter_context(EngineProcess(setting.engine(pol), log_path=log))
+                engine = stack.enter_context(EngineProcess(setting.engine(pol), log_path=log,
+                                                           ready_timeout_s=READY_TIMEOUT_S))
                 asyncio.run(_warm_up(engine.base_url))
                 engines[pol] = engine
                 print(f"[{setting.name}] {pol} engine ready after {engine.ready_after_s:.0f} s",

@@ -174,11 +174,14 @@ class EngineConfig:
 class EngineProcess:
     """vLLM's OpenAI server as a managed child process (a context manager)."""
 
-    def __init__(self, config: EngineConfig, log_path: Path | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, log_path: Path | None = None, ready_timeout_s: float = 600.0
+    ) -> None:
         if config.port == 0:
             config = config.replace(port=free_port(config.host))
         self.config = config
         self.log_path = log_path
+        self.ready_timeout_s = ready_timeout_s  # how long `with` waits for a healthy server
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: object | None = None
         self.started_s: float | None = None  # monotonic start time
@@ -266,7 +269,7 @@ class EngineProcess:
     def __enter__(self) -> EngineProcess:
         self.start()
         try:
-            self.wait_ready()
+            self.wait_ready(self.ready_timeout_s)
         except BaseException:
             self.stop()
             raise
