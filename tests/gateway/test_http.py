@@ -8,7 +8,8 @@ import json
 
 import aiohttp
 import openai
-from scripted_upstream import Script
+
+from bench.scripted_engine import Script
 
 MSGS = [{"role": "user", "content": "hi"}]
 
