@@ -170,3 +170,16 @@ async def test_run_round_trips_through_json(tmp_path) -> None:
     assert [r.req_id for r in back.records] == ["r0", "r1"]
     assert back.records[0].token_times_s == pytest.approx(run.records[0].token_times_s, abs=1e-6)
     assert back.summary().avg_qoe == pytest.approx(run.summary().avg_qoe, abs=1e-4)
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\r"])
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_event_streams_with_cr_line_endings_are_read(api: str, ending: str) -> None:
+    # SSE allows "\r\n" and a lone "\r" as line endings (WHATWG); engines behind some proxies
+    # send them. Every token, the usage and [DONE] must come through either way.
+    async with engine(Script(tokens=None, gap_s=0.01, line_ending=ending)) as server:
+        run = await run_load(planned(1, tokens=6), EndpointConfig(server.url, api=api), QUIET)
+    (rec,) = run.records
+    assert rec.ok, rec.error
+    assert rec.num_tokens == 6 == rec.usage_completion_tokens and rec.finish_reason == "length"
+    assert rec.token_times_s == sorted(rec.token_times_s)
