@@ -8,7 +8,7 @@ over the Andes gateway's WebSocket, read by its reader), :mod:`~bench.reader_sla
 readers as the simulator's client model), :mod:`~bench.runner` (the open-loop load
 generator), :mod:`~bench.result` (what came back, scored) and :mod:`~bench.cli`. Beside them,
 for tests and benchmarks: :mod:`~bench.scripted_engine` (an OpenAI-compatible engine whose timing
-follows a script).
+follows a script) and :mod:`~bench.snapshots` (random policy snapshots).
 
 The load generator never imports vLLM: over HTTP it measures any engine (vLLM with or without the
 Andes scheduler, the gateway, SGLang, TGI, llama.cpp) the same way; over the WebSocket it needs the
