@@ -211,8 +211,9 @@ class _Stream:
 
     async def run(self) -> None:
         script, record = self.script, self.record
-        if self.chat:
-            await self._chunk({"role": "assistant", "content": ""})
+        if self.chat:  # vLLM opens a chat stream with the role
+            await self._event({**self.base, "choices": [{
+                "index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
         await asyncio.sleep(script.first_delay_s)
         total = len(self.texts)
         while (sent := self.sent) < total:
@@ -231,10 +232,10 @@ class _Stream:
             n = min(script.tokens_per_chunk, total - sent)
             text = "".join(self._text(i) for i in range(sent, sent + n))
             self.sent += n  # before the chunk: its running usage counts its own tokens
-            await self._chunk({"content": text}, text)
+            await self._chunk(text)
             record.token_clock_s.extend([time.perf_counter()] * n)
             self.changed.set()
-        await self._chunk({}, None, script.finish())
+        await self._chunk(None, script.finish())
         await self._event({**self.base, "choices": [], "usage": self._usage()})
         await self._write("data: [DONE]")
         record.finished = True
@@ -253,13 +254,12 @@ class _Stream:
         n = self.sent
         return {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
 
-    async def _chunk(self, delta: dict[str, Any], text: str | None = "",
-                     finish: str | None = None) -> None:
+    async def _chunk(self, text: str | None, finish: str | None = None) -> None:
+        """A content chunk with ``text``, or (``None``) the finish chunk."""
         if self.chat:
+            delta = {"content": text} if text is not None else {}
             choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
         else:
-            if "role" in delta:
-                return  # completions have no role chunk
             choice = {"index": 0, "text": text or "", "finish_reason": finish}
         chunk: dict[str, Any] = {**self.base, "choices": [choice]}
         if self.continuous:
