@@ -318,22 +318,46 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace) -> int:
-    from engine.sim.report import format_table, plot_qoe_vs_rate
+    endpoint = _endpoint(args)
+    readers_cfg = reader_config(args)
+    plans = _plans(args, readers_cfg)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError):
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        runs = await _run_plans(args, endpoint, plans, readers_cfg, stop)
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGINT)
+    _report(args, endpoint, runs)
+    if stop.is_set():
+        print("andes bench: interrupted; partial results above", file=sys.stderr)
+        return 130
+    return 0
 
+
+Plan = tuple[float, list[PlannedRequest], dict[str, Reader] | None]  # rate, requests, readers
+
+
+def _endpoint(args: argparse.Namespace) -> EndpointConfig:
     if args.transport == "ws" and args.api == "completions":
         raise BenchConfigError("--transport ws streams chat completions only; drop --api"
                                " completions")  # fmt: skip
     api = args.api or ("chat" if args.transport == "ws" else "completions")
-    endpoint = EndpointConfig(
+    return EndpointConfig(
         base_url=args.url, api=api, model=args.model, api_key=args.api_key,
         vllm_extras=args.vllm_extras, qoe_field=args.qoe_field, cache_salt=args.cache_salt,
         request_timeout_s=args.timeout, read_timeout_s=args.read_timeout,
         transport=args.transport,
     )  # fmt: skip
-    readers_cfg = reader_config(args)
+
+
+def _plans(args: argparse.Namespace, readers_cfg: ReaderConfig | None) -> list[Plan]:
+    """One plan per rate, each with its readers (all built before the first request goes out)."""
     duration = args.duration if (args.duration or args.num_requests) else 60.0
     workload, texts = load_requests(args.workload, args.seed)
-    plans: list[tuple[float, list[PlannedRequest], dict[str, Reader] | None]] = []
+    plans: list[Plan] = []
     for rate in args.rate:
         spec = ArrivalSpec(kind=args.arrivals, rate_rps=rate, cv=args.cv,
                            period_s=args.burst_period)  # fmt: skip
@@ -349,19 +373,25 @@ async def _main(args: argparse.Namespace) -> int:
         if readers_cfg is not None:
             readers = draw_readers(((r.req_id, r.spec) for r in plan), readers_cfg)
         plans.append((rate, plan, readers))
+    return plans
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-    label = args.arrivals if args.arrivals != "gamma" else f"gamma cv={args.cv:g}"
+
+def _arrivals_label(args: argparse.Namespace) -> str:
+    return args.arrivals if args.arrivals != "gamma" else f"gamma cv={args.cv:g}"
+
+
+async def _run_plans(args: argparse.Namespace, endpoint: EndpointConfig, plans: list[Plan],
+                     readers_cfg: ReaderConfig | None,
+                     stop: asyncio.Event) -> list[tuple[float, BenchRun]]:
+    """Run the plans one after another until done or ``stop`` is set (Ctrl-C)."""
     runs: list[tuple[float, BenchRun]] = []
     for rate, plan, readers in plans:
         run_cfg = RunConfig(max_concurrency=args.max_concurrency, progress=args.progress,
                             label=f"rate {rate:g}/s")  # fmt: skip
         result = await run_load(plan, endpoint, run_cfg, stop, readers)
-        result.meta.update(rate_rps=rate, arrivals=label, tds_scale=args.tds_scale,
-                           workload=args.workload, seed=args.seed)  # fmt: skip
+        result.meta.update(rate_rps=rate, arrivals=_arrivals_label(args),
+                           tds_scale=args.tds_scale, workload=args.workload,
+                           seed=args.seed)  # fmt: skip
         if readers_cfg is not None and readers is not None:
             result.meta["readers"] = {
                 **dataclasses.asdict(readers_cfg),
@@ -371,26 +401,22 @@ async def _main(args: argparse.Namespace) -> int:
         runs.append((rate, result))
         if stop.is_set():
             break
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.remove_signal_handler(signal.SIGINT)
+    return runs
 
+
+def _report(args: argparse.Namespace, endpoint: EndpointConfig,
+            runs: list[tuple[float, BenchRun]]) -> None:
+    """The table and a note per rate on stdout; the JSON and the plot where asked for."""
+    from engine.sim.report import format_table, plot_qoe_vs_rate
+
+    label = _arrivals_label(args)
     summaries = [
         to_report_summary(r.summary(), args.label, rate, label, wall_s=r.meta.get("wall_s", 0.0))
         for rate, r in runs
     ]
     print(format_table(summaries, markdown=args.markdown))
     for rate, r in runs:
-        s = r.summary()
-        notes = []
-        if s.num_errors:
-            first = next(rec.error for rec in r.records if rec.error)
-            notes.append(f"{s.num_errors} failed (first: {first})")
-        if s.token_count_mismatches:
-            notes.append(f"{s.token_count_mismatches} token-count mismatches with usage")
-        if "readers" in r.meta:
-            rm = r.meta["readers"]
-            notes.append(f"readers: {rm['misdeclared']} not at the declared pace,"
-                         f" {rm['pausing']} hide the tab; QoE on the readers' clocks")  # fmt: skip
+        notes = _notes(r)
         if notes:
             print(f"rate {rate:g}/s: " + "; ".join(notes))
     if args.json is not None:
@@ -400,7 +426,19 @@ async def _main(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps({"runs": [r.to_json() for _, r in runs]}) + "\n")
     if args.plot is not None:
         plot_qoe_vs_rate(summaries, args.plot, title=f"measured: {endpoint.url}")
-    if stop.is_set():
-        print("andes bench: interrupted; partial results above", file=sys.stderr)
-        return 130
-    return 0
+
+
+def _notes(run: BenchRun) -> list[str]:
+    """What the table does not show about one run: failures, count mismatches, the readers."""
+    s = run.summary()
+    notes = []
+    if s.num_errors:
+        first = next(rec.error for rec in run.records if rec.error)
+        notes.append(f"{s.num_errors} failed (first: {first})")
+    if s.token_count_mismatches:
+        notes.append(f"{s.token_count_mismatches} token-count mismatches with usage")
+    if "readers" in run.meta:
+        rm = run.meta["readers"]
+        notes.append(f"readers: {rm['misdeclared']} not at the declared pace,"
+                     f" {rm['pausing']} hide the tab; QoE on the readers' clocks")  # fmt: skip
+    return notes

@@ -32,7 +32,7 @@ import aiohttp
 from bench.errors import EndpointError
 from bench.plan import PlannedRequest
 from bench.result import RequestRecord
-from bench.sse import SSEParser
+from gateway.sse import SSEParser
 
 __all__ = ["API_KINDS", "TRANSPORTS", "EndpointConfig", "fetch_model", "stream_request"]
 
@@ -198,48 +198,68 @@ async def stream_request(
 async def _read_stream(
     resp: aiohttp.ClientResponse, api: str, record: RequestRecord, due_clock_s: float
 ) -> None:
-    parser = SSEParser()
-    cumulative = 0  # usage.completion_tokens seen so far (continuous usage stats)
-    continuous = False
+    parser = SSEParser()  # the gateway's: WHATWG line endings (\n, \r\n, \r), split reads
+    counter = _TokenCounter(api, record)
     done = False
-    async for raw in resp.content:
-        now = time.perf_counter() - due_clock_s
-        data = parser.feed_line(raw.decode("utf-8", errors="replace"))
-        if data is None:
-            continue
-        if data.strip() == "[DONE]":
-            done = True
+    async for raw in resp.content.iter_any():
+        now = time.perf_counter() - due_clock_s  # every event of this read arrived now
+        for event in parser.feed(raw):
+            if event.data.strip() == "[DONE]":
+                done = True
+                break
+            if not counter.add(event.data, now):
+                return
+        if done:
             break
+    counter.finish()
+    if not done and record.error is None:
+        record.error = "stream ended without [DONE]"
+
+
+class _TokenCounter:
+    """Counts one stream's tokens into ``record`` as its events arrive (module docstring)."""
+
+    def __init__(self, api: str, record: RequestRecord) -> None:
+        self.api, self.record = api, record
+        self.cumulative = 0  # usage.completion_tokens seen so far (continuous usage stats)
+        self.continuous = False
+
+    def add(self, data: str, now: float) -> bool:
+        """One event's data, arrived at ``now``; False when it ends the stream with an error."""
+        record = self.record
         try:
             chunk = json.loads(data)
         except ValueError:
             record.error = f"bad event data: {data[:120]!r}"
-            return
+            return False
         if not isinstance(chunk, dict):
-            continue
+            return True
         if "error" in chunk:
             record.error = f"error event: {_error_message(json.dumps(chunk))}"
-            return
+            return False
         usage = chunk.get("usage")
         choices = chunk.get("choices") or []
         if choices:
-            choice = choices[0]
-            if choice.get("finish_reason"):
-                record.finish_reason = str(choice["finish_reason"])
-            if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-                continuous = True
-                new = usage["completion_tokens"] - cumulative
-                cumulative = usage["completion_tokens"]
-            else:
-                new = 1 if _chunk_text(choice, api) else 0
-            record.token_times_s.extend([now] * max(new, 0))
+            record.token_times_s.extend([now] * max(self._new_tokens(choices[0], usage), 0))
         if isinstance(usage, dict) and not choices:  # the final usage chunk
             record.usage_completion_tokens = _int_or_none(usage.get("completion_tokens"))
             record.usage_prompt_tokens = _int_or_none(usage.get("prompt_tokens"))
-    if continuous and record.usage_completion_tokens is None:
-        record.usage_completion_tokens = cumulative
-    if not done and record.error is None:
-        record.error = "stream ended without [DONE]"
+        return True
+
+    def _new_tokens(self, choice: dict[str, Any], usage: Any) -> int:
+        if choice.get("finish_reason"):
+            self.record.finish_reason = str(choice["finish_reason"])
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            self.continuous = True
+            new = usage["completion_tokens"] - self.cumulative
+            self.cumulative = usage["completion_tokens"]
+            return int(new)
+        return 1 if _chunk_text(choice, self.api) else 0
+
+    def finish(self) -> None:
+        """The stream ended: without a final usage chunk, the running count stands for it."""
+        if self.continuous and self.record.usage_completion_tokens is None:
+            self.record.usage_completion_tokens = self.cumulative
 
 
 def _chunk_text(choice: dict[str, Any], api: str) -> str:

@@ -111,7 +111,23 @@ def main() -> int:
                          f"{DEFAULT_LITELLM} if it exists; '' skips it)")
     ap.add_argument("--no-record", action="store_true")
     args = ap.parse_args()
-    litellm_bin = args.litellm
+    litellm_bin = _litellm_bin(ap, args.litellm)
+    rounds = 4
+    ttft, lat = _measure_paths(args, litellm_bin, rounds)
+    expected = rounds * (args.requests // rounds) * args.tokens
+    for p in lat:
+        if len(lat[p]) != expected:
+            print(f"warning: {p}: {len(lat[p])} token stamps parsed, {expected} expected",
+                  file=sys.stderr)
+    body = _report(args, ttft, lat, litellm_version(litellm_bin) if "litellm" in lat else "")
+    print(body)
+    if not args.no_record:
+        record("gateway-overhead", body)
+    return 0
+
+
+def _litellm_bin(ap: argparse.ArgumentParser, litellm_bin: str | None) -> str:
+    """The LiteLLM executable to measure, or "" to skip that path (saying why)."""
     if litellm_bin is None:
         litellm_bin = DEFAULT_LITELLM if Path(DEFAULT_LITELLM).exists() else ""
         if not litellm_bin:
@@ -121,7 +137,16 @@ def main() -> int:
         ap.error(f"--litellm: {litellm_bin} not found")
     elif not litellm_bin:
         print("LiteLLM path skipped: --litellm ''", file=sys.stderr)
+    return litellm_bin
 
+
+Series = dict[str, list[float]]  # path → seconds
+
+
+def _measure_paths(
+    args: argparse.Namespace, litellm_bin: str, rounds: int
+) -> tuple[Series, Series]:
+    """TTFT and per-token latencies per path (direct, gateway, litellm), the processes stopped."""
     procs = []
     try:
         up, up_url = start_upstream(args.tokens, args.gap_s, stamp=True)
@@ -135,9 +160,8 @@ def main() -> int:
             procs.append(ll)
             paths["litellm"] = ll_url
         # Interleave the paths in rounds so drift on a shared machine hits all of them alike.
-        ttft: dict[str, list[float]] = {p: [] for p in paths}
-        lat: dict[str, list[float]] = {p: [] for p in paths}
-        rounds = 4
+        ttft: Series = {p: [] for p in paths}
+        lat: Series = {p: [] for p in paths}
         for _ in range(rounds):
             for p, url in paths.items():
                 t, l_ = asyncio.run(measure(url, args.requests // rounds))
@@ -145,13 +169,12 @@ def main() -> int:
                 lat[p] += l_
     finally:
         stop(*reversed(procs))
-    expected = rounds * (args.requests // rounds) * args.tokens
-    for p in paths:
-        if len(lat[p]) != expected:
-            print(f"warning: {p}: {len(lat[p])} token stamps parsed, {expected} expected",
-                  file=sys.stderr)
-    has_ll = "litellm" in paths
-    version = litellm_version(litellm_bin) if has_ll else ""
+    return ttft, lat
+
+
+def _report(args: argparse.Namespace, ttft: Series, lat: Series, version: str) -> str:
+    """The BENCHMARKS.md section: the percentile table, the setup, the means."""
+    has_ll = "litellm" in lat
     rows = []
     for name, series, target in (("TTFT", ttft, "≤ 1 ms"),
                                  ("per-token delivery latency", lat, "≤ 5 ms")):
@@ -184,7 +207,7 @@ def main() -> int:
             f"gateway {statistics.mean(lat['gateway']) * 1e3:.3f} ms")
     if has_ll:
         mean += f", LiteLLM {statistics.mean(lat['litellm']) * 1e3:.3f} ms"
-    body = "\n".join([
+    return "\n".join([
         "## Gateway overhead (pacing off)",
         "",
         f"Command: `{command_line()}`  ",
@@ -197,10 +220,6 @@ def main() -> int:
         "",
         mean + ".",
     ])
-    print(body)
-    if not args.no_record:
-        record("gateway-overhead", body)
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,17 +23,6 @@ from pathlib import Path
 from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
-UPSTREAM = ROOT / "tests" / "gateway" / "scripted_upstream.py"
-
-
-# The scripted engine, listening with a production server's backlog (vLLM's uvicorn: 2048) rather
-# than aiohttp's 128: a burst of thousands of connects beyond the backlog would wait out SYN
-# retransmits (1 s, 3 s, 7 s) and the benchmark would measure the kernel, not the gateway.
-_UPSTREAM_MAIN = (
-    "import runpy, sys; from aiohttp import web; "
-    "web.TCPSite.__init__.__kwdefaults__['backlog'] = 4096; "
-    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-)
 
 
 def _env() -> dict[str, str]:
@@ -42,10 +31,12 @@ def _env() -> dict[str, str]:
 
 def start_upstream(tokens: int, gap_s: float, first_delay_s: float = 0.0,
                    stamp: bool = False) -> tuple[subprocess.Popen[str], str]:
-    args = [sys.executable, "-c", _UPSTREAM_MAIN, str(UPSTREAM), str(tokens), str(gap_s),
-            str(first_delay_s)]
+    """The scripted engine (bench/scripted_engine.py) in a process of its own, with a production
+    server's listen backlog; returns the process and its URL."""
+    args = [sys.executable, "-m", "bench.scripted_engine", "--tokens", str(tokens),
+            "--gap-s", str(gap_s), "--first-delay-s", str(first_delay_s)]
     if stamp:
-        args.append("stamp")
+        args.append("--stamp")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=_env())
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()

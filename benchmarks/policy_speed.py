@@ -4,10 +4,11 @@ Run: ``.venv/bin/python -m benchmarks.policy_speed`` (``--steps N`` to change th
 Records the section "policy-decision-time" of BENCHMARKS.md. The issue's target: median ≤ 1 ms
 per step on this machine, pure Python/numpy.
 
-Snapshot: realistic request mix — prompts 20–1,500 tokens, 0–600 tokens generated so far, readers
-at 3–10 tok/s with 0.5–2 s TTFT, a quarter with a fresh slack report (some paused), a tenth of the
-waiting ones preempted. Each step advances the clock by one token latency and delivers a token to
-every running request (outside the timed call); decisions are not applied, so the pressure persists.
+Snapshot: realistic request mix (``bench.snapshots.LOADED``) — prompts 20–1,500 tokens, 0–600
+tokens generated so far, readers at 3–10 tok/s with 0.5–2 s TTFT, a quarter with a fresh slack
+report (some paused), a tenth of the waiting ones preempted. Each step advances the clock by one
+token latency and delivers a token to every running request (outside the timed call); decisions
+are not applied, so the pressure persists.
 """
 
 from __future__ import annotations
@@ -17,55 +18,18 @@ import random
 import statistics
 import time
 
+from bench.snapshots import LOADED, random_snapshot
 from benchmarks.record import machine_line, record
-from core.qoe import QoESpec, QoETracker
-from core.slack import SlackRecord
 from engine.policy import Capacity, ReqState, RequestView, get_policy
 from engine.policy.snapshot import Snapshot
 
-BLOCK = 16
+BLOCK = LOADED.block_size
 LATENCY_S = 0.04
 
 
 def build(n_running: int, n_waiting: int, seed: int = 0) -> tuple[list[RequestView], float]:
-    rng = random.Random(seed)
     now = 1000.0
-    views: list[RequestView] = []
-    for i in range(n_running + n_waiting):
-        running = i < n_running
-        spec = QoESpec(ttft_s=rng.uniform(0.5, 2.0), tds_tok_s=rng.uniform(3.0, 10.0))
-        arrival = now - rng.uniform(0.0, 120.0)
-        tracker = QoETracker(spec, arrival_s=arrival)
-        preempted = not running and rng.random() < 0.1
-        made = rng.randint(1, 600) if running or preempted else 0
-        t = arrival + rng.uniform(0.2, 3.0)
-        step = max((now - t) / made, 1e-3) if made else 0.0
-        for _ in range(made):
-            tracker.add(t)
-            t += step * rng.uniform(0.5, 1.5) if t + step < now else 0.0
-        prompt = rng.randint(20, 1500)
-        slack = None
-        if made and rng.random() < 0.25:
-            slack = SlackRecord(
-                stream_id=f"r{i}", delivered=made, consumed=max(made - rng.randint(0, 40), 0),
-                tds_tok_s=spec.tds_tok_s, paused=rng.random() < 0.1, t_s=now - rng.uniform(0, 0.5),
-            )  # fmt: skip
-        state = ReqState.RUNNING if running else (
-            ReqState.PREEMPTED if preempted else ReqState.WAITING
-        )  # fmt: skip
-        views.append(
-            RequestView(
-                req_id=f"r{i}",
-                arrival_s=arrival,
-                spec=spec,
-                state=state,
-                prompt_tokens=prompt,
-                output_tokens=made,
-                kv_blocks=-(-(prompt + made) // BLOCK),
-                tracker=tracker,
-                slack=slack,
-            )
-        )
+    views = random_snapshot(random.Random(seed), n_running + n_waiting, now, LOADED, n_running)
     return views, now
 
 

@@ -11,8 +11,8 @@ late tokens delay everything after them. With ``E = c_{n-1}``::
 
     QoE = 1 - Σ_i max(c_i - e_i, 0) / Σ_i (E - e_i)      clipped to [0, 1]; 0 if no token arrived
 
-This is the paper's area ratio S_actual / S_expected integrated up to the *actual* end. Two
-consequences worth knowing (both documented in DESIGN.md):
+This is the paper's area ratio S_actual / S_expected integrated up to the *actual* end (§3). Two
+consequences worth knowing (tests/core/test_qoe.py checks both):
 
 * A response of ``l`` tokens that is perfect except a first-token delay ``d`` scores
   ``1 / (1 + 2·d·tds / (l - 1))`` exactly (≈ ``1/(1 + 2·d·tds/l)``).
@@ -52,7 +52,6 @@ __all__ = [
     "predict_wait",
     "qoe",
     "read_times",
-    "slack_s",
 ]
 
 DEFAULT_TTFT_S = 1.0
@@ -149,29 +148,6 @@ class QoETracker:
             return 0.0
         return _ratio(self.late_area_s, n * self.last_read_s - self.spec.expected_sum_s(n))
 
-    def read_horizon_s(self) -> float:
-        """Absolute time at which the reader will have read every delivered token.
-
-        ``c_{n-1} + 1/tds``: the moment the reader needs token ``n``. Before the first token this is
-        the expected first-token time ``arrival + ttft``.
-        """
-        if self.num_tokens == 0:
-            return self.arrival_s + self.spec.ttft_s
-        return self.arrival_s + self.last_read_s + 1.0 / self.spec.tds_tok_s
-
-    def slack_s(self, now_s: float) -> float:
-        """Seconds the reader can go on from what is buffered (inferred on the server side)."""
-        return self.read_horizon_s() - now_s
-
-
-def slack_s(buffered_tokens: float, tds_tok_s: float, paused: bool = False) -> float:
-    """Measured delivery slack: how long a reader can go on from ``buffered_tokens``.
-
-    A paused reader (tab hidden) consumes nothing, so its slack is unbounded.
-    """
-    if paused:
-        return math.inf
-    return max(buffered_tokens, 0.0) / tds_tok_s
 
 
 # --- Horizon predictors (closed form, O(1) per call) ---------------------------------------
@@ -299,7 +275,8 @@ def predict_serve_gain(
 ) -> float:
     """``predict_serve - predict_wait``: the QoE that serving over the horizon adds (≥ 0).
 
-    See :func:`predict_serve` for the arguments. Cheaper than calling both, and exact.
+    See :func:`predict_serve` for the arguments. Cheaper than calling both, and exact. The
+    scheduler's vectorised version (:mod:`engine.policy.horizon`) is tested against this one.
     """
     h = now_s + horizon_s - tracker.arrival_s
     _, denom, _ = _wait_terms(tracker, h)
@@ -329,12 +306,18 @@ def predict_serve(
     preempted one should include its prefill). At most ``max_new_tokens`` are produced (unbounded
     by default; the horizon bounds the sum anyway).
 
-    Where the reader is: by default inferred from the tracker (it needs the next token at
-    :meth:`QoETracker.read_horizon_s`, or reads the first token on arrival, and reads at the spec's
-    pace). A measured slack report replaces that inference: ``reader_horizon_s`` is the absolute
-    time the reader will need the next token (``now + slack``; ``math.inf`` for a paused reader,
-    whose new tokens then add nothing), ``reader_tds_tok_s`` its measured pace. The expected curve
-    is always the spec's; the delivered tokens' history is always the tracker's.
+    Where the reader is: by default inferred from the tracker (it needs the next token one read
+    interval after it read the last, ``c_{n-1} + 1/tds``, or reads the first token on arrival, and
+    reads at the spec's pace). A measured slack report replaces that inference:
+    ``reader_horizon_s`` is the absolute time the reader will need the next token
+    (``now + slack``; ``math.inf`` for a paused reader, whose new tokens then add nothing),
+    ``reader_tds_tok_s`` its measured pace. The expected curve is always the spec's; the delivered
+    tokens' history is always the tracker's.
+
+    The reference predictor: no production code calls it (the scheduler values requests by
+    :func:`predict_serve_gain`), but it is the one tests check against the exact QoE of the same
+    deliveries, and :func:`predict_serve_gain` is tested as its difference from
+    :func:`predict_wait`.
     """
     h = now_s + horizon_s - tracker.arrival_s
     gap, denom, _ = _wait_terms(tracker, h)

@@ -4,7 +4,7 @@
 it (produced by the engine but not yet read, at the gateway or at the client) before it stalls:
 ``buffered_tokens / tds`` at the moment it was measured, less the time since. It is negative when
 the reader has already been waiting that long, and unbounded (``inf``) while the reader is paused
-(tab hidden: it reads nothing). DESIGN.md's definition; every ``slack_s`` in Andes means this.
+(tab hidden: it reads nothing). Every ``slack_s`` in Andes means this (docs/architecture.md).
 
 **Delivered** is what the gateway has *received from the engine* for the stream (the pacer's
 ``fed``), whether or not it has released it to the client yet: a token held back by server-side

@@ -391,7 +391,7 @@ class TextStream:
                 self._on_delta(now, frame.count)
         elif isinstance(frame, p.Done):
             s.done = frame
-            self._pacer.close(now)
+            self._pacer.close()
         elif isinstance(frame, p.Error):
             raise StreamFailed(frame.code, frame.message, frame.fatal)
 

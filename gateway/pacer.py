@@ -2,9 +2,9 @@
 
 One pacer per stream, shared by every transport (SSE, WebSocket, the Python client; the JS client
 mirrors it in ``client_js/src/pacer.js`` against the same golden vectors). It never sleeps and never
-reads a clock: the caller passes ``now_s`` (seconds, any monotonic clock) to every method, feeds the
-engine's tokens as they arrive, and asks :meth:`Pacer.due` for what to send, then sleeps until
-:meth:`Pacer.next_due_s`.
+reads a clock: the caller passes ``now_s`` (seconds, any monotonic clock) to every method whose
+effect depends on the time, feeds the engine's tokens as they arrive, and asks :meth:`Pacer.due`
+for what to send, then sleeps until :meth:`Pacer.next_due_s`.
 
 The reading model is the QoE model's (core/qoe.py): token *i* is read at
 ``c_i = max(arrival_i, c_{i-1} + 1/tds)``. In ``server`` mode the pacer releases token *i* no later
@@ -118,7 +118,7 @@ class Pacer:
         self._pending.extend(pieces)
         self._fed += len(pieces)
 
-    def close(self, now_s: float) -> None:
+    def close(self) -> None:
         """The engine finished the stream; no more :meth:`feed`."""
         self._closed = True
 
@@ -143,7 +143,7 @@ class Pacer:
             self._paused = False
             self._next_s = max(self._next_s, now_s)
 
-    def ack(self, consumed: int, now_s: float) -> None:
+    def ack(self, consumed: int) -> None:
         """The client has shown ``consumed`` tokens (client pacing). Never moves backwards."""
         if consumed < 0 or consumed > self._sent:
             raise ValueError(f"ack of {consumed} tokens, but {self._sent} were sent")

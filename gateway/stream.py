@@ -163,7 +163,7 @@ class Stream:
         finally:
             self._upstream_done = True
             if not self.pacer.closed:
-                self.pacer.close(self._loop.time())
+                self.pacer.close()
             self._wake()
 
     def _stop_upstream(self) -> None:
@@ -178,7 +178,7 @@ class Stream:
         """The client has shown ``consumed`` tokens. Raises :class:`InvalidRequest` beyond sent."""
         now = self._loop.time()
         try:
-            self.pacer.ack(consumed, now)
+            self.pacer.ack(consumed)
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="consumed") from None
         if consumed > self._acked:

@@ -1,8 +1,8 @@
 // The pacer: releases a stream's text at its reader's pace. Sans-I/O.
 //
 // A line-for-line mirror of gateway/pacer.py (read its module docstring for the model); both are
-// checked against tests/golden/pacer_vectors.json. It never reads a clock: every method takes
-// `nowS` (seconds on any monotonic clock). In the browser client it runs in "server" mode — the
+// checked against tests/golden/pacer_vectors.json. It never reads a clock: every method whose
+// effect depends on the time takes `nowS` (seconds on any monotonic clock). In the browser client it runs in "server" mode — the
 // pacing happens here — fed by a gateway that sends text as it arrives ("client" pacing).
 
 /** @typedef {"server" | "client" | "off"} PacingMode */
@@ -159,8 +159,8 @@ export class Pacer {
     this._fed += list.length;
   }
 
-  /** The stream finished; no more feed(). @param {number} nowS */
-  close(nowS) { // eslint-disable-line no-unused-vars
+  /** The stream finished; no more feed(). */
+  close() {
     this._closed = true;
   }
 
@@ -196,9 +196,8 @@ export class Pacer {
   /**
    * The client has shown `consumed` tokens (client pacing). Never moves backwards.
    * @param {number} consumed
-   * @param {number} nowS
    */
-  ack(consumed, nowS) { // eslint-disable-line no-unused-vars
+  ack(consumed) {
     if (consumed < 0 || consumed > this._sent) {
       throw new RangeError(`ack of ${consumed} tokens, but ${this._sent} were sent`);
     }

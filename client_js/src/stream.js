@@ -4,7 +4,7 @@
 // module paces it locally with the same pacer the gateway uses (pacer.js), renders on animation
 // frames, acknowledges what it has shown (coalesced), and tells the gateway when the reader
 // stops (page hidden) and comes back. The gateway reports the acknowledged position to the
-// engine's scheduler as the stream's slack — the closed loop of DESIGN.md.
+// engine's scheduler as the stream's slack — the closed loop of docs/architecture.md.
 //
 // The core (Session) is transport-free; a transport is {send(frame), close()} plus callbacks.
 // Two thin adapters: the WebSocket (below) and SSE over fetch (sse.js). Clock, frame scheduler,
@@ -341,7 +341,7 @@ export class Session {
       case "done":
         this.doneFrame = f;
         this.state = "ending"; // the gateway is done with us; the rest is local rendering
-        this.pacer.close(now);
+        this.pacer.close();
         this.closeTransport();
         this.wake();
         return;

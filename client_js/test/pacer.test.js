@@ -41,11 +41,11 @@ function runOp(p, op) {
     switch (op.op) {
       case "feed": p.feed(op.pieces, op.t); break;
       case "due": got.chunks = p.due(op.t); break;
-      case "close": p.close(op.t); break;
+      case "close": p.close(); break;
       case "pause": p.pause(op.t); break;
       case "resume": p.resume(op.t); break;
       case "set_pace": p.setPace(op.tds, op.t); break;
-      case "ack": p.ack(op.consumed, op.t); break;
+      case "ack": p.ack(op.consumed); break;
       default: throw new Error(`unknown op ${op.op}`);
     }
     got.error = null;

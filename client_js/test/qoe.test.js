@@ -1,4 +1,4 @@
-// The shown-text QoE mirrors core/qoe.py (the checks DESIGN.md gives).
+// The shown-text QoE mirrors core/qoe.py (the checks its module docstring gives).
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { QoETracker } from "../src/qoe.js";
@@ -9,7 +9,7 @@ const score = (times, spec) => {
   return t.qoe();
 };
 
-test("perfect, empty, and the late-stream examples of DESIGN.md", () => {
+test("perfect, empty, and the late-stream examples of core/qoe.py", () => {
   const spec = { ttft: 1, tds: 5 };
   assert.equal(score([], spec), 0);
   assert.equal(score([0.5, 0.6, 0.7], spec), 1);

@@ -8,9 +8,9 @@ import socket
 import sys
 
 import pytest
-from bench_scripted_server import Script, ScriptedServer
 
 from andes.cli import main
+from bench.scripted_engine import Script, ScriptedEngine
 
 
 def closed_port() -> int:
@@ -69,7 +69,7 @@ def test_help_explains_every_option(capsys) -> None:
 
 async def test_end_to_end_run_writes_json_and_prints_the_table(tmp_path) -> None:
     out = tmp_path / "runs.json"
-    async with ScriptedServer(Script(interval_s=0.005)) as server:
+    async with ScriptedEngine(Script(tokens=None, gap_s=0.005)) as server:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "andes", "bench", "--url", server.url, "--workload",
             "synthetic", "--num-requests", "4", "--rate", "20,40", "--max-output-tokens", "6",
@@ -85,5 +85,5 @@ async def test_end_to_end_run_writes_json_and_prints_the_table(tmp_path) -> None
     assert all(len(r["records"]) == 4 for r in runs)
     rec = runs[0]["records"][0]
     assert len(rec["token_times_s"]) == 6 and rec["error"] is None
-    assert len(server.received) == 8
-    assert all(r.body["max_tokens"] <= 6 for r in server.received)
+    assert len(server.records) == 8
+    assert all(r.body["max_tokens"] <= 6 for r in server.records)

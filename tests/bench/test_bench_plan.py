@@ -7,7 +7,6 @@ import json
 import pytest
 
 from bench.plan import PlanConfig, build_plan, filler_prompt, load_prompt_texts
-from bench.sse import SSEParser
 from core.qoe import QoESpec
 from engine.sim.arrivals import ArrivalSpec
 from engine.sim.workload import CHARS_PER_TOKEN, TraceRequest, load_workload
@@ -73,13 +72,3 @@ def test_filler_prompt_has_about_the_requested_length() -> None:
     text = filler_prompt(50, seed=3)
     assert 50 * CHARS_PER_TOKEN <= len(text) < 50 * CHARS_PER_TOKEN + 20
     assert filler_prompt(50, seed=3) == text != filler_prompt(50, seed=4)
-
-
-def test_sse_parser_joins_data_lines_and_skips_comments() -> None:
-    p = SSEParser()
-    lines = [": ping\n", "event: message\n", "data: {\"a\":\n", "data:1}\r\n", "\n",
-             "data: [DONE]\n", "\n"]  # fmt: skip
-    events = [e for line in lines if (e := p.feed_line(line)) is not None]
-    assert events == ['{"a":\n1}', "[DONE]"]
-    p.feed_line("data: tail")
-    assert p.flush() == "tail" and p.flush() is None

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from bench_scripted_server import Script, ScriptedServer
 
 from bench.client import EndpointConfig
 from bench.plan import PlannedRequest
 from bench.result import BenchRun
 from bench.runner import RunConfig, run_load
+from bench.scripted_engine import Script, ScriptedEngine
 from core.qoe import QoESpec, qoe
 
 QUIET = RunConfig(progress=False)
+
+
+def engine(script: Script | Callable[[dict[str, Any]], Script] | None = None) -> ScriptedEngine:
+    """The scripted engine as a vLLM serving model "scripted", answering ``max_tokens`` tokens
+    unless the script says otherwise."""
+    return ScriptedEngine(script or Script(tokens=None), models=("scripted",))
 
 
 def planned(n: int, gap_s: float = 0.0, tokens: int = 5, spec: QoESpec | None = None):
@@ -25,14 +33,14 @@ async def test_token_times_are_recorded_and_scored_with_the_qoe_model() -> None:
     # 10 tokens at exactly the reader's pace (20 tok/s) after a 0.5 s wait; the reader expected the
     # first token after 0.2 s, so every token is ~0.3 s late: QoE = 1 / (1 + 2·d·tds/(l-1)).
     spec = QoESpec(ttft_s=0.2, tds_tok_s=20.0)
-    async with ScriptedServer(Script(first_delay_s=0.5, interval_s=0.05)) as server:
+    async with engine(Script(tokens=None, first_delay_s=0.5, gap_s=0.05)) as server:
         run = await run_load(planned(1, tokens=10, spec=spec), EndpointConfig(server.url), QUIET)
     (rec,) = run.records
     assert rec.ok and rec.num_tokens == 10 and rec.usage_completion_tokens == 10
     assert rec.finish_reason == "length"
     # The client saw each token no earlier than the server wrote it (same clock, due-relative).
     due = run.meta["t0_clock_s"] + rec.due_s
-    sent = [t - due for t in server.received[0].token_clock_s]
+    sent = [t - due for t in server.records[0].token_clock_s]
     assert all(c >= s for c, s in zip(rec.token_times_s, sent, strict=True))
     assert rec.ttft_s >= 0.5
     assert rec.qoe == qoe(rec.token_times_s, spec)
@@ -42,13 +50,13 @@ async def test_token_times_are_recorded_and_scored_with_the_qoe_model() -> None:
 
 async def test_requests_go_out_no_earlier_than_due_and_in_order() -> None:
     plan = planned(4, gap_s=0.15, tokens=2)
-    async with ScriptedServer() as server:
+    async with engine() as server:
         run = await run_load(plan, EndpointConfig(server.url), QUIET)
     t0 = run.meta["t0_clock_s"]
-    assert [r.body["vllm_xargs"]["andes_stream_id"] for r in server.received] == [
+    assert [r.body["vllm_xargs"]["andes_stream_id"] for r in server.records] == [
         "r0", "r1", "r2", "r3",
     ]  # fmt: skip
-    for req, got in zip(plan, server.received, strict=True):
+    for req, got in zip(plan, server.records, strict=True):
         assert got.received_clock_s >= t0 + req.at_s - 1e-3
     assert all(r.sent_s >= -1e-3 for r in run.records)
     assert run.summary().num_ok == 4 and not run.interrupted
@@ -56,12 +64,12 @@ async def test_requests_go_out_no_earlier_than_due_and_in_order() -> None:
 
 async def test_body_carries_the_spec_length_and_vllm_fields() -> None:
     spec = QoESpec(ttft_s=1.5, tds_tok_s=2.5)
-    async with ScriptedServer() as server:
+    async with engine() as server:
         await run_load(planned(1, tokens=3, spec=spec),
                        EndpointConfig(server.url, cache_salt="run-1"), QUIET)  # fmt: skip
         plain_endpoint = EndpointConfig(server.url, vllm_extras=False, qoe_field=True)
         await run_load(planned(1, tokens=3, spec=spec), plain_endpoint, QUIET)
-    vllm, plain = (r.body for r in server.received)
+    vllm, plain = (r.body for r in server.records)
     assert vllm["max_tokens"] == 3 and vllm["stream"] is True and vllm["ignore_eos"] is True
     assert vllm["vllm_xargs"] == {"andes_ttft": 1.5, "andes_tds": 2.5, "andes_stream_id": "r0"}
     assert vllm["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
@@ -72,10 +80,10 @@ async def test_body_carries_the_spec_length_and_vllm_fields() -> None:
 
 @pytest.mark.parametrize("api", ["completions", "chat"])
 async def test_chunks_of_several_tokens_are_counted_from_continuous_usage(api: str) -> None:
-    async with ScriptedServer(Script(tokens=7, tokens_per_chunk=3)) as server:
+    async with engine(Script(tokens=7, tokens_per_chunk=3)) as server:
         run = await run_load(planned(1, tokens=7), EndpointConfig(server.url, api=api), QUIET)
     (rec,) = run.records
-    assert server.received[0].path.endswith(
+    assert server.records[0].path.endswith(
         "/chat/completions" if api == "chat" else "/completions"
     )
     assert rec.num_tokens == 7 and not rec.token_count_mismatch
@@ -85,7 +93,7 @@ async def test_chunks_of_several_tokens_are_counted_from_continuous_usage(api: s
 
 
 async def test_without_continuous_usage_each_chunk_counts_once_and_mismatch_is_reported() -> None:
-    async with ScriptedServer(Script(tokens=6, tokens_per_chunk=2)) as server:
+    async with engine(Script(tokens=6, tokens_per_chunk=2)) as server:
         run = await run_load(planned(1, tokens=6),
                              EndpointConfig(server.url, vllm_extras=False), QUIET)  # fmt: skip
     (rec,) = run.records
@@ -95,13 +103,13 @@ async def test_without_continuous_usage_each_chunk_counts_once_and_mismatch_is_r
 
 async def test_server_failures_are_counted_not_raised() -> None:
     scripts = {
-        "r0": Script(),
-        "r1": Script(status=503),
-        "r2": Script(error_after=2),
-        "r3": Script(drop_after=1),
-        "r4": Script(),
+        "r0": Script(tokens=None),
+        "r1": Script(tokens=None, status=503),
+        "r2": Script(tokens=None, error_after=2),
+        "r3": Script(tokens=None, drop_after=1),
+        "r4": Script(tokens=None),
     }
-    async with ScriptedServer(lambda b: scripts[b["vllm_xargs"]["andes_stream_id"]]) as server:
+    async with engine(lambda b: scripts[b["vllm_xargs"]["andes_stream_id"]]) as server:
         run = await run_load(planned(5, tokens=4), EndpointConfig(server.url), QUIET)
     by_id = {r.req_id: r for r in run.records}
     assert by_id["r0"].ok and by_id["r4"].ok
@@ -116,7 +124,7 @@ async def test_server_failures_are_counted_not_raised() -> None:
 
 
 async def test_a_stalled_stream_times_out() -> None:
-    async with ScriptedServer(Script(stall_s=5.0)) as server:
+    async with engine(Script(tokens=None, stall_after=0, stall_s=5.0)) as server:
         endpoint = EndpointConfig(server.url, read_timeout_s=0.2)
         run = await run_load(planned(1), endpoint, QUIET)
     (rec,) = run.records
@@ -129,14 +137,10 @@ async def test_setting_stop_cancels_and_returns_partial_results() -> None:
 
     stop = asyncio.Event()
     plan = planned(3, gap_s=30.0, tokens=1000)
-    async with ScriptedServer(Script(interval_s=0.01)) as server:
+    async with engine(Script(tokens=None, gap_s=0.01)) as server:
         task = asyncio.create_task(run_load(plan, EndpointConfig(server.url), QUIET, stop))
 
-        async def first_token() -> None:
-            while not (server.received and server.received[0].token_clock_s):
-                await asyncio.sleep(0.01)
-
-        await asyncio.wait_for(first_token(), timeout=30)
+        await server.wait_for(lambda e: e.records and e.records[0].token_clock_s, timeout_s=30)
         stop.set()
         run = await task
     assert run.interrupted
@@ -146,11 +150,11 @@ async def test_setting_stop_cancels_and_returns_partial_results() -> None:
 
 
 async def test_concurrency_limit_queues_requests_but_keeps_due_times() -> None:
-    async with ScriptedServer(Script(interval_s=0.02)) as server:
+    async with engine(Script(tokens=None, gap_s=0.02)) as server:
         run = await run_load(planned(3, tokens=5), EndpointConfig(server.url),
                              RunConfig(max_concurrency=1, progress=False))  # fmt: skip
     # One at a time: each starts after the previous one's stream ended.
-    got = server.received
+    got = server.records
     assert got[1].received_clock_s >= got[0].token_clock_s[-1]
     assert got[2].received_clock_s >= got[1].token_clock_s[-1]
     # ...yet every record is timed from its due time (0 for all), so the queued ones look late.
@@ -158,7 +162,7 @@ async def test_concurrency_limit_queues_requests_but_keeps_due_times() -> None:
 
 
 async def test_run_round_trips_through_json(tmp_path) -> None:
-    async with ScriptedServer(Script(tokens=3)) as server:
+    async with engine(Script(tokens=3)) as server:
         run = await run_load(planned(2, tokens=3), EndpointConfig(server.url), QUIET)
     path = tmp_path / "run.json"
     run.save(path)
@@ -166,3 +170,16 @@ async def test_run_round_trips_through_json(tmp_path) -> None:
     assert [r.req_id for r in back.records] == ["r0", "r1"]
     assert back.records[0].token_times_s == pytest.approx(run.records[0].token_times_s, abs=1e-6)
     assert back.summary().avg_qoe == pytest.approx(run.summary().avg_qoe, abs=1e-4)
+
+
+@pytest.mark.parametrize("ending", ["\r\n", "\r"])
+@pytest.mark.parametrize("api", ["completions", "chat"])
+async def test_event_streams_with_cr_line_endings_are_read(api: str, ending: str) -> None:
+    # SSE allows "\r\n" and a lone "\r" as line endings (WHATWG); engines behind some proxies
+    # send them. Every token, the usage and [DONE] must come through either way.
+    async with engine(Script(tokens=None, gap_s=0.01, line_ending=ending)) as server:
+        run = await run_load(planned(1, tokens=6), EndpointConfig(server.url, api=api), QUIET)
+    (rec,) = run.records
+    assert rec.ok, rec.error
+    assert rec.num_tokens == 6 == rec.usage_completion_tokens and rec.finish_reason == "length"
+    assert rec.token_times_s == sorted(rec.token_times_s)

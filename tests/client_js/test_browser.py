@@ -12,24 +12,17 @@ The hidden page is real: opening a second tab makes headless Chromium hide the f
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-
 from cdp import Browser, Page, find_chromium, launch
-from scripted_upstream import Script, ScriptedUpstream
+from support.fixtures import Running
+from support.spy import StreamSpy
+from support.wait import until
 
-from gateway.app import start
-from gateway.auth import GATEWAY
-from gateway.config import GatewayConfig
-from gateway.stream import Stream
+from bench.scripted_engine import Script, ScriptedEngine
 
 CHROMIUM = find_chromium()
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -44,40 +37,6 @@ pytestmark = [
 
 def words(n: int) -> list[str]:
     return [f"word{k} " for k in range(n)]
-
-
-class Spy:
-    """Records the control calls that reached the gateway's streams (then runs them)."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[tuple[str, str, Any]] = []  # (stream id, method, argument)
-        for name in ("ack", "pause", "resume", "set_pace"):
-            real = getattr(Stream, name)
-
-            def wrapper(stream: Stream, *args: Any, _real: Any = real, _name: str = name) -> Any:
-                self.calls.append((stream.id, _name, args[0] if args else None))
-                return _real(stream, *args)
-
-            monkeypatch.setattr(Stream, name, wrapper)
-
-    def of(self, stream_id: str, name: str) -> list[Any]:
-        return [arg for sid, n, arg in self.calls if sid == stream_id and n == name]
-
-
-@pytest.fixture
-async def upstream() -> AsyncIterator[ScriptedUpstream]:
-    up = ScriptedUpstream()
-    await up.start()
-    yield up
-    await up.stop()
-
-
-@pytest.fixture
-async def gateway(upstream: ScriptedUpstream) -> AsyncIterator[tuple[str, Any]]:
-    config = GatewayConfig(upstreams=(upstream.url,), port=0, shutdown_grace_s=1.0)
-    runner, port = await start(config, "127.0.0.1", 0)
-    yield f"http://127.0.0.1:{port}", runner.app[GATEWAY]
-    await runner.cleanup()
 
 
 @pytest.fixture
@@ -106,10 +65,8 @@ SAMPLE = ("[performance.now() / 1000, window.andesDemo.shown,"
 
 
 async def test_demo_page_streams_at_the_chosen_pace_and_acks(
-        gateway: tuple[str, Any], upstream: ScriptedUpstream, browser: Browser,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    url, _ = gateway
-    spy = Spy(monkeypatch)
+        gateway: Running, upstream: ScriptedEngine, browser: Browser, spy: StreamSpy) -> None:
+    url = gateway.url
     tds, n = 8.0, 48
     upstream.script = Script(tokens=words(n), gap_s=0.05)  # the engine: 20 tok/s, 2.4 s
     page = await open_demo(browser, f"{url}/?tds={tds:g}")
@@ -164,10 +121,8 @@ async def test_demo_page_streams_at_the_chosen_pace_and_acks(
 
 
 async def test_live_pace_change_reaches_the_gateway(
-        gateway: tuple[str, Any], upstream: ScriptedUpstream, browser: Browser,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    url, _ = gateway
-    spy = Spy(monkeypatch)
+        gateway: Running, upstream: ScriptedEngine, browser: Browser, spy: StreamSpy) -> None:
+    url = gateway.url
     upstream.script = Script(tokens=words(40), gap_s=0.05)
     page = await open_demo(browser, f"{url}/?tds=4")
     await ask(page, "Faster, please.")
@@ -181,10 +136,8 @@ async def test_live_pace_change_reaches_the_gateway(
 
 
 async def test_hidden_page_pauses_the_stream_at_the_gateway(
-        gateway: tuple[str, Any], upstream: ScriptedUpstream, browser: Browser,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    url, gw = gateway
-    spy = Spy(monkeypatch)
+        gateway: Running, upstream: ScriptedEngine, browser: Browser, spy: StreamSpy) -> None:
+    url, gw = gateway.url, gateway.state
     n = 80
     upstream.script = Script(tokens=words(n), gap_s=0.05)  # 4 s of engine time
     page = await open_demo(browser, f"{url}/?tds=6")
@@ -201,9 +154,7 @@ async def test_hidden_page_pauses_the_stream_at_the_gateway(
 
     other = await browser.new_page()  # a second tab: the demo page is now hidden
     assert await page.wait_for("document.visibilityState === 'hidden'")
-    deadline = loop.time() + 10
-    while not record().paused and loop.time() < deadline:
-        await asyncio.sleep(0.02)
+    await until(lambda: record().paused, "the stream's slack record says paused")
     assert record().paused is True, spy.calls
     assert spy.of(sid, "pause") == [None]
     assert stream.pacer.slack_s(loop.time()) == float("inf")

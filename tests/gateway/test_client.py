@@ -8,8 +8,9 @@ import asyncio
 import io
 
 import pytest
-from scripted_upstream import Script
+from support.wait import until
 
+from bench.scripted_engine import Script
 from gateway import chat
 from gateway.auth import GATEWAY
 from gateway.client import (
@@ -19,28 +20,12 @@ from gateway.client import (
     stream,
     stream_sync,
 )
-from gateway.stream import Stream
 
 MSGS = [{"role": "user", "content": "hi"}]
 
 
 def words(n: int) -> list[str]:
     return [f"w{k} " for k in range(n)]
-
-
-@pytest.fixture
-def spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str, object]]:
-    """Control calls that reached the gateway's streams (the real methods still run)."""
-    calls: list[tuple[str, str, object]] = []
-    for name in ("ack", "pause", "resume", "set_pace", "cancel"):
-        real = getattr(Stream, name)
-
-        def wrapper(stream: Stream, *args: object, _real=real, _name=name) -> object:
-            calls.append((stream.id, _name, args[0] if args else None))
-            return _real(stream, *args)
-
-        monkeypatch.setattr(Stream, name, wrapper)
-    return calls
 
 
 async def test_streams_at_the_readers_pace_and_acks(gateway, upstream, spy) -> None:
@@ -85,10 +70,7 @@ async def test_pause_resume_and_pace_reach_the_gateway(gateway, upstream, spy) -
             got += 1
             if got == 3:
                 await s.pause()
-                for _ in range(500):  # until the gateway has read the frame (safety bound)
-                    if any(n == "pause" for _, n, _ in spy):
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: "pause" in spy.names(), "the gateway read the pause frame")
                 live = gw.table.streams[s.stream_id]
                 assert live.slack_record(asyncio.get_running_loop().time(), 0.0).paused is True
                 await s.resume()

@@ -10,7 +10,9 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from scripted_upstream import Script
+from support.wait import until
+
+from bench.scripted_engine import Script
 
 MSGS = [{"role": "user", "content": "hi"}]
 GOOD = {"model": "test-model", "messages": MSGS}
@@ -172,13 +174,15 @@ async def test_client_disconnect_cancels_the_engine_request(gateway, upstream) -
     await upstream.wait_for(lambda u: u.cancelled == 1)
     assert not upstream.records[0].finished
     # The slot is freed too.
+    text = ""
     async with aiohttp.ClientSession() as s:
-        for _ in range(50):
+        async def freed() -> bool:
+            nonlocal text
             async with s.get(gateway.url + "/metrics") as resp:
                 text = await resp.text()
-            if "andes_gateway_active_streams 0.0" in text:
-                break
-            await asyncio.sleep(0.05)
+            return "andes_gateway_active_streams 0.0" in text
+
+        await until(freed, "no active stream in /metrics", poll_s=0.05)
     assert "andes_gateway_active_streams 0.0" in text
     assert 'andes_gateway_streams_total{pacing="server",reason="disconnected"} 1.0' in text
 

@@ -8,7 +8,9 @@ import json
 
 import aiohttp
 import openai
-from scripted_upstream import Script
+
+from bench.scripted_engine import Script
+from gateway.sse import SSEParser
 
 MSGS = [{"role": "user", "content": "hi"}]
 
@@ -106,12 +108,23 @@ async def test_sse_is_paced_at_the_readers_pace(gateway, upstream) -> None:
 
 
 async def test_pacing_off_passes_a_burst_through(gateway, upstream) -> None:
-    upstream.script = Script(tokens=[f"w{i} " for i in range(20)])
+    # The engine sends 20 tokens at once, then stalls for a minute. The reader's declared pace
+    # (0.01 tok/s) would have a pacing gateway hold each token after the first for 100 s; with
+    # pacing off the whole burst reaches the client while the engine is still stalled.
+    burst = [f"w{i} " for i in range(20)]
+    upstream.script = Script(tokens=[*burst, "late "], stall_after=20, stall_s=60.0)
+    parser, text = SSEParser(), ""
     async with aiohttp.ClientSession() as s, s.post(
         gateway.url + "/v1/chat/completions",
         json={"model": "test-model", "messages": MSGS, "stream": True, "pacing": "off",
-              "qoe": {"tds": 1}},
+              "qoe": {"tds": 0.01}},
     ) as resp:
-        events = await _sse_events(resp)
-    content = [json.loads(d)["choices"][0]["delta"].get("content") for _, d in events[:-1]]
-    assert "".join(c for c in content if c) == "".join(f"w{i} " for i in range(20))
+        async with asyncio.timeout(10):  # a safety bound: a held-back token fails, never hangs
+            while text != "".join(burst):
+                for event in parser.feed(await resp.content.readany()):
+                    choices = json.loads(event.data)["choices"]
+                    text += (choices[0]["delta"].get("content") or "") if choices else ""
+        assert text == "".join(burst)
+        record = upstream.records[0]
+        assert record.sent == 20 and not record.finished  # the engine is still in its stall
+    await upstream.wait_for(lambda u: u.cancelled == 1)  # the client left: the request ends

@@ -7,10 +7,10 @@ import json
 
 import aiohttp
 import pytest
-from scripted_upstream import Script
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.scripted_engine import Script
 from gateway.config import ConfigError, GatewayConfig, load_config
 
 MSGS = [{"role": "user", "content": "hi"}]
@@ -81,8 +81,9 @@ async def test_graceful_shutdown(make_gateway, upstream) -> None:
             body = (await sse.read()).decode()
             frames = []
             with pytest.raises(ConnectionClosed):
-                while True:
-                    frames.append(json.loads(await live.recv()))
+                async with asyncio.timeout(10):  # a safety bound: the close must come
+                    while True:
+                        frames.append(json.loads(await live.recv()))
             assert live.close_code == 1001
             assert frames[-1]["code"] == "shutting_down"
             idle_frame = json.loads(await idle.recv())

@@ -54,7 +54,9 @@ def run_op(p: Pacer, op: dict[str, Any]) -> dict[str, Any]:
         elif kind == "set_pace":
             p.set_pace(op["tds"], t)
         elif kind == "ack":
-            p.ack(op["consumed"], t)
+            p.ack(op["consumed"])
+        elif kind == "close":
+            p.close()
         else:
             getattr(p, kind)(t)
         got["error"] = None
@@ -139,7 +141,7 @@ def test_releases_at_pace_never_late_and_at_most_one_frame_early(engine_rate: fl
     arrivals = [0.3 + k / engine_rate for k in range(25)]
     for k, t in enumerate(arrivals):
         d.feed(t, [f"t{k} "])
-    d.pacer.close(d.now)
+    d.pacer.close()
     d.run_until(100.0)
     assert d.pacer.done and d.text() == "".join(f"t{k} " for k in range(25))
     want = reading_times(arrivals, tds)
@@ -153,7 +155,7 @@ def test_releases_at_pace_never_late_and_at_most_one_frame_early(engine_rate: fl
 def test_coalesces_a_burst_to_the_frame_rate() -> None:
     d = Driver(PacerConfig(tds_tok_s=100, frame_s=0.05))
     d.feed(0.0, ["x "] * 200)
-    d.pacer.close(0.0)
+    d.pacer.close()
     d.run_until(10.0)
     times = [t for t, _ in d.sent]
     assert all(b - a >= 0.05 - 1e-9 for a, b in itertools.pairwise(times))
@@ -215,7 +217,7 @@ def test_end_modes(end: str, last_at: float) -> None:
     d = Driver(PacerConfig(tds_tok_s=5, end=end))  # type: ignore[arg-type]
     d.feed(0.0, ["w "] * 10)
     d.run_until(0.5)
-    d.pacer.close(0.5)
+    d.pacer.close()
     d.run_until(10.0)
     assert d.pacer.done and d.pacer.sent == 10  # pace: token 9 is read at 9/5 s, sent a frame early
     assert d.sent[-1][0] == pytest.approx(last_at)
@@ -236,8 +238,8 @@ def test_feed_after_close_and_bad_ack_raise() -> None:
     p.feed(["a", "b"], 0.0)
     assert [c.text for c in p.due(0.0)] == ["ab"]
     with pytest.raises(ValueError, match="ack of 3 tokens, but 2 were sent"):
-        p.ack(3, 0.1)
-    p.close(0.2)
+        p.ack(3)
+    p.close()
     with pytest.raises(ValueError, match="after close"):
         p.feed(["c"], 0.3)
 
@@ -248,9 +250,9 @@ def test_client_mode_slack_follows_acks_then_model() -> None:
     assert p.due(0.0)[0].count == 8  # everything goes out at once
     assert p.consumed(0.0) == 1  # the model: the first token is read on arrival
     assert p.consumed(1.0) == 5
-    p.ack(2, 1.0)  # the client is behind the model: the ack wins
+    p.ack(2)  # the client is behind the model: the ack wins
     assert p.buffered(1.0) == 6 and p.slack_s(1.0) == pytest.approx(1.5)
-    p.ack(1, 1.1)  # never moves backwards
+    p.ack(1)  # never moves backwards
     assert p.consumed(1.1) == 2
 
 

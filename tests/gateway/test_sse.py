@@ -24,3 +24,13 @@ def test_any_split_gives_the_same_events(cuts: list[int]) -> None:
         events += parser.feed(STREAM[last:cut])
         last = cut
     assert events == EXPECTED
+
+
+def test_data_lines_join_and_an_unterminated_event_is_not_dispatched() -> None:
+    # The shapes the load generator's own parser was tested on, before it used this one.
+    p = SSEParser()
+    lines = [b": ping\n", b"event: message\n", b'data: {"a":\n', b"data:1}\r\n", b"\n",
+             b"data: [DONE]\n", b"\n"]  # fmt: skip
+    assert [e.data for line in lines for e in p.feed(line)] == ['{"a":\n1}', "[DONE]"]
+    # WHATWG: an event without its closing blank line is discarded when the stream ends.
+    assert p.feed(b"data: tail") == []

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import msgpack
 import pytest
-from scripted_upstream import Script
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.scripted_engine import Script
+
 MSGS = [{"role": "user", "content": "hi"}]
 ENCODINGS = ["andes.v1.json", "andes.v1.msgpack"]
+RECV_TIMEOUT_S = 10.0
 
 
 class Conn:
@@ -26,7 +29,8 @@ class Conn:
                            else json.dumps(frame))
 
     async def recv(self) -> dict[str, Any]:
-        data = await self.ws.recv()
+        # Bounded (a safety bound, not a timing assertion): a missing frame fails, never hangs.
+        data = await asyncio.wait_for(self.ws.recv(), RECV_TIMEOUT_S)
         if self.sub.endswith("msgpack"):
             assert isinstance(data, bytes)
             return msgpack.unpackb(data)

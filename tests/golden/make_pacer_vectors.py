@@ -68,7 +68,7 @@ def apply(p: Pacer, op: Op) -> Op:
         elif kind == "due":
             out["chunks"] = [asdict(c) for c in p.due(t)]
         elif kind == "close":
-            p.close(t)
+            p.close()
         elif kind == "pause":
             p.pause(t)
         elif kind == "resume":
@@ -76,7 +76,7 @@ def apply(p: Pacer, op: Op) -> Op:
         elif kind == "set_pace":
             p.set_pace(op["tds"], t)
         elif kind == "ack":
-            p.ack(op["consumed"], t)
+            p.ack(op["consumed"])
         else:
             raise AssertionError(f"unknown op {kind!r}")
         out["error"] = None

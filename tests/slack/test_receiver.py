@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from support.wait import until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -55,15 +55,6 @@ def rec(
     sid: str, delivered: int = 10, consumed: int = 4, t_s: float = 5.0, paused: bool = False
 ) -> SlackRecord:
     return SlackRecord(sid, delivered, consumed, 4.0, paused, t_s)
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait for the server thread to have done something (bounded, so a failure cannot hang)."""
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never became true")
 
 
 async def test_a_valid_batch_lands_in_the_table(make_server, clock) -> None:

@@ -5,21 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Callable
 
 import pytest
+from support.wait import until
 
 from core.slack import SlackRecord
 from slack.receiver import SlackServer, SlackServerConfig
 from slack.sender import ReporterConfig, SlackReporter
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never became true")
 
 
 class Streams:

@@ -13,46 +13,11 @@ import random
 import pytest
 from policy_snapshots import BLOCK
 
-from core.qoe import QoESpec, QoETracker
-from core.slack import SlackRecord
-from engine.policy import Capacity, ReqState, RequestView
+from bench.snapshots import MIXED, random_report, random_view
+from engine.policy import Capacity, ReqState
 from engine.policy.andes import AndesPolicy, AndesReference
-from engine.policy.base import ON_DEVICE
 from engine.policy.plan import plan_step
 from engine.policy.snapshot import Snapshot
-
-
-def make_view(rng: random.Random, req_id: str, now: float) -> RequestView:
-    spec = QoESpec(ttft_s=rng.uniform(0.2, 2.0), tds_tok_s=rng.uniform(2.0, 12.0))
-    arrival = now - rng.uniform(0.0, 60.0)
-    tracker = QoETracker(spec, arrival_s=arrival)
-    state = rng.choice(list(ReqState))
-    made = 0 if state is ReqState.WAITING else rng.randint(1, 200)
-    t = arrival + rng.uniform(0.1, 2.0)
-    for _ in range(made):
-        t = min(t + rng.uniform(0.0, 0.4), now)
-        tracker.add(t)
-    prompt = rng.randint(1, 400)
-    view = RequestView(
-        req_id=req_id, arrival_s=arrival, spec=spec, state=state, prompt_tokens=prompt,
-        output_tokens=made, kv_blocks=-(-(prompt + made) // BLOCK), tracker=tracker,
-        pending_tokens=rng.choice([0, 0, 0, rng.randint(1, 50)]) if state in ON_DEVICE else 0,
-        cached_tokens=rng.randint(0, prompt) if state is ReqState.PREEMPTED else 0,
-    )  # fmt: skip
-    maybe_report(rng, view, now)
-    return view
-
-
-def maybe_report(rng: random.Random, v: RequestView, now: float) -> None:
-    made = v.output_tokens
-    if made and rng.random() < 0.3:
-        v.slack = SlackRecord(
-            stream_id=v.req_id, delivered=made, consumed=max(made - rng.randint(0, 30), 0),
-            tds_tok_s=rng.uniform(2.0, 12.0), paused=rng.random() < 0.15,
-            t_s=now - rng.uniform(0.0, 2.0),
-        )  # fmt: skip
-    elif rng.random() < 0.1:
-        v.slack = None
 
 
 def carry_out(rng: random.Random, snap: Snapshot, d, cap: Capacity, now: float, k: int) -> None:  # type: ignore[no-untyped-def]
@@ -75,14 +40,14 @@ def carry_out(rng: random.Random, snap: Snapshot, d, cap: Capacity, now: float, 
             v.pending_tokens = 0
             snap.deliver(v.req_id, now)
         v.kv_blocks = -(-(v.prompt_tokens + v.output_tokens) // BLOCK)
-        maybe_report(rng, v, now)
+        random_report(rng, v, now, MIXED)
         if (v.state, v.kv_blocks, v.slack, v.pending_tokens, v.cached_tokens) != before:
             snap.touch(v.req_id)
     for _ in range(rng.randint(0, 2)):  # a request finishes, others arrive
         if len(snap):
             snap.remove(snap[rng.randrange(len(snap))].req_id)
     for j in range(rng.randint(0, 2)):
-        snap.add(make_view(rng, f"new{k}-{j}", now))
+        snap.add(random_view(rng, f"new{k}-{j}", now, MIXED))
 
 
 @pytest.mark.parametrize("seed", range(16))
@@ -100,7 +65,7 @@ def test_fast_path_decides_as_the_definition(seed: int) -> None:
     now = 1000.0
     snap = Snapshot()
     for i in range(n):
-        snap.add(make_view(rng, f"r{i}", now))
+        snap.add(random_view(rng, f"r{i}", now, MIXED))
     options = {"min_run_steps": 2, "park_budget": rng.choice([0.0, 0.02, 1.0])}
     fast, ref = AndesPolicy(**options), AndesReference(**options)
     decided = 0

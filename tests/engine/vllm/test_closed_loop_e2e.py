@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from support.wait import until
 from websockets.asyncio.client import ClientConnection, connect
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
@@ -133,13 +134,14 @@ async def test_a_paused_reader_yields_its_place_and_resumes(slack_engine, gatewa
         await a.start(200, "client", 20.0)
         await b.start(200, "client", 20.0)
         ta, tb = asyncio.create_task(a.read()), asyncio.create_task(b.read())
-        while a.tokens() < 5 or b.tokens() < 5:
-            await asyncio.sleep(0.02)
+        # Bounded waits (safety bounds for a loaded 2-core machine, not timing assertions).
+        await until(lambda: a.tokens() >= 5 and b.tokens() >= 5, "both readers have 5 tokens",
+                    timeout_s=300, poll_s=0.02)
         await wa.send(json.dumps({"type": "pause"}))
         # Until the engine has a report saying so (the advert's counters, refreshed each second).
         stored = _advert_counters(slack_dir)["records"]
-        while _advert_counters(slack_dir)["records"] <= stored + 2:
-            await asyncio.sleep(0.1)
+        await until(lambda: _advert_counters(slack_dir)["records"] > stored + 2,
+                    "the engine stored reports sent after the pause", timeout_s=120, poll_s=0.1)
         await c.start(24, "client", 5.0)  # client pacing: its deltas show the production
         tc = asyncio.create_task(c.read())
         await tc

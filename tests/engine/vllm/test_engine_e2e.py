@@ -1,6 +1,6 @@
 """The real engine (vLLM + AndesScheduler on the bundled model), started once per session.
 
-The session engine (``tests/engine_fixture.py``) has a KV cache of 512 tokens and a batch limit of
+The session engine (``tests/support/engine.py``) has a KV cache of 512 tokens and a batch limit of
 4, so six concurrent streams of ~150 tokens contend for memory and get preempted (recomputed).
 Every stream uses ``ignore_eos`` so its length is exactly ``max_tokens``, and greedy decoding so a
 stream that was preempted and resumed can be compared with the same prompt run alone.

@@ -9,6 +9,7 @@ import pytest
 
 from bench.readers import ReaderConfig
 from bench.result import BenchRun, RequestRecord
+from bench.scripted_engine import Script, ScriptedEngine
 from benchmarks import closed_loop, closed_loop_report, engine_qoe
 from benchmarks.closed_loop_report import rate_at_qoe, targets
 from core.qoe import QoESpec
@@ -143,16 +144,10 @@ def test_the_simulator_scenario_scores_readers_on_their_clocks(monkeypatch, tmp_
 async def test_one_configuration_measures_its_loads_through_a_gateway(tmp_path) -> None:
     # The measuring loop end to end, with the scripted OpenAI-compatible server standing in for
     # vLLM (no preemption counter there: nan): warm-up, each load, its file, the meta.
-    import sys
     import types
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "gateway"))
-    from scripted_upstream import Script, ScriptedUpstream
-
-    up = ScriptedUpstream()
+    up = ScriptedEngine(Script(tokens=[f"w{i} " for i in range(6)], gap_s=0.01))
     await up.start()
-    up.script = Script(tokens=[f"w{i} " for i in range(6)], gap_s=0.01)
     try:
         s = settings()
         config = closed_loop.engine_config("andes-inferred", s).replace(

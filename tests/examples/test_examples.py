@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from scripted_upstream import ScriptedUpstream
+
+from bench.scripted_engine import ScriptedEngine
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -26,7 +27,7 @@ async def _run_example(name: str, gateway_url: str) -> str:
 
 @pytest.mark.parametrize("name", ["openai_stream.py", "python_client.py"])
 async def test_example_streams_an_answer_and_reports_qoe(
-    name: str, gateway: object, upstream: ScriptedUpstream
+    name: str, gateway: object, upstream: ScriptedEngine
 ) -> None:
     out = await _run_example(name, gateway.url)  # type: ignore[attr-defined]
     assert "[QoE " in out

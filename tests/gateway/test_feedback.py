@@ -5,26 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from scripted_upstream import Script
+from support.wait import until
 from websockets.asyncio.client import connect
 
+from bench.scripted_engine import Script
 from slack.discovery import advert_path, write_advert
 from slack.receiver import SlackServer, SlackServerConfig
 
 MSGS = [{"role": "user", "content": "hi"}]
-
-
-async def until(condition: Callable[[], object]) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("condition never became true")
 
 
 @pytest.fixture
@@ -71,10 +63,11 @@ async def test_client_acks_are_reported(make_gateway, upstream, slack) -> None:
         await ws.send(json.dumps({"type": "start", "messages": MSGS, "pacing": "client"}))
         sid = json.loads(await ws.recv())["stream_id"]
         got = 0
-        while got < 4:
-            frame = json.loads(await ws.recv())
-            if frame["type"] == "delta":
-                got += frame["count"]
+        async with asyncio.timeout(10):  # a safety bound: a missing delta fails, never hangs
+            while got < 4:
+                frame = json.loads(await ws.recv())
+                if frame["type"] == "delta":
+                    got += frame["count"]
         await ws.send(json.dumps({"type": "ack", "consumed": 2}))
         await until(lambda: (r := report(slack, sid)) is not None and r.consumed == 2
                     and r.delivered >= 4)
@@ -99,8 +92,9 @@ async def test_the_engine_is_discovered_from_its_advert(
         await ws.send(json.dumps({"type": "start", "messages": MSGS}))
         sid = json.loads(await ws.recv())["stream_id"]
         await until(lambda: report(slack, sid) is not None)
-        while json.loads(await ws.recv())["type"] != "done":
-            pass
+        async with asyncio.timeout(10):  # a safety bound, as above
+            while json.loads(await ws.recv())["type"] != "done":
+                pass
 
 
 async def test_no_slack_endpoint_no_reporter(make_gateway, upstream, tmp_path, monkeypatch) -> None:
