@@ -176,112 +176,131 @@ def refine(
     filled with: earliest due first (FCFS for first tokens), whatever their value — a slot
     that would otherwise idle costs nothing to fill, and the knapsack already had its say.
     """
-    free = cap.kv_blocks - int(f.blocks[f.on].sum())
-    reserve = int((f.on & (f.pending == 0)).sum()) if cfg.admission_headroom else 0
-    step = 1 if cfg.admission_headroom else 0
-    # Plain lists: the loops below index them one request at a time.
-    on, blocks, tokens = f.on.tolist(), f.blocks.tolist(), f.tokens.tolist()
-    pending, gains = f.pending.tolist(), gain.tolist()
+    room = _Room(f, gain, chosen, memory.park_credit(now_s, cfg), cap, cfg)
     run_on, left = [], []  # on-device, in priority order: chosen, and left out
     for i in order:
-        if on[i]:
+        if room.on[i]:
             (run_on if i in chosen else left).append(i)
-    parked: list[int] = []
-    parked_set: set[int] = set()
-    loss_per_s = sum(gains[i] for i in chosen) / cfg.horizon_s  # the batch's value per second
-    credit = memory.park_credit(now_s, cfg)
-    spent = 0.0
-
-    def grows(v: int) -> int:  # the headroom a running request reserves (0 once parked)
-        return step if on[v] and pending[v] == 0 else 0
-
-    def park(v: int) -> None:
-        nonlocal free, spent, reserve
-        free += blocks[v]
-        reserve -= grows(v)
-        parked.append(v)
-        parked_set.add(v)
-        spent += cap.park_cost_s(tokens[v])
-
-    # 6. Memory pressure first: the running set's growth must fit (the engine would preempt).
-    # The victims lose least: their value over the horizon plus their recompute at the batch's
-    # value per second (vLLM's own victim, the newest, is only the cheapest to recompute).
-    if free < 0:
-        def loss(i: int) -> tuple[bool, float, int]:
-            price = gains[i] + cap.park_cost_s(tokens[i]) * loss_per_s
-            return (bool(f.protected[i]), price, i)
-
-        for v in sorted([*left, *run_on], key=loss):
-            if free >= 0:
-                break
-            park(v)
-
+    if room.free < 0:  # 6. memory pressure first: the running set's growth must fit
+        room.relieve([*left, *run_on])
     # 4. Admissions in the knapsack's order; a due one may pay for parks.
-    admitted: list[int] = []
-    pool: list[int] | None = None
-    blocked = False  # a starving request waits for room: nobody else may take it (as FCFS)
-    for j in order:
-        if j not in chosen or on[j]:
-            continue
-        need = blocks[j] + reserve
-        starving = f.starve[j] > -math.inf
-        if need > free:
-            if now_s + f.first_delay[j] + 2.0 * lat < f.due[j]:
-                continue  # not due: waiting costs it nothing yet, so no park for it
-            if pool is None:  # the park candidates, cheapest first (priced once per step)
-                pool = _park_pool(left, f, gains, tokens, cap, loss_per_s, cfg.overhead_aware)
-            found = _victims(pool, parked_set, blocks, need - free, grows)
-            cost = sum(cap.park_cost_s(tokens[v]) for v in found or ())
-            loss = sum(gains[v] + cap.park_cost_s(tokens[v]) * loss_per_s for v in found or ())
-            # A starving request skips the value test (by value it would wait until arrivals
-            # stop: the tail the floor exists to bound) and may overdraw the budget once.
-            if starving:
-                priced_out = spent + cost > credit + memory.burst_s(cfg)
-            else:
-                priced_out = cfg.overhead_aware and not (gain[j] > loss and spent + cost <= credit)
-            if found is None or priced_out:
-                if starving:
-                    blocked = True
-                    break
-                continue
-            for v in found:
-                park(v)
-        admitted.append(j)
-        free -= blocks[j]
-        reserve += step
-
+    admitted, blocked = room.admit(now_s, [j for j in order if j in chosen and not room.on[j]],
+                                   left, lat, memory, cfg)  # fmt: skip
     # 5. Work conservation: fill the batch's free slots, held requests first, then waiting ones.
-    run_on = [i for i in run_on if i not in parked_set]
+    run_on = [i for i in run_on if i not in room.parked_set]
     slots = batch - len(run_on) - len(admitted)
-    refill = []
-    for i in left:
-        if slots <= 0:
-            break
-        if i not in parked_set:
-            refill.append(i)
-            slots -= 1
-    taken = set(admitted)
-    for j in fill:
-        if slots <= 0 or blocked:
-            break
-        if j in taken:
-            continue
-        if blocks[j] + reserve <= free:
-            admitted.append(j)
-            taken.add(j)
-            free -= blocks[j]
-            reserve += step
-            slots -= 1
-
+    refill = [i for i in left if i not in room.parked_set][: max(slots, 0)]
+    if not blocked:
+        admitted += room.fill(fill, slots - len(refill), set(admitted))
     # The order vLLM serves its running list in, and spends the step's token budget in: the
     # decoding streams first (one token each), then those still prefilling (what is left).
     on_device = [*run_on, *refill]
+    pending = room.pending
     ordered = [i for i in on_device if pending[i] == 0] + [i for i in on_device if pending[i]]
     ids = f.ids
     decision = Decision(run=[ids[i] for i in [*ordered, *admitted]],
-                        preempt=[ids[i] for i in parked])  # fmt: skip
-    memory.spend(spent)
-    return Outcome(decision, binds, batch, spent)
+                        preempt=[ids[i] for i in room.parked])  # fmt: skip
+    memory.spend(room.spent)
+    return Outcome(decision, binds, batch, room.spent)
+
+
+class _Room:
+    """The KV cache and the park budget as the refiner spends them, one request at a time."""
+
+    def __init__(self, f: Frame, gain: np.ndarray, chosen: set[int], credit: float,
+                 cap: Capacity, cfg: AndesConfig) -> None:  # fmt: skip
+        self.f, self.cap = f, cap
+        # Plain lists: the loops index them one request at a time.
+        self.on, self.blocks, self.tokens = f.on.tolist(), f.blocks.tolist(), f.tokens.tolist()
+        self.pending, self.gains = f.pending.tolist(), gain.tolist()
+        self.free = cap.kv_blocks - int(f.blocks[f.on].sum())
+        self.step = 1 if cfg.admission_headroom else 0  # headroom per running request
+        self.reserve = int((f.on & (f.pending == 0)).sum()) * self.step
+        self.loss_per_s = sum(self.gains[i] for i in chosen) / cfg.horizon_s  # batch value / s
+        self.credit = credit
+        self.priced = cfg.overhead_aware
+        self.spent = 0.0
+        self.parked: list[int] = []
+        self.parked_set: set[int] = set()
+
+    def grows(self, v: int) -> int:
+        """The headroom a running request reserves (0 once parked)."""
+        return self.step if self.on[v] and self.pending[v] == 0 else 0
+
+    def price(self, v: int) -> float:
+        """What parking ``v`` loses: its value, plus its recompute at the batch's value per s."""
+        return self.gains[v] + self.cap.park_cost_s(self.tokens[v]) * self.loss_per_s
+
+    def park(self, v: int) -> None:
+        self.free += self.blocks[v]
+        self.reserve -= self.grows(v)
+        self.parked.append(v)
+        self.parked_set.add(v)
+        self.spent += self.cap.park_cost_s(self.tokens[v])
+
+    def relieve(self, candidates: list[int]) -> None:
+        """Park until the running set's growth fits. The victims lose least (vLLM's own victim,
+        the newest, is only the cheapest to recompute); protected ones go last."""
+        protected = self.f.protected
+        for v in sorted(candidates, key=lambda i: (bool(protected[i]), self.price(i), i)):
+            if self.free >= 0:
+                break
+            self.park(v)
+
+    def admit(self, now_s: float, wanted: list[int], left: list[int], lat: float,
+              memory: Memory, cfg: AndesConfig) -> tuple[list[int], bool]:  # fmt: skip
+        """Admit ``wanted`` in order while they fit; a due one may pay for parks from ``left``.
+        Returns the admitted, and whether a starving request is left waiting for room (nobody
+        else may take it then, as FCFS's head of line)."""
+        f, admitted = self.f, []
+        pool: list[int] | None = None
+        for j in wanted:
+            need = self.blocks[j] + self.reserve
+            if need > self.free:
+                if now_s + f.first_delay[j] + 2.0 * lat < f.due[j]:
+                    continue  # not due: waiting costs it nothing yet, so no park for it
+                if pool is None:  # the park candidates, cheapest first (priced once)
+                    pool = _park_pool(left, f, self.gains, self.tokens, self.cap,
+                                      self.loss_per_s, self.priced)  # fmt: skip
+                starving = f.starve[j] > -math.inf
+                found = _victims(pool, self.parked_set, self.blocks, need - self.free, self.grows)
+                if found is None or not self._worth(j, found, starving, memory, cfg):
+                    if starving:
+                        return admitted, True
+                    continue
+                for v in found:
+                    self.park(v)
+            admitted.append(j)
+            self.free -= self.blocks[j]
+            self.reserve += self.step
+        return admitted, False
+
+    def _worth(self, j: int, found: list[int], starving: bool, memory: Memory,
+               cfg: AndesConfig) -> bool:  # fmt: skip
+        """Whether admitting ``j`` pays for parking ``found`` (the v2 refiner's test). A starving
+        request skips the value test (by value it would wait until arrivals stop: the tail the
+        floor exists to bound) and may overdraw the budget once."""
+        cost = sum(self.cap.park_cost_s(self.tokens[v]) for v in found)
+        if starving:
+            return self.spent + cost <= self.credit + memory.burst_s(cfg)
+        if not self.priced:
+            return True
+        loss = sum(self.price(v) for v in found)
+        return self.gains[j] > loss and self.spent + cost <= self.credit
+
+    def fill(self, fill: Sequence[int], slots: int, taken: set[int]) -> list[int]:
+        """Waiting requests in ``fill`` order into ``slots`` free slots, as the cache allows."""
+        out = []
+        for j in fill:
+            if slots <= 0:
+                break
+            if j in taken or self.blocks[j] + self.reserve > self.free:
+                continue
+            out.append(j)
+            self.free -= self.blocks[j]
+            self.reserve += self.step
+            slots -= 1
+        return out
 
 
 def _first_delay(row: Row, cap: Capacity) -> float:

@@ -21,9 +21,12 @@ the cushion to cover its readmission.
 **Starvation floor.** ``Q_serve − Q_wait`` of a request that keeps waiting decays roughly as
 ``(Δt / wait)²``, and per KV block a long prompt is worth little from the start, so under
 sustained load the value order alone would leave such a request waiting until arrivals stop:
-TTFT tails of minutes, far beyond FCFS's. A request whose reader has been late more than
-``starvation_s`` (its first token, or any later read) is protected: starving requests go first,
-the one late the longest first, which bounds the tail by FCFS's order among them.
+TTFT tails of minutes, far beyond FCFS's. A request whose reader has been *waiting* for more
+than ``starvation_s`` now (for its first token, or, parked or slow, for its next one) is
+protected: starving requests go first, the one waiting the longest first, which bounds the tail
+by FCFS's order among them. What counts is the wait now, not how late the stream has been: a
+stream that started late but is served at its reader's pace is not starving, and protecting it
+for the rest of its life would leave nothing to share the cache with under deep overload.
 
 **Anti-thrash.** A request (re)admitted less than ``min_run_s`` seconds (or ``min_run_steps``
 steps) ago is not parked: its admission was valued over the next horizon, and parking it sooner
@@ -82,10 +85,6 @@ class Row:
         """When the reader needs token ``ntok`` by the tracker (absolute; -inf before any)."""
         return self.arrival + self.last_read + self.g if self.ntok else -math.inf
 
-    @property
-    def read_late(self) -> float:
-        """How late its last token was read (``c - e``), seconds; -inf before any."""
-        return self.last_read - self.ttft - (self.ntok - 1) * self.g if self.ntok else -math.inf
 
 
 def row_of(view: RequestView, block_size: int) -> Row:
@@ -172,7 +171,7 @@ def readers_at(
 
 def starving(row: Row, reader: Reader, now_s: float, limit_s: float) -> float:
     """How long ``row``'s reader has been late if that is more than ``limit_s``, else -inf."""
-    stall = max(row.read_late, now_s - reader.stall_from)
+    stall = now_s - reader.stall_from
     return stall if stall > limit_s else -math.inf
 
 
@@ -180,7 +179,5 @@ def starving_at(
     c: dict[str, np.ndarray], stall_from: np.ndarray, now_s: float, limit_s: float
 ) -> np.ndarray:
     """:func:`starving` over columns ``c``."""
-    n = c["ntok"]
-    read_late = np.where(n > 0, c["last_read"] - c["ttft"] - (n - 1) * c["g"], -math.inf)
-    stall = np.maximum(read_late, now_s - stall_from)
+    stall = now_s - stall_from
     return np.where(stall > limit_s, stall, -math.inf)

@@ -5,8 +5,8 @@ model under ``andes`` with ``--slack-port 0`` and a batch limit of 2, advertised
 directory; a real gateway in front of it, finding the slack endpoint through the advert. Two
 readers stream (client pacing, so the WebSocket shows the engine's production as it happens);
 one hides its tab; a third request arrives. The paused reader's stream must be the one that
-yields (the other reader's keeps flowing), the third request must get its tokens, and the paused
-stream must finish intact after its reader comes back.
+yields, held or parked (the other reader's keeps flowing), the third request must get its
+tokens, and the paused stream must finish intact after its reader comes back.
 """
 
 from __future__ import annotations
@@ -156,7 +156,11 @@ async def test_a_paused_reader_yields_its_place_and_resumes(slack_engine, gatewa
     assert b.done is not None and b.done["type"] == "done", b.done
     if b.done["tokens"] < 150 or a.done["tokens"] < 150:
         pytest.skip("the model ended a stream early (EOS): no contention to observe")
-    assert await _preemptions(engine.base_url) > preempted_before
-    assert a_during * 4 <= b_during  # the paused reader's stream yielded, the reading one did not
+    # The paused reader's stream yielded, the reading one did not. How (held with its KV, or
+    # parked) is the scheduler's choice: with this cache it holds (the batch limit binds, the
+    # cache has room), so vLLM's preemption counter may not move.
+    parks = await _preemptions(engine.base_url) - preempted_before
+    print(f"  parks during the test: {parks:g}")
+    assert a_during * 4 <= b_during
     counters = _advert_counters(slack_dir)
     assert counters["records"] > 0 and counters["malformed"] == 0
