@@ -44,13 +44,14 @@ import numpy as np
 
 from engine.policy.andes.config import AndesConfig
 from engine.policy.andes.guards import Row, reader_at, starving
-from engine.policy.andes.memory import Memory
+from engine.policy.andes.memory import Memory, StepState
 from engine.policy.base import Capacity, Decision
 from engine.policy.horizon import serve_gain
 
 __all__ = ["Frame", "Outcome", "batch_sizes", "decide", "refine"]
 
 WAITING, PREEMPTED, RUNNING, HELD = range(4)
+NO_WAITING = 1 << 62  # the smallest waiting request's blocks when nothing waits
 
 
 @dataclass(slots=True)
@@ -61,6 +62,7 @@ class Outcome:
     binds: tuple[str, ...] = ()  # of "kv", "slots", "latency"
     batch: int = 0
     parked_s: float = 0.0  # engine seconds the decision's parks will cost
+    reused: bool = False  # the last full decision, reused (memory.py, "Cadence")
     notes: dict[str, float] = field(default_factory=dict)
 
 
@@ -111,7 +113,19 @@ def decide(
                                          cap, min(n, cap.max_batch)):  # fmt: skip
         binds.append("latency")
     if not binds:
+        memory.remember(now_s, None, None)
         return Outcome(None)
+    on_rows = [r for r in rows if r.on_device]
+    state = StepState(
+        binds=tuple(binds), free=cap.kv_blocks - sum(r.blocks for r in on_rows),
+        reserve=sum(1 for r in on_rows if r.pending == 0) if cfg.admission_headroom else 0,
+        smallest_wait=min((r.blocks for r in rows if not r.on_device), default=NO_WAITING),
+        on_device=len(on_rows), max_batch=cap.max_batch,
+    )  # fmt: skip
+    live = {r.req_id for r in rows}
+    reused = memory.reuse(now_s, state, live.__contains__)
+    if reused is not None:
+        return Outcome(reused, tuple(binds), min(cap.max_batch, n), 0.0, reused=True)
 
     # Guards (guards.py): the starving (the longest-starving first) and the just admitted.
     starve = [starving(r, rd, now_s, cfg.starvation_s) for r, rd in zip(rows, readers, strict=True)]
@@ -152,7 +166,9 @@ def decide(
     assert best is not None
     _, b, lat, gain, order, chosen = best
     fill = sorted((i for i in range(n) if not rows[i].on_device), key=lambda i: (frame.due[i], i))
-    return refine(now_s, frame, gain, order, chosen, fill, b, lat, memory, cap, cfg, tuple(binds))
+    out = refine(now_s, frame, gain, order, chosen, fill, b, lat, memory, cap, cfg, tuple(binds))
+    memory.remember(now_s, state, out.decision)
+    return out
 
 
 def refine(

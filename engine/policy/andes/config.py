@@ -28,11 +28,14 @@ class AndesConfig:
     park_budget: float = 0.05
     # Admissions leave one block per running request for the next block_size steps' growth.
     admission_headroom: bool = True
+    # A full decision at most this often while nothing it rests on changes (memory.py, "Cadence");
+    # 0: every step.
+    decide_every_s: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("horizon_s", "slack_staleness_s", "starvation_s"):
             _number(name, getattr(self, name), low=0.0, open_low=True)
-        for name in ("min_run_s", "resume_cushion_s"):
+        for name in ("min_run_s", "resume_cushion_s", "decide_every_s"):
             _number(name, getattr(self, name), low=0.0)
         _number("park_budget", self.park_budget, low=0.0, high=1.0)
         fr = self.batch_fractions

@@ -29,10 +29,10 @@ from dataclasses import fields
 
 import numpy as np
 
-from engine.policy.andes.algorithm import Frame, Outcome, batch_sizes, refine
+from engine.policy.andes.algorithm import NO_WAITING, Frame, Outcome, batch_sizes, refine
 from engine.policy.andes.config import AndesConfig
 from engine.policy.andes.guards import Row, readers_at, row_of, starving_at
-from engine.policy.andes.memory import Memory
+from engine.policy.andes.memory import Memory, StepState
 from engine.policy.base import Capacity, RequestView
 from engine.policy.horizon import serve_gain
 from engine.policy.snapshot import Snapshot
@@ -176,7 +176,18 @@ def decide_fast(
         if needing.size and cap.token_latency_s(min(n, cap.max_batch)) > float(needing.min()):
             binds.append("latency")
     if not binds:
+        memory.remember(now_s, None, None)
         return Outcome(None)
+    waiting_blocks = blocks[~on]
+    state = StepState(
+        binds=tuple(binds), free=cap.kv_blocks - int(blocks[on].sum()),
+        reserve=int((on & (c["pending"] == 0)).sum()) if cfg.admission_headroom else 0,
+        smallest_wait=int(waiting_blocks.min()) if waiting_blocks.size else NO_WAITING,
+        on_device=int(on.sum()), max_batch=cap.max_batch,
+    )  # fmt: skip
+    reused = memory.reuse(now_s, state, cols.pos.__contains__)
+    if reused is not None:
+        return Outcome(reused, tuple(binds), min(cap.max_batch, n), 0.0, reused=True)
 
     starve = starving_at(c, stall_from, now_s, cfg.starvation_s)
     protected = starve > -math.inf
@@ -235,7 +246,9 @@ def decide_fast(
     )  # fmt: skip
     order = sub[order_sub].tolist()
     chosen = set(sub[chosen_sub].tolist())
-    return refine(now_s, frame, gain, order, chosen, fill, b, lat, memory, cap, cfg, tuple(binds))
+    out = refine(now_s, frame, gain, order, chosen, fill, b, lat, memory, cap, cfg, tuple(binds))
+    memory.remember(now_s, state, out.decision)
+    return out
 
 
 def _knapsack(sub, thr, cols, cap, sizes, lats, per_block, protected, starve, due, h, rel,  # type: ignore[no-untyped-def]

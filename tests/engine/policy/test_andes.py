@@ -52,7 +52,7 @@ def test_prefers_the_request_about_to_stall_over_one_with_large_slack() -> None:
 
 
 def test_paused_reader_yields_to_a_waiting_request_and_resumes_with_its_reader() -> None:
-    andes = get_policy("andes", min_run_steps=0, min_run_s=0.0)
+    andes = get_policy("andes", min_run_steps=0, min_run_s=0.0, decide_every_s=0.0)
     # Hidden with more than the resume cushion (5 s) buffered: it needs nothing while away.
     paused = streaming("tab", 0.0, ReqState.RUNNING, slack=report(6.0, paused=True))
     newcomer = make_request("new", NOW - 1.0, prompt=40)  # 3 blocks, its first token due now
@@ -119,13 +119,15 @@ def test_a_just_admitted_request_is_not_preempted() -> None:
 
     first = streaming("a", 0.0, ReqState.PREEMPTED, slack=report(0.1))
     # "a" is seen parked, then on the device: admitted (by the policy or by the engine itself).
-    by_steps = get_policy("andes", min_run_steps=4, min_run_s=0.0, admission_headroom=False)
+    by_steps = get_policy("andes", min_run_steps=4, min_run_s=0.0, admission_headroom=False,
+                        decide_every_s=0.0)  # each call a new situation: no reuse
     assert by_steps.schedule(NOW, [first], capacity(kv_blocks=3)) is None  # it fits: engine's
     for _ in range(4):  # protected for min_run_steps steps, from the one that sees it admitted
         assert contest(by_steps, NOW) == ["a"]
     assert contest(by_steps, NOW) == ["b"]
 
-    by_time = get_policy("andes", min_run_steps=0, min_run_s=2.0, admission_headroom=False)
+    by_time = get_policy("andes", min_run_steps=0, min_run_s=2.0, admission_headroom=False,
+                       decide_every_s=0.0)
     by_time.schedule(NOW, [first], capacity(kv_blocks=3))
     assert contest(by_time, NOW) == ["a"]  # protected for min_run_s seconds
     assert contest(by_time, NOW + 1.0) == ["a"]
@@ -243,3 +245,24 @@ def test_bad_config_is_rejected_with_the_value(option: str, value: object) -> No
         get_policy("andes", **{option: value})
     with pytest.raises(ValueError, match="'horizon'"):
         get_policy("andes", horizon=3)
+
+
+def test_a_decision_is_reused_while_nothing_it_rests_on_changes() -> None:
+    andes = get_policy("andes", decide_every_s=0.1)
+    relaxed = streaming("relaxed", 0.0, ReqState.RUNNING, slack=report(30.0))
+    waiting = make_request("w", NOW - 0.5, prompt=40)  # the cache is full: it cannot fit
+    cap = capacity(kv_blocks=3)
+    first = andes.schedule(NOW, [relaxed, waiting], cap)
+    assert first is not None and not andes.last.reused
+    # 50 ms later, the same situation: the last decision stands (no valuation, no packing).
+    again = andes.schedule(NOW + 0.05, [relaxed, waiting], cap)
+    assert andes.last.reused and again == first
+    # Room for a waiting request (the running one finished; another waits): decided at once.
+    other = make_request("w2", NOW - 0.2, prompt=40)
+    d = andes.schedule(NOW + 0.06, [waiting, other], cap)
+    assert d is not None and andes.last.binds == ("kv",) and not andes.last.reused
+    assert d.run == ["w"]
+    # And every decide_every_s anyway.
+    andes.schedule(NOW + 0.07, [relaxed, waiting], cap)
+    andes.schedule(NOW + 0.2, [relaxed, waiting], cap)
+    assert not andes.last.reused
