@@ -473,8 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for s in settings:
             if s.name not in knees:
-                knees[s.name] = find_knee(s, args.runs_dir, min(args.duration, 30.0),
-                                          args.progress)  # fmt: skip
+                knees[s.name] = find_knee(s, args.runs_dir, args.duration, args.progress)
             results[s.name] = run_setting(s, knees[s.name], points, args, policies)
     except KeyboardInterrupt:
         print("interrupted: finished points are saved; rerun the same command to resume",

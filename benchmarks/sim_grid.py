@@ -102,7 +102,7 @@ def knee_of(setting: str) -> float:
     prof = cpu_profile(setting)
     knee = eg.KNEE_RATES[0]
     for rate in eg.KNEE_RATES:
-        plan = eg.Plan(setting, "knee-search", rate, "poisson", 1.0, 30.0, eg.TUNE)
+        plan = eg.Plan(setting, "knee-search", rate, "poisson", 1.0, 60.0, eg.TUNE)
         work, times = plan_workload(plan)
         if run(work, times, "fcfs", prof, SimConfig(chunked_prefill_tokens=CHUNK))["avg"] < 0.95:
             break
