@@ -110,14 +110,14 @@ def knee_of(setting: str) -> float:
     return knee
 
 
-def cpu_grid(duration_s: float) -> list[dict[str, Any]]:
+def cpu_grid(duration_s: float, part: tuple[int, int] = eg.EVAL) -> list[dict[str, Any]]:
     rows = []
     for setting in SETTING_SHAPES:
         knee = knee_of(setting)
         prof = cpu_profile(setting)
         for point in eg.POINTS:
             plan = eg.Plan(setting, point.key, point.load * knee, point.arrivals,
-                           point.tds_scale, duration_s, eg.EVAL)  # fmt: skip
+                           point.tds_scale, duration_s, part)  # fmt: skip
             work, times = plan_workload(plan)
             for policy in ("fcfs", "andes"):
                 s = run(work, times, policy, prof, SimConfig(chunked_prefill_tokens=CHUNK))
@@ -237,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--part", choices=("all", "cpu", "gpu"), default="all")
     p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--holdout", action="store_true",
+                   help="the CPU grid on the held-out part of the trace (requests 2,250-2,999)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
-    cpu = cpu_grid(args.duration) if args.part in ("all", "cpu") else []
+    part = eg.HOLDOUT if args.holdout else eg.EVAL
+    cpu = cpu_grid(args.duration, part) if args.part in ("all", "cpu") else []
     fid = fidelity() if args.part in ("all", "cpu") else []
     gpu = gpu_grid() if args.part in ("all", "gpu") else []
     text = render(cpu, fid, gpu)
@@ -249,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"Machine: {machine_line()}", "",
                 "Setups, workload part and targets: `benchmarks/sim_grid.py`'s docstring.", "",
                 text]  # fmt: skip
-        record("sim-grid" + ("" if args.part == "all" else f"-{args.part}"), "\n".join(body))
+        name = "sim-grid" + ("" if args.part == "all" else f"-{args.part}")
+        record(name + ("-holdout" if args.holdout else ""), "\n".join(body))
     return 0
 
 
