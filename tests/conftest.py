@@ -2,5 +2,12 @@
 first use (:mod:`support.engine`); ``upstream``, ``make_gateway``, ``gateway``, ``spy``: the
 scripted engine and a gateway in front of it (:mod:`support.fixtures`)."""
 
+from hypothesis import settings
 from support.engine import vllm_engine, vllm_engine_process  # noqa: F401
 from support.fixtures import gateway, make_gateway, spy, upstream  # noqa: F401
+
+# Property tests check behaviour, not speed: a 2-core machine busy with an engine can take longer
+# than hypothesis's 200 ms per example without anything being wrong (a timing assertion in all
+# but name). Profiles set elsewhere may still choose their own.
+settings.register_profile("andes", deadline=None)
+settings.load_profile("andes")
