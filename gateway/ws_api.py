@@ -131,6 +131,7 @@ class _Connection:
                 if result.error.ws_code == "shutting_down":
                     await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
             elif result.reason in ("finished", "cancelled"):
+                await self.gw.complete_usage(stream, result)
                 u = result.usage
                 await self.send(p.Done(
                     result.finish_reason if result.reason == "finished" else "cancelled",
