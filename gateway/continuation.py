@@ -12,10 +12,14 @@ are the ones the unparked request would have produced:
   the same way: its prompt ids are the chat template already applied.
 * ``text`` (llama-cpp-python's server, which returns no token ids and takes string prompts only):
   ``POST /v1/completions`` with the original prompt + the text so far. Exact only when
-  re-tokenizing that text gives back the tokens that were generated; the gateway checks it before
-  each park with the engine's tokenize endpoint (the generated text must re-tokenize to as many
-  tokens as were generated) and does not park a stream whose seam fails the check. Chat requests
-  cannot be continued there (the chat template is applied inside the engine and not exposed).
+  re-tokenizing that text gives back the tokens that were generated — true of the tokens a model
+  emits in practice (its tokenizer's own segmentation), not guaranteed; the gateway cannot check
+  it before a park (llama-cpp-python's tokenize endpoint waits for the engine's one slot), so it
+  checks afterwards and counts a mismatch as a seam defect (:func:`gateway.usage.check_seams`).
+  Only with ``repeat_penalty`` 1: llama.cpp's penalty sampler remembers the tokens it sampled,
+  not the prompt, so its history would restart at the seam (llama-cpp-python defaults to 1.1).
+  Chat requests cannot be continued there (the chat template is applied inside the engine and
+  not exposed).
 
 What else must hold, whatever the kind (:func:`not_parkable` says which rule a request breaks):
 greedy decoding or unseeded sampling (a seeded sampler restarts its random state at the seam, so
@@ -88,6 +92,10 @@ def not_parkable(endpoint: str, body: Mapping[str, Any], kind: ContinuationKind 
             prompt = prompt[0] if len(prompt) == 1 else None
         if not isinstance(prompt, str):
             return "the prompt is not a string"
+        if body.get("repeat_penalty") not in (1, 1.0):
+            # llama.cpp's penalty sampler remembers only the tokens it sampled, so a continuation
+            # starts with an empty history (and llama-cpp-python's default is 1.1, not off).
+            return "repeat_penalty is not 1 (its history restarts at the seam)"
     for key, value in body.items():
         if key in _CARRIED or key in _REBUILT:
             continue

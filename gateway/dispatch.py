@@ -243,11 +243,6 @@ class Dispatcher:
         ok = stream.seam_ok and replica is not None and replica.continuation is not None
         if ok and replica.continuation == "token_ids":
             ok = stream.progress.prompt_token_ids is not None
-        if ok and replica.continuation == "text":
-            # The seam is checked asynchronously: keep running until the check passes.
-            self._spawn(self._park_text(ticket, stream, replica), f"andes-seam-{ticket.id}")
-            self.scheduler.unpark(ticket, now)
-            return
         if not ok:
             self.hooks.seam_refused()
             self.scheduler.unpark(ticket, now)
@@ -260,27 +255,6 @@ class Dispatcher:
         self._resuming.add(task)
         task.add_done_callback(self._resuming.discard)
 
-    async def _park_text(self, ticket: Ticket, stream: Stream, replica: Replica) -> None:
-        """A text continuation is exact only if the text re-tokenizes to what was generated."""
-        _, body = self._requests.get(stream.id, ("completions", {}))
-        prompt = body.get("prompt")
-        prompt = prompt[0] if isinstance(prompt, list) else prompt
-        model = str(body.get("model"))
-        tokens = stream.progress.tokens
-        text = stream.progress.text
-        base = await self.upstream.tokenize(replica, model, str(prompt))
-        whole = await self.upstream.tokenize(replica, model, str(prompt) + text)
-        now = asyncio.get_running_loop().time()
-        if ticket.state != "running" or stream.progress.tokens != tokens:
-            return  # it moved on meanwhile; the next plan decides again
-        if base is None or whole is None or whole - base != tokens:
-            ticket.parkable = False  # this stream's seams do not re-tokenize: keep it running
-            self.hooks.seam_refused()
-            return
-        self.scheduler.park_now(ticket, now)
-        stream.park()
-        self.hooks.parked()
-
     async def _resume(self, ticket: Ticket, index: int) -> None:
         stream = self._stream(ticket)
         endpoint, body = self._requests[stream.id]
@@ -291,8 +265,9 @@ class Dispatcher:
                 raise UpstreamUnavailable("the upstream lost its exact continuation")
             cont = continuation_body(endpoint, body, stream.progress, kind,
                                      replica.max_model_len(ticket.model))
-            if cont["max_tokens"] <= 0:
-                raise UpstreamError("nothing left to generate after the seam")
+            if cont["max_tokens"] <= 0:  # parked after its last token, before the finish
+                stream.end_parked("length")
+                return
             up = await self.upstream.open("completions", cont, stream_id=stream.id,
                                           qoe=stream.spec, server=replica, resumed=True)
             up.on_first_token = self.hooks.resume_cost
@@ -304,7 +279,7 @@ class Dispatcher:
         if stream.result is not None:  # it ended while the continuation was being opened
             up.close()
             return
-        stream.attach(up)
+        stream.attach(up, cont["prompt"] if kind == "token_ids" else None)
         self.hooks.resumed()
 
     # -- health ---------------------------------------------------------------------------------

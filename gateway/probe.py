@@ -108,8 +108,10 @@ async def probe(session: aiohttp.ClientSession, server: Replica, model: str) -> 
     """Fill ``server.tokenize``, ``server.continuation`` and ``server.probe_note``."""
     base = server.base
     server.tokenize = await _tokenize_kind(session, base, model)
-    body = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": PROBE_TOKENS,
-            "temperature": 0}
+    body: dict[str, Any] = {"model": model, "prompt": PROBE_PROMPT, "max_tokens": PROBE_TOKENS,
+                            "temperature": 0}
+    if server.tokenize in ("llama_cpp_python", "llama_cpp"):
+        body["repeat_penalty"] = 1.0  # the only setting parked there (continuation.py)
     try:
         ref = await _generate(session, base, dict(body, return_token_ids=True))
     except (aiohttp.ClientError, TimeoutError, ValueError, RuntimeError):

@@ -102,6 +102,7 @@ class StreamResult:
     usage_source: dict[str, str] = field(default_factory=dict)
     parks: int = 0  # times the stream was parked (and resumed)
     queued_s: float = 0.0  # time spent in the gateway's queue before its first engine request
+    seams: str | None = None  # parked streams: "ok", "N defect(s)" or "unchecked" (usage.py)
 
     def andes(self, stream_id: str) -> dict[str, Any]:
         """The ``andes`` field of the final HTTP chunk."""
@@ -113,6 +114,7 @@ class StreamResult:
             out["usage_source"] = dict(self.usage_source)
         if self.parks:
             out["parks"] = self.parks
+            out["seams"] = self.seams
         if self.queued_s:
             out["queued_s"] = round(self.queued_s, 6)
         return out
@@ -157,6 +159,8 @@ class Stream:
         self._segment_start = 0  # progress.tokens when the current segment started
         self._last_usage: dict[str, int] | None = None  # the final segment's engine usage
         self._parking = False
+        self._expect_prompt: list[int] | None = None  # a continuation's prompt, to check
+        self.seam_defects = 0  # continuations whose engine-side prompt was not what was sent
         self.on_end: Callable[[Stream], None] | None = None  # the scheduler forgets it
         self._waiter: asyncio.Future[None] | None = None
         self._clock = _Clock.of(self._loop)
@@ -170,9 +174,11 @@ class Stream:
 
     # -- engine side ----------------------------------------------------------------------------
 
-    def attach(self, upstream: UpstreamStream) -> None:
+    def attach(self, upstream: UpstreamStream, expect_prompt: list[int] | None = None) -> None:
         """Start taking the engine's tokens (in a task of its own): the first engine request, or
-        a continuation after :meth:`park`."""
+        a continuation after :meth:`park` (``expect_prompt``: the token ids it was sent, which
+        the engine's echo must match — the seam check of a token-id continuation)."""
+        self._expect_prompt = expect_prompt
         self._upstream = upstream
         self.replica = upstream.server
         self._segment_start = self.progress.tokens
@@ -183,6 +189,15 @@ class Stream:
     @property
     def is_parked(self) -> bool:
         return self._upstream is None and not self._upstream_done and self._reader is not None
+
+    def end_parked(self, finish_reason: str) -> None:
+        """A parked stream turned out complete (parked after its last token): end it there."""
+        if self._upstream is None and not self._upstream_done:
+            self.finish_reason = self.finish_reason or finish_reason
+            self._upstream_done = True
+            if not self.pacer.closed:
+                self.pacer.close(self._loop.time())
+            self._wake()
 
     def park(self) -> None:
         """Abort the engine request, keep the stream: the reader reads on from the buffer until
@@ -198,8 +213,13 @@ class Stream:
 
     def _take(self, event: Any, now: float) -> None:
         progress = self.progress
-        if event.prompt_token_ids is not None and progress.prompt_token_ids is None:
-            progress.prompt_token_ids = list(event.prompt_token_ids)
+        if event.prompt_token_ids is not None:
+            if progress.prompt_token_ids is None:
+                progress.prompt_token_ids = list(event.prompt_token_ids)
+            elif self._expect_prompt is not None:
+                if list(event.prompt_token_ids) != self._expect_prompt:
+                    self.seam_defects += 1
+                self._expect_prompt = None
         if event.token_ids is not None:
             progress.token_ids.extend(event.token_ids)
             progress.tokens += len(event.token_ids)
@@ -212,16 +232,19 @@ class Stream:
             self.pacer.feed((event.text,), now)
             self.arrivals.add(now, 1)
 
+    def _apply(self, event: Any, now: float) -> None:
+        self._take(event, now)
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+        if event.usage is not None:
+            self._last_usage = event.usage
+            self.usage = event.usage
+
     async def _read(self, upstream: UpstreamStream) -> None:
         parked = False
         try:
             async for event in upstream.events():
-                self._take(event, self._loop.time())
-                if event.finish_reason is not None:
-                    self.finish_reason = event.finish_reason
-                if event.usage is not None:
-                    self._last_usage = event.usage
-                    self.usage = event.usage
+                self._apply(event, self._loop.time())
                 self._wake()
         except asyncio.CancelledError:
             parked = self._parking

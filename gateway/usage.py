@@ -67,3 +67,29 @@ async def fill_usage(upstream: Upstream, stream: Stream, result: StreamResult,
             source["prompt_tokens"] = "estimate"
     usage.setdefault("completion_tokens", 0)
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    await check_seams(upstream, stream, result, endpoint, body)
+
+
+async def check_seams(upstream: Upstream, stream: Stream, result: StreamResult,
+                      endpoint: str, body: dict[str, Any]) -> None:
+    """``result.seams``: how a parked stream's seams held. A token-id continuation is checked
+    when it starts (the engine's echo of its prompt must be the ids sent: ``Stream.seam_defects``).
+    A text continuation is checked here, once the stream is over (on llama-cpp-python the
+    tokenize endpoint waits for the engine's one slot, so it cannot gate the park itself): the
+    prompt and the whole text must re-tokenize to the prompt's tokens plus every token generated;
+    a mismatch is counted as a defect."""
+    if not stream.parks:
+        return
+    defects = stream.seam_defects
+    replica = stream.replica
+    if replica is not None and replica.continuation == "text" and endpoint == "completions":
+        prompt, _ = prompt_text(endpoint, body)
+        model = str(body.get("model"))
+        base = await upstream.tokenize(replica, model, prompt)
+        whole = await upstream.tokenize(replica, model, prompt + stream.progress.text)
+        if base is None or whole is None:
+            result.seams = "unchecked"
+            return
+        if whole - base != stream.progress.tokens:
+            defects += 1
+    result.seams = "ok" if defects == 0 else f"{defects} defect(s)"
