@@ -49,6 +49,8 @@ class Script:
     finish_reason: str | None = None  # None: "length" when tokens is None, else "stop"
     stamp: bool = False  # each token's text is its emission time (time.monotonic(): benchmarks)
     line_ending: str = "\n"  # of the event stream: "\n", "\r\n" or "\r" (all valid SSE)
+    usage: bool = True  # send the final usage chunk (llama-cpp-python's server sends none)
+    done_without_finish: bool = False  # end with [DONE] and no finish_reason (an interrupt)
 
     def texts(self, body: dict[str, Any]) -> list[str]:
         """The tokens this script streams for a request with ``body``."""
@@ -236,8 +238,10 @@ class _Stream:
             await self._chunk(text)
             record.token_clock_s.extend([time.perf_counter()] * n)
             self.changed.set()
-        await self._chunk(None, script.finish())
-        await self._event({**self.base, "choices": [], "usage": self._usage()})
+        if not script.done_without_finish:
+            await self._chunk(None, script.finish())
+            if script.usage:
+                await self._event({**self.base, "choices": [], "usage": self._usage()})
         await self._write("data: [DONE]")
         record.finished = True
 

@@ -15,7 +15,9 @@ prediction, so an unloaded gateway adds nothing. Otherwise it waits in the gatew
 ``predict_serve_gain`` over the horizon — the QoE it gains by being served at ``u``'s per-token
 latency rather than waiting — with its first token after ``u``'s learned TTFT (resume TTFT for a
 parked stream) and its reader where the gateway measures it (slack, pace). Candidates (parked,
-then queued) are taken by value; each goes where its *marginal* value is highest:
+then queued) are taken by value — except that a ticket queued longer than ``starvation_s`` goes
+first, oldest first: the valuation favours requests it can still make whole, and would otherwise
+starve one already late — and each goes where its *marginal* value is highest:
 
 * **add** — its value at ``L(k+1)`` minus what the ``k`` streams running there lose when their
   latency goes from ``L(k)`` to ``L(k+1)``: a newcomer is held exactly when it would cost the
@@ -36,6 +38,7 @@ in flight) is kept for comparison and for when admission is off.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -104,6 +107,9 @@ class SchedulerConfig:
     max_in_flight: int = 0  # hard limit per upstream; 0 = only what is learned
     routing: Literal["qoe", "least_busy"] = "qoe"
     max_rejects: int = 16  # a plan stops after this many candidates in a row found no place
+    # A ticket queued this long goes before any valued one (oldest first): the valuation favours
+    # requests it can still make whole, which on its own could starve an already-late one.
+    starvation_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -316,8 +322,12 @@ class Scheduler:
     def _ordered(self, now_s: float) -> list[Ticket]:
         """Parked and queued tickets by their best value (parked first on ties, then FIFO)."""
         scored: list[tuple[float, int, float, Ticket]] = []
+        starving = self.config.starvation_s
         for rank, group in ((0, self.parked), (1, self.queue)):
             for t in group:
+                if rank == 1 and now_s - t.queued_at_s >= starving:
+                    scored.append((-math.inf, 1, t.queued_at_s, t))
+                    continue
                 best = 0.0
                 for i in self._where(t):
                     u = self.upstreams[i]

@@ -151,7 +151,7 @@ async def _wait_for(predicate: Any, timeout_s: float = 30.0) -> None:
     await asyncio.wait_for(loop(), timeout_s)
 
 
-# -- the tests --------------------------------------------------------------------------------------
+# -- the tests --
 
 
 async def test_paced_stream_reports_usage_and_qoe(engine: Engine, make_gateway: Any) -> None:
@@ -234,12 +234,13 @@ async def test_park_and_resume_is_seamless(engine: Engine, make_gateway: Any,
     ups = await _wait_probed(url)
     assert ups[0]["continuation"] == ("text" if engine.kind == "llama_cpp" else "token_ids"), ups
     if endpoint == "completions":
-        long = {"model": engine.model, "prompt": COUNT_PROMPT, "max_tokens": 90, "temperature": 0}
+        long = {"model": engine.model, "prompt": COUNT_PROMPT, "max_tokens": 48,
+                "temperature": 0}
         if engine.kind == "llama_cpp":
             long["repeat_penalty"] = 1.0  # parked only then (docs/continuation.md)
         reference = await _direct(engine, long)
     else:
-        long = {"model": engine.model, "messages": CHAT, "max_tokens": 90, "temperature": 0}
+        long = {"model": engine.model, "messages": CHAT, "max_tokens": 48, "temperature": 0}
         async with aiohttp.ClientSession() as s, s.post(
                 engine.base_url + "/v1/chat/completions", json=long) as resp:
             reference = (await resp.json())["choices"][0]["message"]["content"]
@@ -247,9 +248,10 @@ async def test_park_and_resume_is_seamless(engine: Engine, make_gateway: Any,
     path = "/v1/completions" if endpoint == "completions" else "/v1/chat/completions"
     async with aiohttp.ClientSession() as s:
         events: list[dict[str, Any]] = []
-        parked = asyncio.create_task(_sse(s, url + path, dict(long, qoe={"tds": 8}), events))
-        # Once its reader has 2 s buffered (16 tokens at 8/s), a newcomer makes it park.
-        await _wait_for(lambda: _buffered(s, url, 16), 60)
+        # A slow reader (3 tokens/s: slower than either engine even on a busy machine) ...
+        parked = asyncio.create_task(_sse(s, url + path, dict(long, qoe={"tds": 3}), events))
+        # ... has 2 s buffered (6 tokens) soon; then a newcomer makes its stream park.
+        await _wait_for(lambda: _buffered(s, url, 6), 60)
         other: list[dict[str, Any]] = []
         await asyncio.wait_for(_sse(s, url + "/v1/completions", dict(short, qoe={"tds": 50}),
                                     other), 120)
