@@ -7,18 +7,20 @@ One command, resumable::
 
 For each engine — llama.cpp's server (llama-cpp-python, one slot) and stock vLLM (no Andes
 plug-in), both on the bundled SmolLM2-135M — it starts the engine once, measures its saturated
-token throughput ``X`` (llama.cpp: one long request; vLLM: a burst of concurrent ones), and puts
-the knee at ``X / mean output tokens`` requests/s: the load at which the engine's whole
-production just covers what the readers need. Loads run from the knee to ~2× it
-(``--load-factors``). At each load the *same* requests arrive at the *same* Poisson times
-(one seed), through an ``andes gateway`` process started for each configuration:
+token throughput ``X`` (llama.cpp: one long request; vLLM: a burst of concurrent ones). At
+``X / mean output tokens`` requests/s the engine is saturated (utilization 1); the knee is put at
+half that, where first-come-first-served queueing starts to cost readers their first token (an
+estimate from the measured throughput, not a measured QoE curve: ``--load-factors`` moves the
+grid). Loads run from the knee to 2× it (utilization 0.5 to 1). At each load the *same*
+requests arrive at the *same* Poisson times (one seed), through an ``andes gateway`` process
+started for each configuration:
 
 * ``pacing`` — ``--no-admission --parking off --routing least_busy``: today's proxy mode, every
   request goes upstream at once and the engine's own first-come-first-served order decides;
 * ``sched`` — the defaults: the gateway's QoE queue, parking by continuation, QoE routing.
 
 Then two llama.cpp replicas behind one gateway: ``least_busy`` (pacing only, fewest in flight)
-vs ``qoe`` (scheduling with QoE routing), at 2× one replica's knee.
+vs ``qoe`` (scheduling with QoE routing), each replica at the heaviest load factor.
 
 The load generator is ``bench/``'s open loop: every request is sent when due (no concurrency cap
 below what the engine admits: ``max_concurrency`` 4,096). Outputs are forced to
@@ -54,6 +56,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -181,12 +184,14 @@ def throughput_tok_s(engine: Engine) -> float:
 
 @contextlib.contextmanager
 def gateway(upstreams: Sequence[str], args: Sequence[str], log: Path) -> Iterator[str]:
-    cmd = [sys.executable, "-m", "andes", "gateway", "--port", "0", "--no-slack-discovery",
+    cmd = [sys.executable, "-m", "andes", "gateway", "--port", "0",
            *(a for u in upstreams for a in ("--upstream", u)), *args]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as out:
+        # No slack channel: these engines have no receiver for it.
+        env = {**os.environ, "ANDES_GATEWAY_SLACK_DISCOVERY": "0"}
         proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=out, text=True,
-                                start_new_session=True)
+                                start_new_session=True, env=env)
         try:
             assert proc.stderr is not None
             url = None
@@ -201,6 +206,8 @@ def gateway(upstreams: Sequence[str], args: Sequence[str], log: Path) -> Iterato
                     url = m.group(1)
             if url is None:
                 raise SystemExit("the gateway did not start")
+            # Keep draining its log (a line per stream): a full pipe would block the gateway.
+            threading.Thread(target=_copy, args=(proc.stderr, out), daemon=True).start()
             _wait_probed(url)
             yield url
         finally:
@@ -210,6 +217,12 @@ def gateway(upstreams: Sequence[str], args: Sequence[str], log: Path) -> Iterato
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _copy(src: Any, dst: Any) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for line in src:
+            dst.write(line)
 
 
 def _wait_probed(url: str, timeout_s: float = 180) -> None:
@@ -405,10 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
             with start_engine(kind, 1, runs_dir / "logs" / kind) as engine:
                 x = throughput_tok_s(engine)
-                knee = x / mean_out
+                knee = 0.5 * x / mean_out
                 notes.append(f"{kind}: saturated throughput {x:.0f} tok/s straight from the"
-                             f" engine, mean output {mean_out:.0f} tokens → knee"
-                             f" {knee:.3g} req/s")
+                             f" engine, mean output {mean_out:.0f} tokens → saturation at"
+                             f" {2 * knee:.3g} req/s, knee (half) {knee:.3g} req/s")
                 print(notes[-1], flush=True)
                 for f in factors:
                     for name, cargs in CONFIGS.items():
@@ -419,11 +432,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_replicas and "llama_cpp" in args.engines:
             with start_engine("llama_cpp", 2, runs_dir / "logs" / "replicas") as engine:
                 x = throughput_tok_s(engine)
-                rate = 2 * x / mean_out * (factors[-1] if args.quick else 1.0)
+                # Both replicas at the utilization of the heaviest single-engine load.
+                rate = 2 * 0.5 * x / mean_out * factors[-1]
                 for name, cargs in REPLICA_CONFIGS.items():
                     run = measure(engine, f"replicas-{name}", cargs, rate, settings, runs_dir,
                                   args.progress)
-                    rows.append(summarize("2× llama_cpp", name, "2× one knee", run))
+                    rows.append(summarize("2× llama_cpp", name, f"{factors[-1]:g}× knee each",
+                                          run))
                     print(table([rows[-1]]).splitlines()[-1], flush=True)
     except KeyboardInterrupt:
         print("interrupted: finished loads are saved; rerun the same command to resume",

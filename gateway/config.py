@@ -80,19 +80,7 @@ class GatewayConfig:
         _choice("pacing", self.pacing, ("server", "client", "off"))
         _choice("log_format", self.log_format, ("text", "json"))
         _choice("log_level", self.log_level, ("debug", "info", "warning", "error"))
-        _choice("parking", self.parking, ("auto", "off"))
-        _choice("routing", self.routing, ("qoe", "least_busy"))
-        for name in ("queue_timeout_s", "sched_horizon_s", "sched_interval_s",
-                     "health_interval_s"):
-            _positive(name, getattr(self, name))
-        for name in ("park_min_slack_s", "park_min_run_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.max_upstream_streams < 0:
-            raise ConfigError(
-                f"max_upstream_streams must be >= 0, got {self.max_upstream_streams!r}")
-        self.alias_map()  # validates
+        self._check_scheduling()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be within [0, 65535], got {self.port!r}")
         _positive("tds_tok_s", self.tds_tok_s)
@@ -106,7 +94,7 @@ class GatewayConfig:
         if not (math.isfinite(self.shutdown_grace_s) and self.shutdown_grace_s >= 0):
             raise ConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
         for name in ("max_body_bytes", "max_tokens", "max_concurrent_streams",
-                     "max_buffered_tokens", "queue_max"):
+                     "max_buffered_tokens", "queue_max"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if any(not k for k in self.api_keys):
@@ -120,6 +108,21 @@ class GatewayConfig:
             raise ConfigError(
                 f"slack_interval_s must be within (0, 10] seconds, got {self.slack_interval_s!r}"
             )
+
+    def _check_scheduling(self) -> None:
+        _choice("parking", self.parking, ("auto", "off"))
+        _choice("routing", self.routing, ("qoe", "least_busy"))
+        for name in ("queue_timeout_s", "sched_horizon_s", "sched_interval_s",
+                     "health_interval_s"):
+            _positive(name, getattr(self, name))
+        for name in ("park_min_slack_s", "park_min_run_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.max_upstream_streams < 0:
+            raise ConfigError(
+                f"max_upstream_streams must be >= 0, got {self.max_upstream_streams!r}")
+        self.alias_map()  # validates
 
     def alias_map(self) -> dict[str, str]:
         """``model_aliases`` as {public name: upstream id}."""

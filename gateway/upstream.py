@@ -396,7 +396,7 @@ class UpstreamStream:
             text = delta.get("content") if isinstance(delta, dict) else None
         else:  # completions (a continuation is always one)
             text = choice.get("text")
-        prompt_ids = obj.get("prompt_token_ids", choice.get("prompt_token_ids"))
+        prompt_ids = obj.get("prompt_token_ids") or choice.get("prompt_token_ids")
         return UpstreamEvent(text=text if isinstance(text, str) and text else None,
                              finish_reason=choice.get("finish_reason"), usage=usage,
                              token_ids=_ids(choice.get("token_ids")),

@@ -95,3 +95,21 @@ async def test_done_before_a_finish_is_an_error_not_a_short_answer(make_gateway,
                                                     json=BODY) as resp:
         events = await _events(resp)
     assert events[-1]["error"]["type"] == "upstream_error"
+
+
+def test_scheduling_settings_from_flags_environment_and_their_errors() -> None:
+    import pytest
+
+    from gateway.config import ConfigError, load_config
+
+    cfg = load_config({"model_aliases": ("a=b",)},
+                      {"ANDES_GATEWAY_ADMISSION": "off", "ANDES_GATEWAY_QUEUE_MAX": "5",
+                       "ANDES_GATEWAY_ROUTING": "least_busy"})
+    assert (cfg.admission, cfg.queue_max, cfg.routing) == (False, 5, "least_busy")
+    assert cfg.alias_map() == {"a": "b"}
+    with pytest.raises(ConfigError, match="PUBLIC=UPSTREAM_ID"):
+        load_config({"model_aliases": ("nonsense",)})
+    with pytest.raises(ConfigError, match="parking"):
+        load_config({"parking": "sometimes"})
+    with pytest.raises(ConfigError, match="queue_timeout_s"):
+        load_config({"queue_timeout_s": 0.0})
