@@ -84,10 +84,22 @@ CONFIGS = {
 REPLICA_CONFIGS = {"least_busy": CONFIGS["pacing"], "qoe": CONFIGS["sched"]}
 
 
+def find_trace() -> Path:
+    """The paper's trace: ``shared/data/`` beside the checkout (or above it), as the workspace and
+    CI lay it out; bench's DEFAULT_TRACE otherwise."""
+    here = Path(__file__).resolve()
+    for folder in here.parents:
+        candidate = folder / "shared" / "data" / DEFAULT_TRACE.name
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_TRACE
+
+
 @dataclass(frozen=True)
 class Settings:
     """What determines a run's measurements (a saved run is reused only if equal)."""
 
+    workload: str  # the trace file
     split: str  # "dev" (first half of the trace) or "test" (the held-out second half)
     seed: int
     duration_s: float
@@ -96,7 +108,7 @@ class Settings:
     max_output_tokens: int
 
     def plan(self, rate_rps: float) -> list[PlannedRequest]:
-        workload, texts = load_requests(str(DEFAULT_TRACE), self.seed)
+        workload, texts = load_requests(self.workload, self.seed)
         half = len(workload) // 2
         part = workload[:half] if self.split == "dev" else workload[half:]
         cfg = PlanConfig(arrivals=ArrivalSpec("poisson", rate_rps=rate_rps),
@@ -388,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=int, default=384)
     p.add_argument("--max-output-tokens", type=int, default=256)
     p.add_argument("--split", choices=("dev", "test"), default="test")
+    p.add_argument("--workload", type=Path, default=find_trace(), help="the paper's trace")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-replicas", action="store_true", help="skip the two-replica part")
     p.add_argument("--quick", action="store_true",
@@ -409,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh and runs_dir.exists():
         for path in runs_dir.glob("*.json"):
             path.unlink()
-    settings = Settings(args.split, args.seed, args.duration, args.tds_scale,
+    settings = Settings(str(args.workload), args.split, args.seed, args.duration, args.tds_scale,
                         args.max_prompt_tokens, args.max_output_tokens)
     mean_out = statistics.fmean(r.max_tokens for r in settings.plan(1.0)) or 1.0
     rows: list[Row] = []

@@ -78,6 +78,7 @@ class Ticket:
     upstream: int | None = None  # index of the upstream it runs or is parked on
     run_since_s: float = 0.0  # when its current run started (anti-thrash)
     parkable: bool = False  # an exact continuation exists for it on its upstream
+    admitted_pace: float = 0.0  # its reader's pace when it joined its upstream's running set
 
     def left(self) -> int | None:
         if self.max_new_tokens is None:
@@ -94,6 +95,28 @@ class UpstreamView:
     healthy: bool = True
     in_flight: int = 0  # requests open on it (running tickets and anything else)
     running: list[Ticket] = field(default_factory=list)
+    # Running tickets by their reader's pace when admitted: the fast path's max pace in O(paces)
+    # rather than O(streams) (a gateway holds thousands).
+    paces: dict[float, int] = field(default_factory=dict)
+
+    def add(self, ticket: Ticket) -> None:
+        self.running.append(ticket)
+        pace = ticket.reader.pace_tok_s
+        ticket.admitted_pace = pace
+        self.paces[pace] = self.paces.get(pace, 0) + 1
+
+    def discard(self, ticket: Ticket) -> None:
+        if ticket in self.running:
+            self.running.remove(ticket)
+            pace = ticket.admitted_pace
+            left = self.paces.get(pace, 0) - 1
+            if left > 0:
+                self.paces[pace] = left
+            else:
+                self.paces.pop(pace, None)
+
+    def max_pace(self) -> float:
+        return max(self.paces, default=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +180,7 @@ class Scheduler:
         elif ticket.state == "parked" and ticket in self.parked:
             self.parked.remove(ticket)
         elif ticket.state == "running" and ticket.upstream is not None:
-            running = self.upstreams[ticket.upstream].running
-            if ticket in running:
-                running.remove(ticket)
+            self.upstreams[ticket.upstream].discard(ticket)
         ticket.state = "done"
 
     def unpark(self, ticket: Ticket, now_s: float) -> None:
@@ -167,7 +188,7 @@ class Scheduler:
         if ticket.state == "parked" and ticket in self.parked and ticket.upstream is not None:
             self.parked.remove(ticket)
             ticket.state = "running"
-            self.upstreams[ticket.upstream].running.append(ticket)
+            self.upstreams[ticket.upstream].add(ticket)
 
     def park_now(self, ticket: Ticket, now_s: float) -> None:
         """Park a running ticket outside a plan (a park whose seam check finished later)."""
@@ -184,11 +205,11 @@ class Scheduler:
         ticket.state = "running"
         ticket.upstream = u
         ticket.run_since_s = now_s
-        self.upstreams[u].running.append(ticket)
+        self.upstreams[u].add(ticket)
 
     def _park(self, ticket: Ticket) -> None:
         assert ticket.upstream is not None
-        self.upstreams[ticket.upstream].running.remove(ticket)
+        self.upstreams[ticket.upstream].discard(ticket)
         ticket.state = "parked"
         self.parked.append(ticket)
 
@@ -210,7 +231,7 @@ class Scheduler:
         best: tuple[float, int, int] | None = None
         for i in eligible:
             u = self.upstreams[i]
-            pace = max([ticket.reader.pace_tok_s, *(t.reader.pace_tok_s for t in u.running)])
+            pace = max(ticket.reader.pace_tok_s, u.max_pace())
             if u.in_flight and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace:
                 continue
             key = (u.capacity.ttft_s(u.in_flight), u.in_flight, i)

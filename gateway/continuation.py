@@ -53,14 +53,14 @@ _CARRIED = frozenset({
 })
 # Fields consumed by building the continuation (the prompt, the length limits).
 _REBUILT = frozenset({"prompt", "messages", "max_tokens", "max_completion_tokens", "min_tokens",
-                      "stream", "stream_options", "n", "return_token_ids"})
+                      "stream", "stream_options", "return_token_ids", "seed"})
 # Chat-only fields whose effect is already in the prompt's token ids (the template applied).
 _CHAT_TEMPLATE = frozenset({"chat_template", "chat_template_kwargs", "add_generation_prompt",
                             "continue_final_message", "documents", "add_special_tokens",
                             "echo", "mm_processor_kwargs"})
 # Fields that are harmless when they have their neutral value.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "stop": (None, [], ""), "seed": (None,), "presence_penalty": (None, 0, 0.0),
+    "stop": (None, [], ""), "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0), "logprobs": (None, False), "top_logprobs": (None, 0),
     "echo": (None, False), "suffix": (None, ""), "best_of": (None, 1), "n": (None, 1),
     "response_format": (None, {"type": "text"}), "grammar": (None, ""),

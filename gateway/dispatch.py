@@ -120,7 +120,8 @@ class Dispatcher:
 
     def _sync(self) -> None:
         for view, replica in zip(self.views, self.upstream.replicas, strict=True):
-            view.in_flight = replica.active
+            # Admitted tickets count before their request is open (no over-admission meanwhile).
+            view.in_flight = max(replica.active, len(view.running))
             view.healthy = replica.healthy
 
     async def acquire(self, stream: Stream, endpoint: Endpoint, body: dict[str, Any]) -> Replica:

@@ -75,7 +75,7 @@ def test_the_queue_is_ordered_by_value_and_bounded() -> None:
     up = UpstreamView(_capacity(0.0, 0.3), in_flight=1)
     running = _ticket("running", 0.0, FakeReader(buffered=0.0), tokens=3)
     running.state, running.upstream = "running", 0
-    up.running.append(running)
+    up.add(running)
     s = Scheduler(SchedulerConfig(queue_max=2, parking=False, max_in_flight=1), [up])
     old = _ticket("old", 0.0)
     new = _ticket("new", 5.0)
@@ -94,7 +94,7 @@ def test_a_stream_with_seconds_buffered_yields_its_slot() -> None:
     up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
     rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=True)
     rich.state, rich.upstream, rich.run_since_s = "running", 0, 0.0
-    up.running.append(rich)
+    up.add(rich)
     s = Scheduler(SchedulerConfig(max_in_flight=1, park_min_slack_s=6.0, min_run_s=1.0), [up])
     waiting = _ticket("waiting", 10.0)
     assert s.add(waiting, 10.0) is None
@@ -102,7 +102,7 @@ def test_a_stream_with_seconds_buffered_yields_its_slot() -> None:
     assert plan.park == [rich] and plan.admit == [(waiting, 0)]
     assert rich.state == "parked" and waiting.state == "running"
     # Later its reader runs low: it comes back (here into an idle upstream).
-    up.running.clear()
+    up.discard(rich)
     up.in_flight = 0
     rich.reader.buffered = 2.0  # type: ignore[attr-defined]
     plan = s.plan(20.0)
@@ -113,7 +113,7 @@ def test_no_park_when_the_continuation_is_not_exact_or_too_soon() -> None:
     up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
     rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=False)
     rich.state, rich.upstream = "running", 0
-    up.running.append(rich)
+    up.add(rich)
     s = Scheduler(SchedulerConfig(max_in_flight=1), [up])
     s.add(_ticket("w", 10.0), 10.0)
     assert not s.plan(10.1).park
