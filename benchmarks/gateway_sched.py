@@ -29,9 +29,9 @@ greedy (temperature 0; on llama.cpp ``repeat_penalty`` 1, the setting it can par
 readers' paces scaled by ``--tds-scale`` as in ``bench/plan.py``. QoE, TTFT (from arrival at the
 gateway, queue included) and tokens are the gateway's own measurement at delivery, from the
 ``andes`` field of each stream's final chunk — with server pacing the client sees coalesced
-frames, not tokens. Seam defects: parked streams whose seams failed the gateway's checks
-(docs/continuation.md: token-id echo on vLLM, re-tokenization on llama.cpp) plus parked streams
-that did not get exactly their forced length.
+frames, not tokens. Seam defects: parks whose seams failed (or could not get) the gateway's
+checks (``andes_gateway_seams_total``; docs/continuation.md: the token-id echo on vLLM,
+re-tokenization on llama.cpp) plus parked streams that did not get exactly their forced length.
 
 **Held-out workload.** The trace's first half (requests 0 … N/2-1) is the development split: the
 defaults above (horizon, park thresholds, loads) were chosen on it, and ``--quick`` runs on it.
@@ -271,9 +271,13 @@ def measure(engine: Engine, name: str, args: Sequence[str], rate: float, setting
                                   read_timeout_s=900)
         run = asyncio.run(run_load(plan, endpoint, RunConfig(
             max_concurrency=4096, progress=progress, label=f"{name} @ {rate:.3g}/s")))
-        metrics = _get(url + "/metrics")
+        metrics = _settled_metrics(url)
     run.meta.update(settings=asdict(settings), rate_rps=rate, config=name, args=list(args),
                     parks=_metric(metrics, "andes_gateway_parks_total"),
+                    seams_ok=_metric(metrics, 'andes_gateway_seams_total{result="ok"}'),
+                    seam_defects=_metric(metrics, 'andes_gateway_seams_total{result="defect"}'),
+                    seams_unchecked=_metric(metrics,
+                                            'andes_gateway_seams_total{result="unchecked"}'),
                     resumes=_metric(metrics, "andes_gateway_resumes_total"),
                     resume_ttft_sum=_metric(metrics, "andes_gateway_resume_ttft_seconds_sum"),
                     resume_ttft_count=_metric(metrics, "andes_gateway_resume_ttft_seconds_count"))
@@ -281,6 +285,18 @@ def measure(engine: Engine, name: str, args: Sequence[str], rate: float, setting
         raise KeyboardInterrupt
     run.save(path)
     return run
+
+
+def _settled_metrics(url: str, timeout_s: float = 120.0) -> str:
+    """The gateway's metrics once every park's seam check has reported (they run after each
+    stream, in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = _get(url + "/metrics")
+        checked = _metric(text, "andes_gateway_seams_total")
+        if checked >= _metric(text, "andes_gateway_parks_total") or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
 
 
 def _get(url: str) -> str:
@@ -324,12 +340,10 @@ def _pct(values: Sequence[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
-def _seam_defect(r: RequestRecord) -> bool:
+def _short(r: RequestRecord) -> bool:
+    """A parked stream that did not get exactly its forced length (a token lost or repeated)."""
     g = r.gateway or {}
-    if not g.get("parks"):
-        return False
-    return g.get("seams") not in ("ok", None) or (r.error is None and g.get("tokens")
-                                                  != r.max_tokens)
+    return bool(g.get("parks")) and r.error is None and g.get("tokens") != r.max_tokens
 
 
 def summarize(engine: str, config: str, load: str, run: BenchRun) -> Row:
@@ -349,7 +363,8 @@ def summarize(engine: str, config: str, load: str, run: BenchRun) -> Row:
                statistics.fmean(qoe) if qoe else math.nan, _pct(qoe, 0.10),
                _pct(ttft, 0.5), _pct(ttft, 0.99), tokens / max(end - start, 1e-9),
                int(m.get("parks", 0)), int(m.get("resumes", 0)),
-               sum(_seam_defect(r) for r in recs), cost,
+               int(m.get("seam_defects", 0) + m.get("seams_unchecked", 0))
+               + sum(_short(r) for r in recs), cost,
                statistics.fmean(waits) if waits else 0.0, _pct(waits, 0.99))
 
 
@@ -411,8 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM too: the engines and gateways are stopped on the way out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     factors = [float(x) for x in args.load_factors.split(",")]
     runs_dir = RESULTS
     if args.quick:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from gateway.admission import Plan, Scheduler, SchedulerConfig, Ticket, UpstreamView
@@ -291,9 +292,12 @@ class Dispatcher:
             await asyncio.gather(*(self._check(r) for r in self.upstream.replicas))
 
     async def _check(self, replica: Replica) -> None:
+        timeout_s = max(2.0, self.config.health_interval_s * 2)
         try:
-            await self.upstream.refresh(replica, min(2.0, self.config.health_interval_s * 2))
+            await self.upstream.refresh(replica, timeout_s)
         except UpstreamError:
+            if replica.busy_not_dead(time.monotonic(), 2 * timeout_s):
+                return
             if replica.failed():
                 self._out(replica)
             return

@@ -19,6 +19,8 @@ The gateway's own scheduling (gateway/admission.py, gateway/dispatch.py):
 * ``andes_gateway_parks_total`` / ``andes_gateway_resumes_total`` — streams parked and resumed
 * ``andes_gateway_park_refused_total`` — parks called off because the seam was not exact then
 * ``andes_gateway_resume_ttft_seconds`` — a continuation's time to first token: what a park costs
+* ``andes_gateway_seams_total{result}`` — parked streams' seams as checked: ``ok``, ``defect``,
+  ``unchecked`` (gateway/usage.py ``check_seams``)
 * ``andes_gateway_upstream_capacity_streams{upstream}`` — the learned capacity: streams each
   served at least at the default reading pace (gauge)
 * ``andes_gateway_upstream_token_latency_seconds{upstream,k}`` — learned per-stream seconds per
@@ -79,6 +81,8 @@ class Metrics:
         self.resumes = Counter("andes_gateway_resumes", "Parked streams resumed", registry=r)
         self.park_refused = Counter("andes_gateway_park_refused",
                                     "Parks called off: the seam was not exact", registry=r)
+        self.seams = Counter("andes_gateway_seams", "Seams of parked streams, as checked",
+                             ["result"], registry=r)
         self.resume_ttft = Histogram("andes_gateway_resume_ttft_seconds",
                                      "Time to first token of a continuation",
                                      buckets=_TTFT_BUCKETS, registry=r)

@@ -2,7 +2,9 @@
 what it can continue exactly, and what it can serve (its learned :class:`CapacityModel`).
 
 Health: an engine is taken out when a request cannot reach it or its ``GET /v1/models`` fails
-``HEALTH_FAILURES`` times in a row, and put back when the health check passes again
+``HEALTH_FAILURES`` times in a row — a check that only timed out while the engine kept
+streaming tokens does not count (a one-slot server answers it between generations) — and put
+back when the health check passes again
 (:mod:`gateway.dispatch` runs the check). While it is out, no stream is sent to it; its live
 streams have already failed on their own broken connections, or are ended with a clear error
 when the health check declares it down (an engine that hangs breaks no connection).
@@ -44,6 +46,13 @@ class Replica:
     probe_note: str = "not probed"  # what the probe found, for /health and the log
     tokenize: TokenizeKind | None = None
     streams: set[Any] = field(default_factory=set)  # live UpstreamStreams (ended when it fails)
+    last_token_s: float = -1e18  # when any of its streams last got a token (monotonic)
+    last_check_timed_out: bool = False  # the latest GET /v1/models timed out (not refused)
+
+    def busy_not_dead(self, now_s: float, window_s: float) -> bool:
+        """A check that timed out while tokens kept coming is an engine too busy to answer it
+        (llama-cpp-python answers GET /v1/models only between generations), not a dead one."""
+        return self.last_check_timed_out and now_s - self.last_token_s <= window_s
 
     def refreshed(self, done: asyncio.Future[None]) -> None:
         self.refreshing = None

@@ -4,6 +4,7 @@ and what happens when a stream ends (usage filled in, metrics, one log line)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from gateway.pacer import PacerConfig, PacingMode
 from gateway.protocol import QoEFields
 from gateway.stream import Stream, StreamResult, StreamTable, new_stream_id
 from gateway.upstream import Endpoint, Upstream
-from gateway.usage import fill_usage
+from gateway.usage import check_seams, count_prompt, fill_usage
 
 __all__ = ["Gateway", "StreamRequest"]
 
@@ -50,6 +51,7 @@ class Gateway:
         self.metrics.watch(self.dispatch.scheduler.queue_length, self.upstream.replicas,
                            config.tds_tok_s)
         self._requests: dict[str, tuple[Endpoint, dict[str, Any]]] = {}
+        self._background: set[asyncio.Future[None]] = set()  # seam checks after a stream
 
     def check_max_tokens(self, body: dict[str, Any]) -> None:
         for key in ("max_tokens", "max_completion_tokens"):
@@ -98,6 +100,7 @@ class Gateway:
         self.table.register(stream)
         self._requests[stream.id] = (req.endpoint, body)
         stream.attach(upstream)
+        count_prompt(self.upstream, stream, req.endpoint, body)
         return stream
 
     async def complete_usage(self, stream: Stream, result: StreamResult) -> None:
@@ -108,7 +111,15 @@ class Gateway:
     def end_stream(self, stream: Stream, result: StreamResult, transport: str) -> None:
         """Free the slot, record the metrics and write the stream's one log line."""
         self.table.release(stream.id)
-        self._requests.pop(stream.id, None)
+        endpoint, body = self._requests.pop(stream.id, ("chat", {}))
+        if stream.prompt_count is not None and not stream.prompt_count.done():
+            stream.prompt_count.cancel()
+        if stream.parks:
+            task = asyncio.ensure_future(check_seams(
+                self.upstream, stream, endpoint, body,
+                lambda outcome: self.metrics.seams.labels(outcome).inc()))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         self.metrics.stream_ended(stream.mode, result)
         record = {
             "event": "stream_end", "stream_id": stream.id, "transport": transport,

@@ -102,7 +102,6 @@ class StreamResult:
     usage_source: dict[str, str] = field(default_factory=dict)
     parks: int = 0  # times the stream was parked (and resumed)
     queued_s: float = 0.0  # time spent in the gateway's queue before its first engine request
-    seams: str | None = None  # parked streams: "ok", "N defect(s)" or "unchecked" (usage.py)
 
     def andes(self, stream_id: str) -> dict[str, Any]:
         """The ``andes`` field of the final HTTP chunk."""
@@ -114,7 +113,6 @@ class StreamResult:
             out["usage_source"] = dict(self.usage_source)
         if self.parks:
             out["parks"] = self.parks
-            out["seams"] = self.seams
         if self.queued_s:
             out["queued_s"] = round(self.queued_s, 6)
         return out
@@ -161,6 +159,7 @@ class Stream:
         self._parking = False
         self._expect_prompt: list[int] | None = None  # a continuation's prompt, to check
         self.seam_defects = 0  # continuations whose engine-side prompt was not what was sent
+        self.prompt_count: asyncio.Future[int | None] | None = None  # gateway/usage.py
         self.on_end: Callable[[Stream], None] | None = None  # the scheduler forgets it
         self._waiter: asyncio.Future[None] | None = None
         self._clock = _Clock.of(self._loop)

@@ -122,10 +122,12 @@ class Upstream:
                 data = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             server.reachable = False
+            server.last_check_timed_out = isinstance(exc, TimeoutError)
             raise UpstreamUnavailable(f"upstream {server.base} is unreachable: "
                                       f"{type(exc).__name__}") from None
         except UpstreamUnavailable:
             server.reachable = False
+            server.last_check_timed_out = False
             raise
         models = data.get("data") if isinstance(data, dict) else None
         server.models = [m for m in models or [] if isinstance(m, dict) and "id" in m]
@@ -141,6 +143,11 @@ class Upstream:
         if server.refreshing is None:
             server.refreshing = asyncio.ensure_future(self.refresh(server))
             server.refreshing.add_done_callback(server.refreshed)
+        if server.models and server.reachable:
+            # A stale list is good enough meanwhile: llama-cpp-python answers GET /v1/models
+            # only between generations (it waits for its one slot), so waiting would hold every
+            # new request behind the stream being generated.
+            return
         await asyncio.shield(server.refreshing)
 
     async def upstream_models(self) -> list[dict[str, Any]]:
@@ -362,6 +369,7 @@ class UpstreamStream:
                          else int(event.text is not None))  # fmt: skip
                     if n:
                         now = time.monotonic()
+                        self.server.last_token_s = now
                         if self.first_token_s is None:
                             self.first_token_s = now
                             capacity.first_token(now - self._opened_s, self._k_before,

@@ -13,20 +13,27 @@ gets one — the gateway reports its own, and says so in ``andes.usage_source``:
 * ``prompt_tokens``: the prompt's ids where returned (``ids``); else the engine's tokenize
   endpoint on the prompt (``tokenize``: exact for ``/v1/completions``; for chat the messages'
   contents joined, plus ``CHAT_TOKENS_PER_MESSAGE`` per message for the template — marked
-  ``estimate``); else ``ceil(characters / 4)`` (``estimate``).
+  ``estimate``), asked when the stream starts (llama-cpp-python answers it between
+  generations; not answered within a second of the end: the estimate); else
+  ``ceil(characters / 4)`` (``estimate``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 from gateway.stream import Stream, StreamResult
 from gateway.upstream import Upstream
 
-__all__ = ["CHARS_PER_TOKEN", "CHAT_TOKENS_PER_MESSAGE", "fill_usage", "prompt_text"]
+__all__ = ["CHARS_PER_TOKEN", "CHAT_TOKENS_PER_MESSAGE", "check_seams", "count_prompt",
+           "fill_usage", "prompt_text"]
 
 CHARS_PER_TOKEN = 4.0
+PROMPT_COUNT_WAIT_S = 1.0  # at the end, how long the prompt count may still take
 CHAT_TOKENS_PER_MESSAGE = 4  # <|im_start|>role\n … <|im_end|>\n, roughly, in common templates
 
 
@@ -56,8 +63,11 @@ async def fill_usage(upstream: Upstream, stream: Stream, result: StreamResult,
     if "prompt_tokens" not in usage:
         text, messages = prompt_text(endpoint, body)
         count = None
-        if stream.replica is not None and text:
-            count = await upstream.tokenize(stream.replica, str(body.get("model")), text)
+        task = stream.prompt_count
+        if task is not None:
+            # Started with the stream (one-slot engines answer tokenize between generations).
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                count = await asyncio.wait_for(asyncio.shield(task), PROMPT_COUNT_WAIT_S)
         if count is not None:
             usage["prompt_tokens"] = count + CHAT_TOKENS_PER_MESSAGE * messages
             source["prompt_tokens"] = "tokenize" if messages == 0 else "estimate"
@@ -67,17 +77,29 @@ async def fill_usage(upstream: Upstream, stream: Stream, result: StreamResult,
             source["prompt_tokens"] = "estimate"
     usage.setdefault("completion_tokens", 0)
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-    await check_seams(upstream, stream, result, endpoint, body)
 
 
-async def check_seams(upstream: Upstream, stream: Stream, result: StreamResult,
-                      endpoint: str, body: dict[str, Any]) -> None:
-    """``result.seams``: how a parked stream's seams held. A token-id continuation is checked
-    when it starts (the engine's echo of its prompt must be the ids sent: ``Stream.seam_defects``).
-    A text continuation is checked here, once the stream is over (on llama-cpp-python the
-    tokenize endpoint waits for the engine's one slot, so it cannot gate the park itself): the
-    prompt and the whole text must re-tokenize to the prompt's tokens plus every token generated;
-    a mismatch is counted as a defect."""
+def count_prompt(upstream: Upstream, stream: Stream, endpoint: str,
+                 body: dict[str, Any]) -> None:  # fmt: skip
+    """Start counting the prompt's tokens on an engine that will not report them (not vLLM)."""
+    replica = stream.replica
+    if replica is None or replica.is_vllm or replica.tokenize is None:
+        return
+    text, _ = prompt_text(endpoint, body)
+    if text:
+        stream.prompt_count = asyncio.ensure_future(
+            upstream.tokenize(replica, str(body.get("model")), text, timeout_s=120.0))
+
+
+async def check_seams(upstream: Upstream, stream: Stream, endpoint: str,
+                      body: dict[str, Any], report: Callable[[str], None]) -> None:  # fmt: skip
+    """How a parked stream's seams held, reported as ``ok`` / ``defect`` / ``unchecked``.
+
+    A token-id continuation is checked as it starts (the engine's echo of its prompt must be the
+    ids sent: ``Stream.seam_defects``). A text continuation is checked here, after the stream:
+    the prompt and the whole text must re-tokenize to the prompt's tokens plus every token
+    generated. Run in the background: on llama-cpp-python the tokenize endpoint waits for the
+    engine's one slot."""
     if not stream.parks:
         return
     defects = stream.seam_defects
@@ -85,11 +107,14 @@ async def check_seams(upstream: Upstream, stream: Stream, result: StreamResult,
     if replica is not None and replica.continuation == "text" and endpoint == "completions":
         prompt, _ = prompt_text(endpoint, body)
         model = str(body.get("model"))
-        base = await upstream.tokenize(replica, model, prompt)
-        whole = await upstream.tokenize(replica, model, prompt + stream.progress.text)
+        base = await upstream.tokenize(replica, model, prompt, timeout_s=300.0)
+        whole = await upstream.tokenize(replica, model, prompt + stream.progress.text,
+                                        timeout_s=300.0)
         if base is None or whole is None:
-            result.seams = "unchecked"
+            report("unchecked")
             return
         if whole - base != stream.progress.tokens:
             defects += 1
-    result.seams = "ok" if defects == 0 else f"{defects} defect(s)"
+    for _ in range(stream.parks):
+        report("ok" if defects <= 0 else "defect")
+        defects -= 1
