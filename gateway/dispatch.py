@@ -296,7 +296,7 @@ class Dispatcher:
         try:
             await self.upstream.refresh(replica, timeout_s)
         except UpstreamError:
-            if replica.busy_not_dead(time.monotonic(), 2 * timeout_s):
+            if replica.busy_not_dead(time.monotonic()):
                 return
             if replica.failed():
                 self._out(replica)

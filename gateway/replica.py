@@ -23,6 +23,7 @@ from gateway.continuation import ContinuationKind
 __all__ = ["HEALTH_FAILURES", "Replica", "TokenizeKind"]
 
 HEALTH_FAILURES = 2
+STALL_S = 60.0  # requests in flight and no progress for this long: the engine is stuck
 
 # How the engine counts tokens for the gateway: vLLM's ``POST /tokenize``, llama-cpp-python's
 # ``POST /extras/tokenize``, llama.cpp's C++ server ``POST /tokenize {content}``; None: none.
@@ -46,13 +47,16 @@ class Replica:
     probe_note: str = "not probed"  # what the probe found, for /health and the log
     tokenize: TokenizeKind | None = None
     streams: set[Any] = field(default_factory=set)  # live UpstreamStreams (ended when it fails)
-    last_token_s: float = -1e18  # when any of its streams last got a token (monotonic)
+    last_token_s: float = -1e18  # when it last answered a request or sent a token (monotonic)
     last_check_timed_out: bool = False  # the latest GET /v1/models timed out (not refused)
 
-    def busy_not_dead(self, now_s: float, window_s: float) -> bool:
-        """A check that timed out while tokens kept coming is an engine too busy to answer it
-        (llama-cpp-python answers GET /v1/models only between generations), not a dead one."""
-        return self.last_check_timed_out and now_s - self.last_token_s <= window_s
+    def busy_not_dead(self, now_s: float) -> bool:
+        """A check that timed out while requests are in flight and the engine made progress
+        (answered a request or sent a token) within ``STALL_S`` is an engine too busy to answer
+        it — llama-cpp-python answers GET /v1/models only between generations, after every
+        request queued before it — not a dead one."""
+        return (self.last_check_timed_out and self.active > 0
+                and now_s - self.last_token_s <= STALL_S)
 
     def refreshed(self, done: asyncio.Future[None]) -> None:
         self.refreshing = None

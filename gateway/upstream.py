@@ -302,6 +302,7 @@ class Upstream:
                 server.closed()
             raise UpstreamStatus(resp.status, _error_object(raw, resp.status))
         server.failures = 0
+        server.last_token_s = time.monotonic()  # it answered: progress
         return UpstreamStream(resp, endpoint, server, opened_s=opened_s, k_before=k_before,
                               resumed=resumed)
 
