@@ -165,7 +165,7 @@ class Scheduler:
         if not self.queue:
             u = self._fast_path(ticket)
             if u is not None:
-                self._run(ticket, u, now_s)
+                self.start(ticket, u, now_s)
                 return u
         if len(self.queue) >= self.config.queue_max:
             raise OverflowError(f"the gateway's queue is full ({self.config.queue_max} waiting)")
@@ -201,7 +201,8 @@ class Scheduler:
             if t.upstream == index:
                 t.upstream = None
 
-    def _run(self, ticket: Ticket, u: int, now_s: float) -> None:
+    def start(self, ticket: Ticket, u: int, now_s: float) -> None:
+        """Run ``ticket`` on upstream ``u`` from now (routing without admission, and plans)."""
         ticket.state = "running"
         ticket.upstream = u
         ticket.run_since_s = now_s
@@ -335,7 +336,7 @@ class Scheduler:
                 self.parked.remove(t)
             else:
                 self.queue.remove(t)
-            self._run(t, u, now_s)
+            self.start(t, u, now_s)
             self.upstreams[u].in_flight += 1
             (out.resume if was_parked else out.admit).append((t, u))
         return out

@@ -140,7 +140,7 @@ class Dispatcher:
             index = self.scheduler.route(ticket)
             if index is None:
                 raise UpstreamUnavailable("no upstream serves this model")
-            self.scheduler._run(ticket, index, now)
+            self.scheduler.start(ticket, index, now)
             return self._place(stream, ticket, index, endpoint, body)
         try:
             index = self.scheduler.add(ticket, now)
