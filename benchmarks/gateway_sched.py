@@ -134,7 +134,7 @@ class Engine:
 
 
 @contextlib.contextmanager
-def start_engine(kind: str, replicas: int, log_dir: Path) -> Iterator[Engine]:
+def start_engine(kind: str, replicas: int, log_dir: Path, eager: bool = False) -> Iterator[Engine]:
     log_dir.mkdir(parents=True, exist_ok=True)
     if kind == "llama_cpp":
         from engine.llamacpp.launch import LlamaCppConfig, LlamaCppProcess
@@ -155,7 +155,7 @@ def start_engine(kind: str, replicas: int, log_dir: Path) -> Iterator[Engine]:
     from engine.vllm.launch import EngineConfig, EngineProcess
 
     config = EngineConfig(port=0, stock=True, max_model_len=2048, block_size=32,
-                          num_kv_blocks=256, max_num_seqs=64)
+                          num_kv_blocks=256, max_num_seqs=64, enforce_eager=eager)
     with EngineProcess(config, log_path=log_dir / "vllm.log") as proc:
         yield Engine(kind, [proc.base_url], "smollm2-135m-instruct", True, ())
 
@@ -449,7 +449,8 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     try:
         for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
-            with start_engine(kind, 1, runs_dir / "logs" / kind) as engine:
+            # --quick: vLLM eager (no compilation: a start in under a minute, slower steps).
+            with start_engine(kind, 1, runs_dir / "logs" / kind, eager=args.quick) as engine:
                 x = throughput_tok_s(engine)
                 knee = 0.5 * x / mean_out
                 notes.append(f"{kind}: saturated throughput {x:.0f} tok/s straight from the"
