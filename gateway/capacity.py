@@ -18,7 +18,8 @@ learns two curves, per upstream:
 Until the data pin ``b`` down (every window at one concurrency), ``b`` is assumed to be
 ``optimism`` × the observed latency per stream — optimistic, so the gateway tries one more
 stream and measures what it costs (the only way to learn a curve online); a k never observed
-takes the TTFT of the highest k below it that was.
+takes the TTFT of the highest k below it that was, scaled by ``(k + 1)`` (pessimistic there:
+routing must not prefer a busy replica's guess to an idle one's measurement).
 """
 
 from __future__ import annotations
@@ -144,7 +145,10 @@ class CapacityModel:
             return self._ttft[k_before]
         below = [k for k in self._ttft if k < k_before]
         if below:
-            return self._ttft[max(below)]
+            # Scaled by the streams ahead: an idle replica's measured TTFT must not lose to a
+            # busy one's guess (a one-slot server makes a newcomer wait for them all).
+            k = max(below)
+            return self._ttft[k] * (k_before + 1) / (k + 1)
         above = [k for k in self._ttft if k > k_before]
         return self._ttft[min(above)] if above else self.config.default_ttft_s
 

@@ -50,7 +50,8 @@ def test_ttft_is_learned_per_concurrency_and_a_stall_reads_as_slow() -> None:
     m = CapacityModel(CapacityConfig(window_s=0.5, ttft_alpha=1.0), now_s=0.0)
     m.first_token(0.05, k_before=0)
     m.first_token(4.0, k_before=1)  # a newcomer behind a running stream (one slot)
-    assert m.ttft_s(0) == 0.05 and m.ttft_s(1) == 4.0 and m.ttft_s(3) == 4.0
+    assert m.ttft_s(0) == 0.05 and m.ttft_s(1) == 4.0
+    assert m.ttft_s(3) == 8.0  # unseen: scaled by the streams ahead (4 vs 2)
     m.first_token(0.2, k_before=0, resumed=True)
     assert m.resume_ttft_s(0) == 0.2
     m.in_flight(1, 10.0)
