@@ -93,6 +93,9 @@ class UpstreamView:
     capacity: CapacityModel
     serves: Callable[[str], bool] = lambda model: True
     healthy: bool = True
+    # The engine runs the Andes scheduler (it takes slack reports): it schedules with what it
+    # knows (KV, batch), so the gateway neither holds streams for it nor parks them there.
+    controlled: bool = False
     in_flight: int = 0  # requests open on it (running tickets and anything else)
     running: list[Ticket] = field(default_factory=list)
     # Running tickets by their reader's pace when admitted: the fast path's max pace in O(paces)
@@ -233,7 +236,8 @@ class Scheduler:
         for i in eligible:
             u = self.upstreams[i]
             pace = max(ticket.reader.pace_tok_s, u.max_pace())
-            if u.in_flight and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace:
+            if (not u.controlled and u.in_flight
+                    and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace):
                 continue
             key = (u.capacity.ttft_s(u.in_flight), u.in_flight, i)
             if best is None or key < best:
@@ -288,7 +292,7 @@ class Scheduler:
 
     def _victim(self, u: UpstreamView, now_s: float) -> Ticket | None:
         """The running stream ``u`` could park: exact continuation, ran long enough, most slack."""
-        if not self.config.parking:
+        if not self.config.parking or u.controlled:
             return None
         best: tuple[float, Ticket] | None = None
         for r in u.running:

@@ -14,6 +14,10 @@
   once (an engine that hangs breaks no connection; they would hang with it), its parked streams
   may resume on another replica. It comes back, re-probed, when a check passes.
 * the start-up probe (:mod:`gateway.probe`) decides per upstream whether parking is exact.
+
+An upstream that runs the Andes scheduler (it advertises or is configured a slack endpoint) is
+left to schedule itself: streams go to it at once and are never parked there — the engine knows
+its KV cache and batch, and gets every stream's slack.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from gateway.probe import probe
 from gateway.replica import Replica
 from gateway.stream import Stream
 from gateway.upstream import Endpoint, Upstream
+from slack.discovery import discover
 
 __all__ = ["DispatchHooks", "Dispatcher"]
 
@@ -85,6 +90,8 @@ class Dispatcher:
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        for replica in self.upstream.replicas:
+            self._controlled(replica)
         self._tasks = [asyncio.create_task(self._tick_loop(), name="andes-scheduler"),
                        asyncio.create_task(self._health_loop(), name="andes-health"),
                        asyncio.create_task(self._probe_all(), name="andes-probe")]
@@ -107,6 +114,10 @@ class Dispatcher:
             self.probed.set()
 
     async def _probe(self, replica: Replica) -> None:
+        self._controlled(replica)
+        if replica.controlled:
+            replica.probe_note = "not probed: the engine runs the Andes scheduler (it schedules)"
+            return
         try:
             await self.upstream.refresh(replica)
         except UpstreamError as exc:
@@ -121,6 +132,7 @@ class Dispatcher:
 
     def _sync(self) -> None:
         for view, replica in zip(self.views, self.upstream.replicas, strict=True):
+            view.controlled = replica.controlled
             # Admitted tickets count before their request is open (no over-admission meanwhile).
             view.in_flight = max(replica.active, len(view.running))
             view.healthy = replica.healthy
@@ -291,7 +303,15 @@ class Dispatcher:
             await asyncio.sleep(self.config.health_interval_s)
             await asyncio.gather(*(self._check(r) for r in self.upstream.replicas))
 
+    def _controlled(self, replica: Replica) -> None:
+        """Whether the engine runs the Andes scheduler: it takes slack reports (configured
+        endpoints, or its advert on this host)."""
+        cfg = self.config
+        replica.controlled = bool(cfg.slack_urls) or (cfg.slack_discovery
+                                                      and bool(discover(replica.base)))
+
     async def _check(self, replica: Replica) -> None:
+        self._controlled(replica)
         timeout_s = max(2.0, self.config.health_interval_s * 2)
         try:
             await self.upstream.refresh(replica, timeout_s)

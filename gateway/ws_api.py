@@ -55,6 +55,7 @@ class _Connection:
         self.subprotocol = subprotocol
         self.stream: Stream | None = None
         self.task: asyncio.Task[None] | None = None
+        self.opening: asyncio.Task[None] | None = None  # a start waiting for its upstream
 
     async def send(self, frame: p.ServerFrame) -> None:
         data = p.encode(frame, self.subprotocol)
@@ -81,6 +82,9 @@ class _Connection:
             await self.start(frame)
             return True
         stream = self.stream
+        if stream is None and self.opening is not None and isinstance(frame, p.Cancel):
+            self.opening.cancel()  # left the queue: nothing reaches the engine
+            return True
         if stream is None:
             await self.error("out_of_order", f"{frame.type!r} with no stream running")
             return True
@@ -100,7 +104,7 @@ class _Connection:
         return True
 
     async def start(self, frame: p.Start) -> None:
-        if self.stream is not None:
+        if self.stream is not None or self.opening is not None:
             await self.error("out_of_order", "a stream is already running on this connection; "
                              "cancel it or wait for its done frame")
             return
@@ -112,13 +116,20 @@ class _Connection:
             if value is not None:
                 body[key] = value
         req = StreamRequest("chat", body, frame.model, frame.qoe, frame.pacing)
+        # Opening may wait in the gateway's queue: in a task of its own, so this connection keeps
+        # reading frames (a cancel while queued, pings) meanwhile.
+        self.opening = asyncio.create_task(self._open(req, frame.id), name="andes-ws-open")
+
+    async def _open(self, req: StreamRequest, ref: str | None) -> None:
         try:
             stream = await self.gw.open_stream(req)
         except GatewayError as exc:
             await self.error(exc.ws_code, exc.message)
             return
+        finally:
+            self.opening = None
         self.stream = stream
-        self.task = asyncio.create_task(self._run(stream, frame.id), name=f"andes-ws-{stream.id}")
+        self.task = asyncio.create_task(self._run(stream, ref), name=f"andes-ws-{stream.id}")
 
     async def _run(self, stream: Stream, ref: str | None) -> None:
         result: StreamResult | None = None
@@ -148,6 +159,10 @@ class _Connection:
             self.stream = None
 
     async def stop(self) -> None:
+        if self.opening is not None:
+            self.opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.opening
         if self.stream is not None:
             self.stream.cancel("disconnected")
         if self.task is not None and not self.task.done():
