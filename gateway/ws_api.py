@@ -26,6 +26,7 @@ __all__ = ["CLOSE_UNAUTHORIZED", "SOCKETS", "add_routes", "close_all"]
 log = logging.getLogger("andes.gateway")
 
 CLOSE_UNAUTHORIZED = 4401
+MAX_PENDING_FRAMES = 64  # control frames kept while a start waits in the gateway's queue
 SOCKETS = web.AppKey("andes_sockets", set)  # live WebSocketResponses, closed on shutdown
 _FORWARDED = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
@@ -56,6 +57,9 @@ class _Connection:
         self.stream: Stream | None = None
         self.task: asyncio.Task[None] | None = None
         self.opening: asyncio.Task[None] | None = None  # a start waiting for its upstream
+        # Control frames that arrive while the start waits (a client may send its pace right
+        # after start): applied in order once the stream is open. Bounded: a client controls it.
+        self.pending: list[p.ClientFrame] = []
 
     async def send(self, frame: p.ServerFrame) -> None:
         data = p.encode(frame, self.subprotocol)
@@ -82,12 +86,23 @@ class _Connection:
             await self.start(frame)
             return True
         stream = self.stream
-        if stream is None and self.opening is not None and isinstance(frame, p.Cancel):
-            self.opening.cancel()  # left the queue: nothing reaches the engine
+        if stream is None and self.opening is not None:
+            if isinstance(frame, p.Cancel):
+                self.opening.cancel()  # left the queue: nothing reaches the engine
+                self.pending.clear()
+            elif len(self.pending) < MAX_PENDING_FRAMES:
+                self.pending.append(frame)
+            else:
+                await self.error("out_of_order", f"more than {MAX_PENDING_FRAMES} frames "
+                                 "before the stream started")
             return True
         if stream is None:
             await self.error("out_of_order", f"{frame.type!r} with no stream running")
             return True
+        await self._control(stream, frame)
+        return True
+
+    async def _control(self, stream: Stream, frame: p.ClientFrame) -> None:
         try:
             if isinstance(frame, p.Ack):
                 stream.ack(frame.consumed)
@@ -101,7 +116,6 @@ class _Connection:
                 stream.cancel("cancelled")
         except GatewayError as exc:
             await self.error(exc.ws_code, exc.message)
-        return True
 
     async def start(self, frame: p.Start) -> None:
         if self.stream is not None or self.opening is not None:
@@ -130,6 +144,9 @@ class _Connection:
             self.opening = None
         self.stream = stream
         self.task = asyncio.create_task(self._run(stream, ref), name=f"andes-ws-{stream.id}")
+        pending, self.pending = self.pending, []
+        for frame in pending:
+            await self._control(stream, frame)
 
     async def _run(self, stream: Stream, ref: str | None) -> None:
         result: StreamResult | None = None
