@@ -57,6 +57,9 @@ class EndpointConfig:
     # "http": the api above as SSE; "ws": the Andes gateway's /v1/stream (chat, client pacing,
     # bench/ws_client.py), where the reader model plays pace, acks and pauses.
     transport: str = "http"
+    # More request fields, as (name, value) pairs (e.g. llama-cpp-python's ``min_tokens`` and
+    # ``repeat_penalty``, which ``vllm_extras`` does not cover).
+    extra_fields: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -136,6 +139,8 @@ class EndpointConfig:
                 body["cache_salt"] = self.cache_salt
         if self.qoe_field:
             body["qoe"] = {"ttft": req.spec.ttft_s, "tds": req.spec.tds_tok_s}
+        for key, value in self.extra_fields:
+            body[key] = value(req) if callable(value) else value
         return body
 
 
@@ -238,6 +243,8 @@ class _TokenCounter:
             record.error = f"error event: {_error_message(json.dumps(chunk))}"
             return False
         usage = chunk.get("usage")
+        if isinstance(chunk.get("andes"), dict):
+            record.gateway = chunk["andes"]
         choices = chunk.get("choices") or []
         if choices:
             record.token_times_s.extend([now] * max(self._new_tokens(choices[0], usage), 0))

@@ -50,6 +50,9 @@ class RequestRecord:
     end_s: float = math.nan  # when the stream ended (or failed), relative to due_s
     read_tds_tok_s: float | None = None  # the reader's actual pace; None: the declared one
     pauses_s: list[tuple[float, float]] = field(default_factory=list)  # tab hidden [start, end)
+    # The Andes gateway's own account of the stream (the ``andes`` field of its final chunk:
+    # QoE measured at delivery, TTFT, tokens, parks, seams, queue wait); None from other servers.
+    gateway: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:

@@ -49,6 +49,8 @@ class Script:
     finish_reason: str | None = None  # None: "length" when tokens is None, else "stop"
     stamp: bool = False  # each token's text is its emission time (time.monotonic(): benchmarks)
     line_ending: str = "\n"  # of the event stream: "\n", "\r\n" or "\r" (all valid SSE)
+    usage: bool = True  # send the final usage chunk (llama-cpp-python's server sends none)
+    done_without_finish: bool = False  # end with [DONE] and no finish_reason (an interrupt)
 
     def texts(self, body: dict[str, Any]) -> list[str]:
         """The tokens this script streams for a request with ``body``."""
@@ -173,7 +175,8 @@ class ScriptedEngine:
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         record = Record(request.path, body, dict(request.headers), time.perf_counter())
-        if self._keep_records:
+        # The gateway's start-up probe (gateway/probe.py) is not a request a test sent.
+        if self._keep_records and "X-Andes-Probe" not in request.headers:
             self.records.append(record)
         self._changed.set()
         script = self._script_for(body)
@@ -235,8 +238,10 @@ class _Stream:
             await self._chunk(text)
             record.token_clock_s.extend([time.perf_counter()] * n)
             self.changed.set()
-        await self._chunk(None, script.finish())
-        await self._event({**self.base, "choices": [], "usage": self._usage()})
+        if not script.done_without_finish:
+            await self._chunk(None, script.finish())
+            if script.usage:
+                await self._event({**self.base, "choices": [], "usage": self._usage()})
         await self._write("data: [DONE]")
         record.finished = True
 

@@ -113,7 +113,9 @@ async def index(request: web.Request) -> web.StreamResponse:
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     gw = app[GATEWAY]
     await gw.upstream.start()
+    await gw.dispatch.start()  # the scheduler, health checks and the start-up probe
     yield
+    await gw.dispatch.stop()
     await gw.upstream.close()
 
 

@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--config", metavar="FILE", help="TOML or JSON file of settings")
     a("--upstream", dest="upstreams", action="append", metavar="URL",
       help="base URL of an OpenAI-compatible engine (vLLM, SGLang, TGI, llama.cpp, Ollama); "
-           "repeat for several (routed to the least busy)")
+           "repeat for several (routed by predicted time to first token and slack; see "
+           "--routing)")
     a("--upstream-api-key", metavar="KEY", help="API key sent to the engine (Bearer)")
     a("--send-vllm-xargs", choices=("auto", "on", "off"),
       help=f"send the stream id and QoE in vllm_xargs; auto = when the engine is vLLM "
@@ -76,6 +77,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help=f"': ping' on an SSE stream silent this long (default {_D.keepalive_s})")
     a("--shutdown-grace-s", type=float, metavar="S",
       help=f"on SIGTERM, live streams get this long to finish (default {_D.shutdown_grace_s})")
+    a("--model-alias", dest="model_aliases", action="append", metavar="PUBLIC=UPSTREAM_ID",
+      help="serve the upstream's model UPSTREAM_ID (e.g. a GGUF path) as PUBLIC (repeat)")
+    g = parser.add_argument_group(
+        "scheduling", "QoE scheduling in front of engines Andes does not control: a queue "
+        "ordered by QoE value, parking by continuation, routing among replicas")
+    b = g.add_argument
+    b("--admission", action=argparse.BooleanOptionalAction, default=None,
+      help=f"hold new streams in the gateway's queue when admitting them would push admitted "
+           f"streams below their readers' pace (default {_D.admission}); --no-admission: "
+           f"pacing only, every request goes upstream at once")
+    b("--parking", choices=("auto", "off"),
+      help=f"park streams with seconds buffered (abort upstream, resume by continuation) where "
+           f"a start-up probe finds the continuation exact (default {_D.parking})")
+    b("--routing", choices=("qoe", "least_busy"),
+      help=f"choose among replicas by predicted TTFT and slack, or the fewest in flight "
+           f"(default {_D.routing})")
+    b("--queue-max", type=int, metavar="N",
+      help=f"streams waiting in the gateway at most; more get 429 (default {_D.queue_max})")
+    b("--queue-timeout-s", type=float, metavar="S",
+      help=f"a stream queued this long gets 429 (default {_D.queue_timeout_s})")
+    b("--sched-horizon-s", type=float, metavar="S",
+      help=f"look-ahead of the QoE valuation (default {_D.sched_horizon_s})")
+    b("--sched-interval-s", type=float, metavar="S",
+      help=f"how often waiting and parked streams are reconsidered (default "
+           f"{_D.sched_interval_s})")
+    b("--park-min-slack-s", type=float, metavar="S",
+      help=f"park only streams with this many seconds buffered for the reader "
+           f"(default {_D.park_min_slack_s})")
+    b("--park-min-run-s", type=float, metavar="S",
+      help=f"a (re)started stream runs at least this long before it may be parked "
+           f"(default {_D.park_min_run_s})")
+    b("--max-upstream-streams", type=int, metavar="N",
+      help=f"hard limit of requests in flight per upstream; 0 = what is learned "
+           f"(default {_D.max_upstream_streams})")
+    b("--health-interval-s", type=float, metavar="S",
+      help=f"seconds between health checks of each upstream (default {_D.health_interval_s})")
     a("--log-format", choices=("text", "json"), help=f"log lines (default {_D.log_format})")
     a("--log-level", choices=("debug", "info", "warning", "error"),
       help=f"(default {_D.log_level})")

@@ -57,6 +57,20 @@ class GatewayConfig:
     slack_discovery: bool = True
     slack_secret: str | None = None  # the engine's ANDES_SLACK_SECRET
     slack_interval_s: float = 0.075  # one batch of every live stream's slack per interval
+    # Model aliases: "public=upstream-id" (e.g. "smollm2=/models/SmolLM2.Q4_1.gguf").
+    model_aliases: tuple[str, ...] = ()
+    # QoE scheduling in front of engines Andes does not control (gateway/admission.py).
+    admission: bool = True  # hold new streams in a QoE-ordered queue when upstreams are full
+    parking: Literal["auto", "off"] = "auto"  # auto: park where the start-up probe found exact
+    routing: Literal["qoe", "least_busy"] = "qoe"  # how replicas are chosen
+    queue_max: int = 1024  # streams waiting in the gateway's queue at most; more get 429
+    queue_timeout_s: float = 60.0  # a stream queued longer gets 429
+    sched_horizon_s: float = 3.0  # the QoE valuation's look-ahead, seconds
+    sched_interval_s: float = 0.1  # how often the queue and parked streams are reconsidered
+    park_min_slack_s: float = 6.0  # park a stream only with this much buffered for its reader
+    park_min_run_s: float = 1.0  # a (re)started stream runs this long before it may be parked
+    max_upstream_streams: int = 0  # hard limit of requests in flight per upstream; 0 = learned
+    health_interval_s: float = 2.0  # how often each upstream's GET /v1/models is checked
 
     def __post_init__(self) -> None:
         for url in self.upstreams:
@@ -66,6 +80,7 @@ class GatewayConfig:
         _choice("pacing", self.pacing, ("server", "client", "off"))
         _choice("log_format", self.log_format, ("text", "json"))
         _choice("log_level", self.log_level, ("debug", "info", "warning", "error"))
+        self._check_scheduling()
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be within [0, 65535], got {self.port!r}")
         _positive("tds_tok_s", self.tds_tok_s)
@@ -79,7 +94,7 @@ class GatewayConfig:
         if not (math.isfinite(self.shutdown_grace_s) and self.shutdown_grace_s >= 0):
             raise ConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
         for name in ("max_body_bytes", "max_tokens", "max_concurrent_streams",
-                     "max_buffered_tokens"):
+                     "max_buffered_tokens", "queue_max"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if any(not k for k in self.api_keys):
@@ -93,6 +108,33 @@ class GatewayConfig:
             raise ConfigError(
                 f"slack_interval_s must be within (0, 10] seconds, got {self.slack_interval_s!r}"
             )
+
+    def _check_scheduling(self) -> None:
+        _choice("parking", self.parking, ("auto", "off"))
+        _choice("routing", self.routing, ("qoe", "least_busy"))
+        for name in ("queue_timeout_s", "sched_horizon_s", "sched_interval_s",
+                     "health_interval_s"):
+            _positive(name, getattr(self, name))
+        for name in ("park_min_slack_s", "park_min_run_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.max_upstream_streams < 0:
+            raise ConfigError(
+                f"max_upstream_streams must be >= 0, got {self.max_upstream_streams!r}")
+        self.alias_map()  # validates
+
+    def alias_map(self) -> dict[str, str]:
+        """``model_aliases`` as {public name: upstream id}."""
+        out: dict[str, str] = {}
+        for entry in self.model_aliases:
+            public, sep, target = entry.partition("=")
+            if not sep or not public.strip() or not target.strip():
+                raise ConfigError(f"model_aliases: {entry!r} is not PUBLIC=UPSTREAM_ID")
+            if public.strip() in out:
+                raise ConfigError(f"model_aliases: {public.strip()!r} is given twice")
+            out[public.strip()] = target.strip()
+        return out
 
     def redacted(self) -> dict[str, Any]:
         """The configuration for logs: secrets replaced by their count."""
@@ -115,7 +157,8 @@ def _positive(name: str, value: float) -> None:
 
 # -- loading ------------------------------------------------------------------------------------
 
-_ALIASES = {"upstream": "upstreams", "api_key": "api_keys", "model": "models"}
+_ALIASES = {"upstream": "upstreams", "api_key": "api_keys", "model": "models",
+            "model_alias": "model_aliases"}
 
 
 def _kind(name: str) -> str:

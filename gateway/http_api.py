@@ -233,6 +233,8 @@ async def _completion(request: web.Request, endpoint: Endpoint) -> web.StreamRes
         result = await stream.run(_SSESink(resp, renderer, gw.config.keepalive_s,
                                                   request.transport))
         if result.reason in ("finished", "error"):
+            if result.error is None:
+                await gw.complete_usage(stream, result)
             await _sse_tail(resp, renderer, stream, result)
     except (ConnectionError, GatewayError):
         stream.cancel("disconnected")
@@ -267,6 +269,7 @@ async def _single(gw: Gateway, stream: Stream, renderer: _Renderer,
         gw.end_stream(stream, stream.result or stream.finish("disconnected"), "http")
     if result.error is not None:
         return web.json_response(result.error.body(), status=result.error.status, headers=headers)
+    await gw.complete_usage(stream, result)
     text = "".join(sink.parts)
     finish = result.finish_reason or "stop"
     if renderer.endpoint == "chat":

@@ -1,8 +1,10 @@
-"""The gateway service: what every transport shares — admission, opening the engine request,
-the live-stream table, and what happens when a stream ends (metrics, one log line)."""
+"""The gateway service: what every transport shares — admission (the stream table's limit, then
+the QoE queue of :mod:`gateway.dispatch`), opening the engine request, the live-stream table,
+and what happens when a stream ends (usage filled in, metrics, one log line)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass
@@ -10,12 +12,14 @@ from typing import Any
 
 from core.qoe import QoESpec
 from gateway.config import GatewayConfig
+from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, InvalidRequest, UpstreamStatus
 from gateway.metrics import Metrics
 from gateway.pacer import PacerConfig, PacingMode
 from gateway.protocol import QoEFields
 from gateway.stream import Stream, StreamResult, StreamTable, new_stream_id
 from gateway.upstream import Endpoint, Upstream
+from gateway.usage import check_seams, count_prompt, fill_usage
 
 __all__ = ["Gateway", "StreamRequest"]
 
@@ -43,6 +47,11 @@ class Gateway:
         self.metrics = Metrics(active=lambda: len(self.table),
                                buffered=self.table.buffered_tokens)
         self._hooks = self.metrics.hooks()
+        self.dispatch = Dispatcher(config, self.upstream, self.metrics.dispatch_hooks())
+        self.metrics.watch(self.dispatch.scheduler.queue_length, self.upstream.replicas,
+                           config.tds_tok_s)
+        self._requests: dict[str, tuple[Endpoint, dict[str, Any]]] = {}
+        self._background: set[asyncio.Future[None]] = set()  # seam checks after a stream
 
     def check_max_tokens(self, body: dict[str, Any]) -> None:
         for key in ("max_tokens", "max_completion_tokens"):
@@ -63,7 +72,7 @@ class Gateway:
         self.check_max_tokens(req.body)
         self.table.admit()
         try:
-            model = await self.upstream.resolve_model(req.model)
+            public, model = await self.upstream.resolve_model(req.model)
             spec = QoESpec(self.config.ttft_s if req.qoe.ttft is None else req.qoe.ttft,
                            self.config.tds_tok_s if req.qoe.tds is None else req.qoe.tds)
             pacer = PacerConfig(tds_tok_s=spec.tds_tok_s, mode=req.pacing or self.config.pacing,
@@ -72,28 +81,45 @@ class Gateway:
                                 max_buffered_tokens=self.config.max_buffered_tokens)
             stream = Stream(new_stream_id(), spec, pacer,
                             slow_reader_timeout_s=self.config.slow_reader_timeout_s,
-                            hooks=self._hooks, model=model)
+                            hooks=self._hooks, model=public)
             body = dict(req.body, model=model)
+            replica = await self.dispatch.acquire(stream, req.endpoint, body)
             try:
                 upstream = await self.upstream.open(req.endpoint, body, stream_id=stream.id,
-                                                    qoe=spec)
-            except UpstreamStatus:
-                self.metrics.upstream_errors.labels("status").inc()
-                raise
-            except GatewayError as exc:
-                if exc.status >= 500:
+                                                    qoe=spec, server=replica)
+            except BaseException as exc:
+                self.dispatch.failed_to_open(stream)
+                if isinstance(exc, UpstreamStatus):
+                    self.metrics.upstream_errors.labels("status").inc()
+                elif isinstance(exc, GatewayError) and exc.status >= 500:
                     self.metrics.upstream_errors.labels("connect").inc()
                 raise
         except BaseException:
             self.table.release(None)
             raise
         self.table.register(stream)
+        self._requests[stream.id] = (req.endpoint, body)
         stream.attach(upstream)
+        count_prompt(self.upstream, stream, req.endpoint, body)
         return stream
+
+    async def complete_usage(self, stream: Stream, result: StreamResult) -> None:
+        """Fill in what the engine did not count (:mod:`gateway.usage`) before it is reported."""
+        endpoint, body = self._requests.get(stream.id, ("chat", {}))
+        await fill_usage(self.upstream, stream, result, endpoint, body)
 
     def end_stream(self, stream: Stream, result: StreamResult, transport: str) -> None:
         """Free the slot, record the metrics and write the stream's one log line."""
         self.table.release(stream.id)
+        endpoint, body = self._requests.pop(stream.id, ("chat", {}))
+        if stream.prompt_count is not None and not stream.prompt_count.done():
+            stream.prompt_count.cancel()
+        if stream.parks:
+            task = asyncio.ensure_future(check_seams(
+                self.upstream, stream, endpoint, body,
+                lambda outcome: self.metrics.seams.labels(outcome).inc()))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         self.metrics.stream_ended(stream.mode, result)
         record = {
             "event": "stream_end", "stream_id": stream.id, "transport": transport,
@@ -101,7 +127,8 @@ class Gateway:
             "finish_reason": result.finish_reason, "tokens": result.tokens,
             "qoe": round(result.qoe, 4),
             "ttft_s": None if result.ttft_s is None else round(result.ttft_s, 4),
-            "tds": stream.spec.tds_tok_s,
+            "tds": stream.spec.tds_tok_s, "parks": result.parks,
+            "queued_s": round(result.queued_s, 4),
             "error": None if result.error is None else result.error.message,
         }
         if self.config.log_format == "json":

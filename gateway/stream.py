@@ -12,6 +12,13 @@ A :class:`Stream` joins three things and is shared by every transport:
 * the control inputs (:meth:`ack`, :meth:`set_pace`, :meth:`pause`, :meth:`resume`,
   :meth:`cancel`, :meth:`abort`) from the WebSocket or the SSE ack endpoint.
 
+A stream may be served by several engine requests in turn (*segments*): the gateway's scheduler
+can :meth:`park` it — abort its engine request while its reader lives off the buffer — and later
+:meth:`attach` a continuation (:mod:`gateway.continuation`). The pacer, the QoE trackers and the
+reader never see the seam: one stream, one usage total, one QoE. :attr:`progress` keeps what the
+continuation needs (the prompt's and the generated tokens' ids where the engine returns them, the
+generated text, the count).
+
 Buffers are bounded: the pacer holds at most ``max_buffered_tokens`` unreleased tokens
 (:class:`~gateway.pacer.PacerOverflow` ends the stream as a slow reader), and a transport write
 that cannot drain in time ends it too. Whatever ends the stream, the engine request is closed at
@@ -38,6 +45,8 @@ from typing import Any, ClassVar, Protocol
 
 from core.qoe import QoESpec, QoETracker
 from core.slack import SlackRecord
+from core.slack import slack_s as _slack_s
+from gateway.continuation import Progress
 from gateway.errors import GatewayError, InvalidRequest, RateLimited, ShuttingDown, SlowReader
 from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
 from gateway.upstream import UpstreamError, UpstreamStream
@@ -87,12 +96,26 @@ class StreamResult:
     ttft_s: float | None
     tokens: int  # tokens delivered
     error: GatewayError | None = None
+    # Where each usage number came from: "engine", "ids" (token ids the engine returned),
+    # "counted" (deltas the gateway counted), "tokenize" (the engine's tokenize endpoint),
+    # "estimate" (characters / 4) — docs/continuation.md, "Usage".
+    usage_source: dict[str, str] = field(default_factory=dict)
+    parks: int = 0  # times the stream was parked (and resumed)
+    queued_s: float = 0.0  # time spent in the gateway's queue before its first engine request
 
     def andes(self, stream_id: str) -> dict[str, Any]:
         """The ``andes`` field of the final HTTP chunk."""
-        return {"stream_id": stream_id, "qoe": round(self.qoe, 6),
-                "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 6),
-                "tokens": self.tokens}
+        out: dict[str, Any] = {
+            "stream_id": stream_id, "qoe": round(self.qoe, 6),
+            "ttft_s": None if self.ttft_s is None else round(self.ttft_s, 6),
+            "tokens": self.tokens}
+        if self.usage_source:
+            out["usage_source"] = dict(self.usage_source)
+        if self.parks:
+            out["parks"] = self.parks
+        if self.queued_s:
+            out["queued_s"] = round(self.queued_s, 6)
+        return out
 
 
 @dataclass(slots=True)
@@ -124,6 +147,20 @@ class Stream:
         self._upstream: UpstreamStream | None = None
         self._reader: asyncio.Task[None] | None = None
         self._upstream_done = False
+        # Segments (parking): what the engine produced so far, and the usage of the last one.
+        self.arrivals = QoETracker(spec, self.arrival_s)  # at the gateway: the QoE to predict
+        self.progress = Progress()
+        self.seam_ok = True  # no text held back by the engine at this point (a clean seam)
+        self.parks = 0
+        self.queued_s = 0.0
+        self.replica: Any = None  # the Replica of the latest segment
+        self._segment_start = 0  # progress.tokens when the current segment started
+        self._last_usage: dict[str, int] | None = None  # the final segment's engine usage
+        self._parking = False
+        self._expect_prompt: list[int] | None = None  # a continuation's prompt, to check
+        self.seam_defects = 0  # continuations whose engine-side prompt was not what was sent
+        self.prompt_count: asyncio.Future[int | None] | None = None  # gateway/usage.py
+        self.on_end: Callable[[Stream], None] | None = None  # the scheduler forgets it
         self._waiter: asyncio.Future[None] | None = None
         self._clock = _Clock.of(self._loop)
         self._wake_at_s: float | None = None  # the deadline of this stream's entry in the clock
@@ -136,41 +173,110 @@ class Stream:
 
     # -- engine side ----------------------------------------------------------------------------
 
-    def attach(self, upstream: UpstreamStream) -> None:
-        """Start taking the engine's tokens (in a task of its own)."""
+    def attach(self, upstream: UpstreamStream, expect_prompt: list[int] | None = None) -> None:
+        """Start taking the engine's tokens (in a task of its own): the first engine request, or
+        a continuation after :meth:`park` (``expect_prompt``: the token ids it was sent, which
+        the engine's echo must match — the seam check of a token-id continuation)."""
+        self._expect_prompt = expect_prompt
         self._upstream = upstream
-        self._reader = asyncio.create_task(self._read(), name=f"andes-upstream-{self.id}")
+        self.replica = upstream.server
+        self._segment_start = self.progress.tokens
+        self._parking = False
+        self._reader = asyncio.create_task(self._read(upstream),
+                                           name=f"andes-upstream-{self.id}")
 
-    async def _read(self) -> None:
-        assert self._upstream is not None
+    @property
+    def is_parked(self) -> bool:
+        return self._upstream is None and not self._upstream_done and self._reader is not None
+
+    def end_parked(self, finish_reason: str) -> None:
+        """A parked stream turned out complete (parked after its last token): end it there."""
+        if self._upstream is None and not self._upstream_done:
+            self.finish_reason = self.finish_reason or finish_reason
+            self._upstream_done = True
+            if not self.pacer.closed:
+                self.pacer.close(self._loop.time())
+            self._wake()
+
+    def park(self) -> None:
+        """Abort the engine request, keep the stream: the reader reads on from the buffer until
+        :meth:`attach` resumes it."""
+        upstream, self._upstream = self._upstream, None
+        if upstream is None:
+            return
+        self._parking = True
+        self.parks += 1
+        upstream.close()
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+
+    def _take(self, event: Any, now: float) -> None:
+        progress = self.progress
+        if event.prompt_token_ids is not None:
+            if progress.prompt_token_ids is None:
+                progress.prompt_token_ids = list(event.prompt_token_ids)
+            elif self._expect_prompt is not None:
+                if list(event.prompt_token_ids) != self._expect_prompt:
+                    self.seam_defects += 1
+                self._expect_prompt = None
+        if event.token_ids is not None:
+            progress.token_ids.extend(event.token_ids)
+            progress.tokens += len(event.token_ids)
+            # Ids with no text: the engine holds text back (a split character, a stop string).
+            self.seam_ok = event.text is not None or not event.token_ids
+        elif event.text is not None:
+            progress.tokens += 1
+        if event.text is not None:
+            progress.text += event.text
+            self.pacer.feed((event.text,), now)
+            self.arrivals.add(now, 1)
+
+    def _apply(self, event: Any, now: float) -> None:
+        self._take(event, now)
+        if event.finish_reason is not None:
+            self.finish_reason = event.finish_reason
+        if event.usage is not None:
+            self._last_usage = event.usage
+            self.usage = event.usage
+
+    async def _read(self, upstream: UpstreamStream) -> None:
+        parked = False
         try:
-            async for event in self._upstream.events():
-                if event.text is not None:
-                    self.pacer.feed((event.text,), self._loop.time())
-                if event.finish_reason is not None:
-                    self.finish_reason = event.finish_reason
-                if event.usage is not None:
-                    self.usage = event.usage
+            async for event in upstream.events():
+                self._apply(event, self._loop.time())
                 self._wake()
+        except asyncio.CancelledError:
+            parked = self._parking
+            if not parked:
+                raise
         except UpstreamError as exc:
-            self._hooks.upstream_error("mid_stream")
-            self._fail(exc)
+            parked = self._parking
+            if not parked:
+                self._hooks.upstream_error("mid_stream")
+                self._fail(exc)
         except PacerOverflow as exc:
             self._fail(SlowReader(f"the reader fell too far behind: {exc}"))
         except Exception as exc:  # a gateway bug: end the stream, keep the context in the log
             self._fail(GatewayError(f"internal error while reading the engine's stream: {exc!r}"))
             raise
         finally:
-            self._upstream_done = True
-            if not self.pacer.closed:
-                self.pacer.close()
+            if not parked:
+                self._upstream_done = True
+                if not self.pacer.closed:
+                    self.pacer.close()
             self._wake()
 
     def _stop_upstream(self) -> None:
+        self._parking = False
         if self._upstream is not None:
             self._upstream.close()
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
+        elif self._upstream is None and not self._upstream_done:
+            # Parked (or never attached): nothing to abort upstream; the stream ends here.
+            self._upstream_done = True
+            if not self.pacer.closed:
+                self.pacer.close()
 
     # -- control --------------------------------------------------------------------------------
 
@@ -222,6 +328,38 @@ class Stream:
 
     def buffered(self) -> int:
         return self.pacer.buffered(self._loop.time())
+
+    def slack_s(self, now_s: float) -> float:
+        """Seconds the reader can read from what is buffered (``inf`` while paused)."""
+        pacer = self.pacer
+        return _slack_s(pacer.buffered(now_s), pacer.tds_tok_s, pacer.paused)
+
+    @property
+    def pace_tok_s(self) -> float:
+        return float(self.pacer.tds_tok_s)
+
+    def final_usage(self) -> tuple[dict[str, int], dict[str, str]]:
+        """The stream's usage over all its segments, and where each number came from; a missing
+        ``prompt_tokens`` is for :mod:`gateway.usage` to fill in."""
+        last = self._last_usage
+        if last is not None and self.parks == 0 and "completion_tokens" in last:
+            out = {"prompt_tokens": int(last.get("prompt_tokens", 0)),
+                   "completion_tokens": int(last["completion_tokens"])}
+            return out, {"prompt_tokens": "engine", "completion_tokens": "engine"}
+        ids = self.progress.prompt_token_ids is not None
+        usage: dict[str, int] = {}
+        source: dict[str, str] = {}
+        if last is not None and "completion_tokens" in last and self._upstream_done:
+            # Aborted segments reported nothing: count them, take the engine's word for the last.
+            usage["completion_tokens"] = self._segment_start + int(last["completion_tokens"])
+            source["completion_tokens"] = "engine+" + ("ids" if ids else "counted")
+        else:
+            usage["completion_tokens"] = self.progress.tokens
+            source["completion_tokens"] = "ids" if ids else "counted"
+        if self.progress.prompt_token_ids is not None:
+            usage["prompt_tokens"] = len(self.progress.prompt_token_ids)
+            source["prompt_tokens"] = "ids"
+        return usage, source
 
     def slack_record(self, now_s: float, wall_s: float) -> SlackRecord:
         """This stream's delivery for the engine's scheduler (:mod:`core.slack` defines it).
@@ -347,9 +485,14 @@ class Stream:
                 tracker.add(self._loop.time(), unacked)
                 self._acked = self.pacer.sent
         ttft = None if self.first_token_s is None else self.first_token_s - self.arrival_s
+        usage, source = self.final_usage()
         self.result = StreamResult(reason=reason, finish_reason=self.finish_reason,
-                                   usage=dict(self.usage), qoe=tracker.qoe(), ttft_s=ttft,
-                                   tokens=self.pacer.sent, error=self.error)
+                                   usage=usage, qoe=tracker.qoe(), ttft_s=ttft,
+                                   tokens=self.pacer.sent, error=self.error,
+                                   usage_source=source, parks=self.parks,
+                                   queued_s=self.queued_s)
+        if self.on_end is not None:
+            self.on_end(self)
         return self.result
 
 

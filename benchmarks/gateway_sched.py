@@ -1,0 +1,501 @@
+"""Gateway scheduling in front of engines Andes does not control: pacing only vs scheduling.
+
+One command, resumable::
+
+    python benchmarks/gateway_sched.py            # the full run (llama.cpp and stock vLLM)
+    python benchmarks/gateway_sched.py --quick    # a smoke run (a few minutes)
+
+For each engine — llama.cpp's server (llama-cpp-python, one slot) and stock vLLM (no Andes
+plug-in), both on the bundled SmolLM2-135M — it starts the engine once, measures its saturated
+token throughput ``X`` (llama.cpp: one long request; vLLM: a burst of concurrent ones). At
+``X / mean output tokens`` requests/s the engine is saturated (utilization 1); the knee is put at
+half that, where first-come-first-served queueing starts to cost readers their first token (an
+estimate from the measured throughput, not a measured QoE curve: ``--load-factors`` moves the
+grid). Loads run from the knee to 2× it (utilization 0.5 to 1). At each load the *same*
+requests arrive at the *same* Poisson times (one seed), through an ``andes gateway`` process
+started for each configuration:
+
+* ``pacing`` — ``--no-admission --parking off --routing least_busy``: today's proxy mode, every
+  request goes upstream at once and the engine's own first-come-first-served order decides;
+* ``sched`` — the defaults: the gateway's QoE queue, parking by continuation, QoE routing.
+
+Then two llama.cpp replicas behind one gateway: ``least_busy`` (pacing only, fewest in flight)
+vs ``qoe`` (scheduling with QoE routing), each replica at the heaviest load factor.
+
+The load generator is ``bench/``'s open loop: every request is sent when due (no concurrency cap
+below what the engine admits: ``max_concurrency`` 4,096). Outputs are forced to
+``min(trace length, --max-output-tokens)`` (vLLM ``ignore_eos``; llama.cpp ``min_tokens``),
+greedy (temperature 0; on llama.cpp ``repeat_penalty`` 1, the setting it can park),
+readers' paces scaled by ``--tds-scale`` as in ``bench/plan.py``. QoE, TTFT (from arrival at the
+gateway, queue included) and tokens are the gateway's own measurement at delivery, from the
+``andes`` field of each stream's final chunk — with server pacing the client sees coalesced
+frames, not tokens. Seam defects: parks whose seams failed (or could not get) the gateway's
+checks (``andes_gateway_seams_total``; docs/continuation.md: the token-id echo on vLLM,
+re-tokenization on llama.cpp) plus parked streams that did not get exactly their forced length.
+
+**Held-out workload.** The trace's first half (requests 0 … N/2-1) is the development split: the
+defaults above (horizon, park thresholds, loads) were chosen on it, and ``--quick`` runs on it.
+The second half (requests N/2 … N-1) is held out: the full run reports on it (``--split test``)
+and no tuning has looked at it.
+
+Raw runs go to ``benchmarks/results/gateway_sched/`` (``quick/`` for smoke runs); a rerun with
+the same settings reuses them, so an interrupted run resumes (``--fresh`` redoes all). The table
+goes to section ``gateway-sched`` of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.cli import DEFAULT_TRACE, load_requests
+from bench.client import EndpointConfig
+from bench.plan import PlanConfig, PlannedRequest, build_plan
+from bench.result import BenchRun, RequestRecord
+from bench.runner import RunConfig, run_load
+from benchmarks.record import command_line, machine_line, record
+from engine.sim.arrivals import ArrivalSpec
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gateway_sched"
+SECTION = "gateway-sched"
+CONFIGS = {
+    "pacing": ("--no-admission", "--parking", "off", "--routing", "least_busy"),
+    "sched": ("--admission", "--parking", "auto", "--routing", "qoe"),
+}
+REPLICA_CONFIGS = {"least_busy": CONFIGS["pacing"], "qoe": CONFIGS["sched"]}
+
+
+def find_trace() -> Path:
+    """The paper's trace: ``shared/data/`` beside the checkout (or above it), as the workspace and
+    CI lay it out; bench's DEFAULT_TRACE otherwise."""
+    here = Path(__file__).resolve()
+    for folder in here.parents:
+        candidate = folder / "shared" / "data" / DEFAULT_TRACE.name
+        if candidate.is_file():
+            return candidate
+    return DEFAULT_TRACE
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What determines a run's measurements (a saved run is reused only if equal)."""
+
+    workload: str  # the trace file
+    split: str  # "dev" (first half of the trace) or "test" (the held-out second half)
+    seed: int
+    duration_s: float
+    tds_scale: float
+    max_prompt_tokens: int
+    max_output_tokens: int
+
+    def plan(self, rate_rps: float) -> list[PlannedRequest]:
+        workload, texts = load_requests(self.workload, self.seed)
+        half = len(workload) // 2
+        part = workload[:half] if self.split == "dev" else workload[half:]
+        cfg = PlanConfig(arrivals=ArrivalSpec("poisson", rate_rps=rate_rps),
+                         duration_s=self.duration_s, seed=self.seed, tds_scale=self.tds_scale,
+                         max_prompt_tokens=self.max_prompt_tokens,
+                         max_output_tokens=self.max_output_tokens)
+        plan = build_plan(part, cfg, texts)
+        if len(plan) > len(part):
+            raise SystemExit("the plan would reuse requests across the split; shorten it")
+        return plan
+
+
+# -- engines --
+
+
+@dataclass
+class Engine:
+    kind: str
+    base_urls: list[str]
+    model: str
+    vllm_extras: bool
+    extra_fields: tuple[tuple[str, Any], ...]
+
+
+@contextlib.contextmanager
+def start_engine(kind: str, replicas: int, log_dir: Path, eager: bool = False) -> Iterator[Engine]:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if kind == "llama_cpp":
+        from engine.llamacpp.launch import LlamaCppConfig, LlamaCppProcess
+
+        procs = [LlamaCppProcess(LlamaCppConfig(port=0), log_path=log_dir / f"llama{i}.log")
+                 for i in range(replicas)]
+        try:
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.wait_ready(300)
+            yield Engine(kind, [p.base_url for p in procs], procs[0].model_path, False,
+                         (("min_tokens", lambda r: r.max_tokens), ("repeat_penalty", 1.0)))
+        finally:
+            for p in procs:
+                p.stop()
+        return
+    from engine.vllm.launch import EngineConfig, EngineProcess
+
+    config = EngineConfig(port=0, stock=True, max_model_len=2048, block_size=32,
+                          num_kv_blocks=256, max_num_seqs=64, enforce_eager=eager)
+    with EngineProcess(config, log_path=log_dir / "vllm.log") as proc:
+        yield Engine(kind, [proc.base_url], "smollm2-135m-instruct", True, ())
+
+
+def _post(url: str, body: dict[str, Any], timeout_s: float = 600) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        return json.loads(resp.read())  # type: ignore[no-any-return]
+
+
+def throughput_tok_s(engine: Engine) -> float:
+    """The engine's saturated production, tokens/s, measured straight (no gateway)."""
+    base = engine.base_urls[0] + "/v1/completions"
+    body: dict[str, Any] = {"model": engine.model, "prompt": "Tell me a long story.",
+                            "temperature": 0}
+    if engine.kind == "llama_cpp":
+        n, parallel = 128, 1
+        body.update(max_tokens=n, min_tokens=n, repeat_penalty=1.0)
+    else:
+        n, parallel = 64, 32
+        body.update(max_tokens=n, ignore_eos=True)
+    _post(base, dict(body, max_tokens=8, min_tokens=0) if engine.kind == "llama_cpp"
+          else dict(body, max_tokens=8))  # warm-up
+
+    async def burst() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(loop.run_in_executor(None, _post, base, body)
+                               for _ in range(parallel)))
+        return parallel * n / (time.perf_counter() - t0)
+
+    return asyncio.run(burst())
+
+
+# -- one configuration at one load --
+
+
+@contextlib.contextmanager
+def gateway(upstreams: Sequence[str], args: Sequence[str], log: Path) -> Iterator[str]:
+    cmd = [sys.executable, "-m", "andes", "gateway", "--port", "0",
+           *(a for u in upstreams for a in ("--upstream", u)), *args]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as out:
+        # No slack channel: these engines have no receiver for it.
+        env = {**os.environ, "ANDES_GATEWAY_SLACK_DISCOVERY": "0"}
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=out, text=True,
+                                start_new_session=True, env=env)
+        try:
+            assert proc.stderr is not None
+            url = None
+            deadline = time.monotonic() + 60
+            while url is None and time.monotonic() < deadline:
+                line = proc.stderr.readline()
+                if not line and proc.poll() is not None:
+                    raise SystemExit(f"the gateway exited: {cmd}")
+                out.write(line)
+                m = re.search(r"listening on (http://\S+)", line)
+                if m:
+                    url = m.group(1)
+            if url is None:
+                raise SystemExit("the gateway did not start")
+            # Keep draining its log (a line per stream): a full pipe would block the gateway.
+            threading.Thread(target=_copy, args=(proc.stderr, out), daemon=True).start()
+            _wait_probed(url)
+            yield url
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _copy(src: Any, dst: Any) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        for line in src:
+            dst.write(line)
+
+
+def _wait_probed(url: str, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+                ups = json.loads(resp.read())["upstreams"]
+            if all(u.get("probe", "not probed") != "not probed" for u in ups):
+                return
+        time.sleep(0.5)
+
+
+def run_path(runs_dir: Path, name: str, rate: float) -> Path:
+    return runs_dir / f"{name}_rate{rate:.4g}.json"
+
+
+def measure(engine: Engine, name: str, args: Sequence[str], rate: float, settings: Settings,
+            runs_dir: Path, progress: bool) -> BenchRun:
+    path = run_path(runs_dir, name, rate)
+    key = json.loads(json.dumps(asdict(settings)))
+    if path.exists():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            run = BenchRun.load(path)
+            if not run.interrupted and run.meta.get("settings") == key:
+                print(f"[{name} @ {rate:.3g}/s] reusing {path.name}", flush=True)
+                return run
+    plan = settings.plan(rate)
+    with gateway(engine.base_urls, args, runs_dir / f"{name}_rate{rate:.4g}.gateway.log") as url:
+        endpoint = EndpointConfig(url, model=engine.model, vllm_extras=engine.vllm_extras,
+                                  qoe_field=True, cache_salt=f"{name}-{rate}-{time.time():.0f}"
+                                  if engine.vllm_extras else None,
+                                  extra_fields=engine.extra_fields, request_timeout_s=3600,
+                                  read_timeout_s=900)
+        run = asyncio.run(run_load(plan, endpoint, RunConfig(
+            max_concurrency=4096, progress=progress, label=f"{name} @ {rate:.3g}/s")))
+        metrics = _settled_metrics(url)
+    run.meta.update(settings=asdict(settings), rate_rps=rate, config=name, args=list(args),
+                    parks=_metric(metrics, "andes_gateway_parks_total"),
+                    seams_ok=_metric(metrics, 'andes_gateway_seams_total{result="ok"}'),
+                    seam_defects=_metric(metrics, 'andes_gateway_seams_total{result="defect"}'),
+                    seams_unchecked=_metric(metrics,
+                                            'andes_gateway_seams_total{result="unchecked"}'),
+                    resumes=_metric(metrics, "andes_gateway_resumes_total"),
+                    resume_ttft_sum=_metric(metrics, "andes_gateway_resume_ttft_seconds_sum"),
+                    resume_ttft_count=_metric(metrics, "andes_gateway_resume_ttft_seconds_count"))
+    if run.interrupted:
+        raise KeyboardInterrupt
+    run.save(path)
+    return run
+
+
+def _settled_metrics(url: str, timeout_s: float = 120.0) -> str:
+    """The gateway's metrics once every park's seam check has reported (they run after each
+    stream, in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = _get(url + "/metrics")
+        checked = _metric(text, "andes_gateway_seams_total")
+        if checked >= _metric(text, "andes_gateway_parks_total") or time.monotonic() > deadline:
+            return text
+        time.sleep(0.5)
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+# -- report --
+
+
+@dataclass(frozen=True)
+class Row:
+    engine: str
+    config: str
+    rate: float
+    load: str
+    n: int
+    errors: int
+    avg_qoe: float
+    p10_qoe: float
+    ttft_p50_s: float
+    ttft_p99_s: float
+    throughput_tok_s: float
+    parks: int
+    resumes: int
+    seam_defects: int
+    resume_ttft_s: float
+    queue_wait_mean_s: float
+    queue_wait_p99_s: float
+
+
+def _pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return math.nan
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+
+
+def _short(r: RequestRecord) -> bool:
+    """A parked stream that did not get exactly its forced length (a token lost or repeated)."""
+    g = r.gateway or {}
+    return bool(g.get("parks")) and r.error is None and g.get("tokens") != r.max_tokens
+
+
+def summarize(engine: str, config: str, load: str, run: BenchRun) -> Row:
+    recs = run.records
+    qoe = [float((r.gateway or {}).get("qoe", 0.0)) if r.error is None else 0.0 for r in recs]
+    ttft = [float(r.gateway["ttft_s"]) for r in recs
+            if r.gateway and r.gateway.get("ttft_s") is not None]
+    waits = [float((r.gateway or {}).get("queued_s", 0.0)) for r in recs if r.gateway]
+    tokens = sum(int((r.gateway or {}).get("tokens", 0)) for r in recs)
+    start = min((r.due_s for r in recs), default=0.0)
+    end = max((r.due_s + r.end_s for r in recs if not math.isnan(r.end_s)), default=1.0)
+    m = run.meta
+    cost = (m.get("resume_ttft_sum", 0.0) / m["resume_ttft_count"]
+            if m.get("resume_ttft_count") else math.nan)
+    return Row(engine, config, float(m["rate_rps"]), load, len(recs),
+               sum(r.error is not None for r in recs),
+               statistics.fmean(qoe) if qoe else math.nan, _pct(qoe, 0.10),
+               _pct(ttft, 0.5), _pct(ttft, 0.99), tokens / max(end - start, 1e-9),
+               int(m.get("parks", 0)), int(m.get("resumes", 0)),
+               int(m.get("seam_defects", 0) + m.get("seams_unchecked", 0))
+               + sum(_short(r) for r in recs), cost,
+               statistics.fmean(waits) if waits else 0.0, _pct(waits, 0.99))
+
+
+def table(rows: Sequence[Row]) -> str:
+    head = ("| engine | config | load | req/s | n | err | avg QoE | p10 QoE | TTFT p50 s |"
+            " TTFT p99 s | tok/s | parks | resumes | seam defects | resume TTFT s |"
+            " queue wait mean/p99 s |")
+    out = [head, "|" + "---|" * 16]
+    for r in rows:
+        out.append(f"| {r.engine} | {r.config} | {r.load} | {r.rate:.3g} | {r.n} | {r.errors} |"
+                   f" {r.avg_qoe:.3f} | {r.p10_qoe:.3f} | {r.ttft_p50_s:.2f} |"
+                   f" {r.ttft_p99_s:.2f} | {r.throughput_tok_s:.1f} | {r.parks} | {r.resumes} |"
+                   f" {r.seam_defects} | {r.resume_ttft_s:.3f} |"
+                   f" {r.queue_wait_mean_s:.2f}/{r.queue_wait_p99_s:.2f} |")
+    return "\n".join(out)
+
+
+def targets(rows: Sequence[Row], base: str, cand: str) -> list[str]:
+    lines = []
+    by = {(r.engine, r.config, r.load): r for r in rows}
+    for (engine, config, load), b in sorted(by.items()):
+        if config != base or (engine, cand, load) not in by:
+            continue
+        c = by[(engine, cand, load)]
+        ratio = c.avg_qoe / b.avg_qoe if b.avg_qoe > 0 else math.inf
+        tput = c.throughput_tok_s / b.throughput_tok_s if b.throughput_tok_s > 0 else math.nan
+        qoe_t = ("target ≥ 1.5×: " + ("met" if ratio >= 1.5 else "missed")
+                 if b.avg_qoe <= 0.6 else f"{base} > 0.6: no QoE target")
+        lines.append(f"- {engine} {load}: avg QoE {b.avg_qoe:.3f} → {c.avg_qoe:.3f}"
+                     f" (**{ratio:.2f}×**, {qoe_t}); throughput {tput:.1%} of {base}"
+                     f" (target ≥ 95%: {'met' if tput >= 0.95 else 'missed'})")
+    parks = sum(r.parks for r in rows)
+    defects = sum(r.seam_defects for r in rows)
+    lines.append(f"- Seam defects: **{defects}** over {parks} parks (target 0 over ≥ 1,000"
+                 f"{'' if parks >= 1000 else ': too few parks in this run to judge'})")
+    return lines
+
+
+# -- main --
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--engines", default="llama_cpp,stock_vllm")
+    p.add_argument("--load-factors", default="1,1.5,2", help="loads as multiples of the knee")
+    p.add_argument("--duration", type=float, default=180.0, help="seconds of arrivals per load")
+    p.add_argument("--tds-scale", type=float, default=1.0)
+    p.add_argument("--max-prompt-tokens", type=int, default=384)
+    p.add_argument("--max-output-tokens", type=int, default=256)
+    p.add_argument("--split", choices=("dev", "test"), default="test")
+    p.add_argument("--workload", type=Path, default=find_trace(), help="the paper's trace")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-replicas", action="store_true", help="skip the two-replica part")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: dev split, load 1.5× the knee, 20 s, outputs ≤ 48 tokens")
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--no-record", action="store_true")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM too: the engines and gateways are stopped on the way out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    factors = [float(x) for x in args.load_factors.split(",")]
+    runs_dir = RESULTS
+    if args.quick:
+        factors, runs_dir = [1.5], RESULTS / "quick"
+        args.duration, args.split = min(args.duration, 20.0), "dev"
+        args.max_output_tokens = min(args.max_output_tokens, 48)
+    if args.fresh and runs_dir.exists():
+        for path in runs_dir.glob("*.json"):
+            path.unlink()
+    settings = Settings(str(args.workload), args.split, args.seed, args.duration, args.tds_scale,
+                        args.max_prompt_tokens, args.max_output_tokens)
+    mean_out = statistics.fmean(r.max_tokens for r in settings.plan(1.0)) or 1.0
+    rows: list[Row] = []
+    notes: list[str] = []
+    try:
+        for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
+            # --quick: vLLM eager (no compilation: a start in under a minute, slower steps).
+            with start_engine(kind, 1, runs_dir / "logs" / kind, eager=args.quick) as engine:
+                x = throughput_tok_s(engine)
+                knee = 0.5 * x / mean_out
+                notes.append(f"{kind}: saturated throughput {x:.0f} tok/s straight from the"
+                             f" engine, mean output {mean_out:.0f} tokens → saturation at"
+                             f" {2 * knee:.3g} req/s, knee (half) {knee:.3g} req/s")
+                print(notes[-1], flush=True)
+                for f in factors:
+                    for name, cargs in CONFIGS.items():
+                        run = measure(engine, f"{kind}-{name}", cargs, knee * f, settings,
+                                      runs_dir, args.progress)
+                        rows.append(summarize(kind, name, f"{f:g}× knee", run))
+                        print(table([rows[-1]]).splitlines()[-1], flush=True)
+        if not args.no_replicas and "llama_cpp" in args.engines:
+            with start_engine("llama_cpp", 2, runs_dir / "logs" / "replicas") as engine:
+                x = throughput_tok_s(engine)
+                # Both replicas at the utilization of the heaviest single-engine load.
+                rate = 2 * 0.5 * x / mean_out * factors[-1]
+                for name, cargs in REPLICA_CONFIGS.items():
+                    run = measure(engine, f"replicas-{name}", cargs, rate, settings, runs_dir,
+                                  args.progress)
+                    rows.append(summarize("2× llama_cpp", name, f"{factors[-1]:g}× knee each",
+                                          run))
+                    print(table([rows[-1]]).splitlines()[-1], flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: finished loads are saved; rerun the same command to resume",
+              file=sys.stderr)
+        return 130
+    lines = targets(rows, "pacing", "sched") + targets(rows, "least_busy", "qoe")
+    text = "\n".join([
+        "## Gateway scheduling in front of engines Andes does not control"
+        + (" — QUICK SMOKE RUN, not a result" if args.quick else ""), "",
+        f"Command: `{command_line()}`  ", f"Machine: {machine_line()}", "",
+        f"Workload: the paper's trace, {settings.split} split"
+        f" ({'held out' if settings.split == 'test' else 'development'}), Poisson arrivals"
+        f" (seed {settings.seed}), {settings.duration_s:g} s per load, prompts ≤"
+        f" {settings.max_prompt_tokens} estimated tokens, outputs forced to min(trace,"
+        f" {settings.max_output_tokens}) tokens, reader pace × {settings.tds_scale:g}."
+        " QoE, TTFT and tokens as the gateway measured them at delivery.", "",
+        *[f"- {n}" for n in notes], "", table(rows), "", *lines])
+    print(text)
+    if not args.no_record:
+        record(SECTION, text)
+        print(f"recorded section {SECTION!r} of BENCHMARKS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""llama.cpp's server through llama-cpp-python: a second real engine, one Andes does not control."""

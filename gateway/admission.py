@@ -1,0 +1,404 @@
+"""Who runs on which upstream: the gateway's own QoE scheduler for engines it does not control.
+Sans-I/O: every method takes ``now_s``; the adapter (:mod:`gateway.dispatch`) does the I/O.
+
+Each stream is a :class:`Ticket` in one of three states: ``queued`` (never sent upstream),
+``running`` (a request open on an upstream) or ``parked`` (its upstream request aborted, its
+reader living off the buffer, resumable by a continuation — :mod:`gateway.continuation`).
+
+**Admission.** A new request goes straight upstream when it pushes nobody below their reader's
+pace: on some upstream ``L(k+1)`` (the learned per-stream token latency with one more in flight,
+:mod:`gateway.capacity`) is at most ``1/pace`` of every stream there. This fast path costs no
+prediction, so an unloaded gateway adds nothing. Otherwise it waits in the gateway's queue.
+
+**Planning** (:meth:`Scheduler.plan`, every tick while anything waits). The paper's valuation
+(§4.2) at the gateway's granularity: a stream's value on upstream ``u`` is
+``predict_serve_gain`` over the horizon — the QoE it gains by being served at ``u``'s per-token
+latency rather than waiting — with its first token after ``u``'s learned TTFT (resume TTFT for a
+parked stream) and its reader where the gateway measures it (slack, pace). Candidates (parked,
+then queued) are taken by value — except that a ticket queued longer than ``starvation_s`` goes
+first, oldest first: the valuation favours requests it can still make whole, and would otherwise
+starve one already late — and each goes where its *marginal* value is highest:
+
+* **add** — its value at ``L(k+1)`` minus what the ``k`` streams running there lose when their
+  latency goes from ``L(k)`` to ``L(k+1)``: a newcomer is held exactly when it would cost the
+  admitted streams more QoE than it gains (they would fall below their readers' pace);
+* **swap** — park the running stream with the most slack there (only where the continuation is
+  exact, after ``min_run_s`` of running, with at least ``park_min_slack_s`` buffered for its
+  reader) and run the candidate in its place; the parked stream's loss over the horizon is
+  subtracted. On a one-slot engine this is time slicing; on a batching one it frees KV cache.
+
+An idle upstream takes any candidate (work-conserving). Queued tickets past ``queue_timeout_s``
+are returned as expired; the queue holds at most ``queue_max`` (:meth:`Scheduler.add` refuses
+beyond).
+
+**Routing** falls out of the same valuation: the upstream with the best marginal value (its
+learned TTFT at its load, and what its streams' slack can absorb). ``least_busy`` routing (fewest
+in flight) is kept for comparison and for when admission is off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from core.qoe import QoESpec, QoETracker, predict_serve_gain
+from gateway.capacity import CapacityModel
+
+__all__ = ["Plan", "Scheduler", "SchedulerConfig", "Ticket", "TicketState", "UpstreamView"]
+
+TicketState = Literal["queued", "running", "parked", "done"]
+_EPS = 1e-6
+
+
+class Reader(Protocol):
+    """What the scheduler reads of a stream's reader (the gateway's :class:`Stream`)."""
+
+    def slack_s(self, now_s: float) -> float:
+        """Seconds the reader can go on from what is buffered for it (``inf`` if paused)."""
+
+    @property
+    def pace_tok_s(self) -> float:
+        """The reader's pace now, tokens per second."""
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One stream as the scheduler sees it."""
+
+    id: str
+    spec: QoESpec
+    tracker: QoETracker  # tokens as they reached the gateway (the reader's QoE so far, predicted)
+    reader: Reader
+    model: str
+    queued_at_s: float
+    max_new_tokens: int | None = None  # tokens it may still produce; None = unknown
+    state: TicketState = "queued"
+    upstream: int | None = None  # index of the upstream it runs or is parked on
+    run_since_s: float = 0.0  # when its current run started (anti-thrash)
+    parkable: bool = False  # an exact continuation exists for it on its upstream
+    admitted_pace: float = 0.0  # its reader's pace when it joined its upstream's running set
+
+    def left(self) -> int | None:
+        if self.max_new_tokens is None:
+            return None
+        return max(self.max_new_tokens - self.tracker.num_tokens, 0)
+
+
+@dataclass(eq=False)
+class UpstreamView:
+    """One upstream as the scheduler sees it."""
+
+    capacity: CapacityModel
+    serves: Callable[[str], bool] = lambda model: True
+    healthy: bool = True
+    # The engine runs the Andes scheduler (it takes slack reports): it schedules with what it
+    # knows (KV, batch), so the gateway neither holds streams for it nor parks them there.
+    controlled: bool = False
+    in_flight: int = 0  # requests open on it (running tickets and anything else)
+    running: list[Ticket] = field(default_factory=list)
+    # Running tickets by their reader's pace when admitted: the fast path's max pace in O(paces)
+    # rather than O(streams) (a gateway holds thousands).
+    paces: dict[float, int] = field(default_factory=dict)
+
+    def add(self, ticket: Ticket) -> None:
+        self.running.append(ticket)
+        pace = ticket.reader.pace_tok_s
+        ticket.admitted_pace = pace
+        self.paces[pace] = self.paces.get(pace, 0) + 1
+
+    def discard(self, ticket: Ticket) -> None:
+        if ticket in self.running:
+            self.running.remove(ticket)
+            pace = ticket.admitted_pace
+            left = self.paces.get(pace, 0) - 1
+            if left > 0:
+                self.paces[pace] = left
+            else:
+                self.paces.pop(pace, None)
+
+    def max_pace(self) -> float:
+        return max(self.paces, default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    horizon_s: float = 3.0  # the valuation's look-ahead Δt
+    queue_max: int = 1024  # queued tickets at most
+    queue_timeout_s: float = 60.0  # a ticket queued longer is expired
+    parking: bool = True  # swaps may park running streams
+    park_min_slack_s: float = 6.0  # park only a stream whose reader has this much buffered
+    min_run_s: float = 1.0  # a (re)started stream runs at least this long before it is parked
+    max_in_flight: int = 0  # hard limit per upstream; 0 = only what is learned
+    routing: Literal["qoe", "least_busy"] = "qoe"
+    max_rejects: int = 16  # a plan stops after this many candidates in a row found no place
+    # A ticket queued this long goes before any valued one (oldest first): the valuation favours
+    # requests it can still make whole, which on its own could starve an already-late one.
+    starvation_s: float = 10.0
+
+
+@dataclass(slots=True)
+class Plan:
+    """What to do now. Every ticket in it has already been moved to its new state."""
+
+    admit: list[tuple[Ticket, int]] = field(default_factory=list)  # queued → running on upstream
+    resume: list[tuple[Ticket, int]] = field(default_factory=list)  # parked → running
+    park: list[Ticket] = field(default_factory=list)  # running → parked
+    expired: list[Ticket] = field(default_factory=list)  # queued too long: refuse with 429
+
+    def __bool__(self) -> bool:
+        return bool(self.admit or self.resume or self.park or self.expired)
+
+
+class Scheduler:
+    """The gateway's tickets across its upstreams. See the module docstring."""
+
+    def __init__(self, config: SchedulerConfig, upstreams: Sequence[UpstreamView]) -> None:
+        self.config = config
+        self.upstreams = list(upstreams)
+        self.queue: list[Ticket] = []
+        self.parked: list[Ticket] = []
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+
+    def add(self, ticket: Ticket, now_s: float) -> int | None:
+        """A new request: the upstream to send it to now, or None (queued). Raises
+        :class:`OverflowError` when the queue is full."""
+        if not self.queue:
+            u = self._fast_path(ticket)
+            if u is not None:
+                self.start(ticket, u, now_s)
+                return u
+        if len(self.queue) >= self.config.queue_max:
+            raise OverflowError(f"the gateway's queue is full ({self.config.queue_max} waiting)")
+        ticket.state = "queued"
+        self.queue.append(ticket)
+        return None
+
+    def remove(self, ticket: Ticket) -> None:
+        """The stream ended (finished, failed, cancelled, or left the queue)."""
+        if ticket.state == "queued" and ticket in self.queue:
+            self.queue.remove(ticket)
+        elif ticket.state == "parked" and ticket in self.parked:
+            self.parked.remove(ticket)
+        elif ticket.state == "running" and ticket.upstream is not None:
+            self.upstreams[ticket.upstream].discard(ticket)
+        ticket.state = "done"
+
+    def unpark(self, ticket: Ticket, now_s: float) -> None:
+        """A park the plan asked for was not carried out: the ticket runs on."""
+        if ticket.state == "parked" and ticket in self.parked and ticket.upstream is not None:
+            self.parked.remove(ticket)
+            ticket.state = "running"
+            self.upstreams[ticket.upstream].add(ticket)
+
+    def park_now(self, ticket: Ticket, now_s: float) -> None:
+        """Park a running ticket outside a plan (a park whose seam check finished later)."""
+        if ticket.state == "running" and ticket.upstream is not None:
+            self._park(ticket)
+
+    def unpark_elsewhere(self, index: int) -> None:
+        """Upstream ``index`` is down: its parked tickets may resume on any upstream."""
+        for t in self.parked:
+            if t.upstream == index:
+                t.upstream = None
+
+    def start(self, ticket: Ticket, u: int, now_s: float) -> None:
+        """Run ``ticket`` on upstream ``u`` from now (routing without admission, and plans)."""
+        ticket.state = "running"
+        ticket.upstream = u
+        ticket.run_since_s = now_s
+        self.upstreams[u].add(ticket)
+
+    def _park(self, ticket: Ticket) -> None:
+        assert ticket.upstream is not None
+        self.upstreams[ticket.upstream].discard(ticket)
+        ticket.state = "parked"
+        self.parked.append(ticket)
+
+    # -- the fast path and least-busy routing ---------------------------------------------------
+
+    def _eligible(self, ticket: Ticket) -> list[int]:
+        limit = self.config.max_in_flight
+        return [i for i, u in enumerate(self.upstreams)
+                if u.healthy and u.serves(ticket.model)
+                and (limit <= 0 or u.in_flight < limit)]  # fmt: skip
+
+    def _fast_path(self, ticket: Ticket) -> int | None:
+        """An upstream where one more stream keeps everyone at their reader's pace."""
+        eligible = self._eligible(ticket)
+        if not eligible:
+            return None
+        if self.config.routing == "least_busy":
+            return min(eligible, key=lambda i: self.upstreams[i].in_flight)
+        best: tuple[float, int, int] | None = None
+        for i in eligible:
+            u = self.upstreams[i]
+            pace = max(ticket.reader.pace_tok_s, u.max_pace())
+            if (not u.controlled and u.in_flight
+                    and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace):
+                continue
+            key = (u.capacity.ttft_s(u.in_flight), u.in_flight, i)
+            if best is None or key < best:
+                best = key
+        return None if best is None else best[2]
+
+    def route(self, ticket: Ticket) -> int | None:
+        """Without admission: the upstream for a request that goes at once (None: none is up)."""
+        eligible = self._eligible(ticket) or [i for i, u in enumerate(self.upstreams)
+                                              if u.serves(ticket.model)]  # fmt: skip
+        if not eligible:
+            return None
+        if self.config.routing == "least_busy":
+            return min(eligible, key=lambda i: self.upstreams[i].in_flight)
+        fast = self._fast_path(ticket)
+        if fast is not None:
+            return fast
+        return min(eligible, key=lambda i: (self.upstreams[i].capacity.ttft_s(
+            self.upstreams[i].in_flight), self.upstreams[i].in_flight))
+
+    # -- valuation ------------------------------------------------------------------------------
+
+    def _gain(self, t: Ticket, now_s: float, latency_s: float, first_delay_s: float) -> float:
+        # No token yet: the reader takes the first one when it comes (the tracker's inference).
+        no_token = t.state == "queued" or t.tracker.num_tokens == 0
+        horizon = None if no_token else now_s + t.reader.slack_s(now_s)
+        return predict_serve_gain(
+            t.tracker, now_s, self.config.horizon_s, latency_s, first_delay_s,
+            reader_horizon_s=horizon, reader_tds_tok_s=t.reader.pace_tok_s,
+            max_new_tokens=t.left(),
+        )  # fmt: skip
+
+    def _candidate_gain(self, t: Ticket, u: UpstreamView, k_before: int, latency_s: float,
+                        now_s: float) -> float:  # fmt: skip
+        first = (u.capacity.resume_ttft_s(k_before) if t.state == "parked"
+                 else u.capacity.ttft_s(k_before))  # fmt: skip
+        return self._gain(t, now_s, latency_s, first + latency_s)
+
+    def _loss(self, u: UpstreamView, now_s: float, cache: dict[int, float], index: int) -> float:
+        """What ``u``'s running streams lose over the horizon if one more joins them."""
+        if index in cache:
+            return cache[index]
+        k = u.in_flight
+        now_l, next_l = u.capacity.token_latency_s(k), u.capacity.token_latency_s(k + 1)
+        loss = 0.0
+        if next_l > now_l:
+            for r in u.running:
+                loss += (self._gain(r, now_s, now_l, now_l)
+                         - self._gain(r, now_s, next_l, next_l))  # fmt: skip
+        cache[index] = loss
+        return loss
+
+    def _victim(self, u: UpstreamView, now_s: float) -> Ticket | None:
+        """The running stream ``u`` could park: exact continuation, ran long enough, most slack."""
+        if not self.config.parking or u.controlled:
+            return None
+        best: tuple[float, Ticket] | None = None
+        for r in u.running:
+            if not r.parkable or now_s - r.run_since_s < self.config.min_run_s:
+                continue
+            slack = r.reader.slack_s(now_s)
+            if slack < self.config.park_min_slack_s:
+                continue
+            if best is None or slack > best[0]:
+                best = (slack, r)
+        return None if best is None else best[1]
+
+    # -- planning -------------------------------------------------------------------------------
+
+    def plan(self, now_s: float) -> Plan:
+        """Admit, resume and park for the next tick (module docstring)."""
+        out = Plan()
+        keep: list[Ticket] = []
+        for t in self.queue:
+            if now_s - t.queued_at_s > self.config.queue_timeout_s:
+                t.state = "done"
+                out.expired.append(t)
+            else:
+                keep.append(t)
+        self.queue = keep
+        candidates = self._ordered(now_s)
+        losses: dict[int, float] = {}
+        rejects = 0
+        for t in candidates:
+            if rejects >= self.config.max_rejects:
+                break
+            choice = self._place(t, now_s, losses)
+            if choice is None:
+                rejects += 1
+                continue
+            rejects = 0
+            u, victim = choice
+            losses.pop(u, None)
+            if victim is not None:
+                self._park(victim)
+                out.park.append(victim)
+                self.upstreams[u].in_flight -= 1
+            was_parked = t.state == "parked"
+            if was_parked:
+                self.parked.remove(t)
+            else:
+                self.queue.remove(t)
+            self.start(t, u, now_s)
+            self.upstreams[u].in_flight += 1
+            (out.resume if was_parked else out.admit).append((t, u))
+        return out
+
+    def _ordered(self, now_s: float) -> list[Ticket]:
+        """Parked and queued tickets by their best value (parked first on ties, then FIFO)."""
+        scored: list[tuple[float, int, float, Ticket]] = []
+        starving = self.config.starvation_s
+        for rank, group in ((0, self.parked), (1, self.queue)):
+            for t in group:
+                if rank == 1 and now_s - t.queued_at_s >= starving:
+                    scored.append((-math.inf, 1, t.queued_at_s, t))
+                    continue
+                best = 0.0
+                for i in self._where(t):
+                    u = self.upstreams[i]
+                    best = max(best, self._candidate_gain(
+                        t, u, u.in_flight, u.capacity.token_latency_s(u.in_flight + 1), now_s))
+                scored.append((-best, rank, t.queued_at_s, t))
+        scored.sort(key=lambda s: s[:3])
+        return [s[3] for s in scored]
+
+    def _where(self, t: Ticket) -> list[int]:
+        if t.state == "parked" and t.upstream is not None and self.upstreams[t.upstream].healthy:
+            return [t.upstream]  # its prefix is cached there
+        return [i for i, u in enumerate(self.upstreams) if u.healthy and u.serves(t.model)]
+
+    def _place(self, t: Ticket, now_s: float,
+               losses: dict[int, float]) -> tuple[int, Ticket | None] | None:  # fmt: skip
+        """Where ``t`` adds the most QoE: (upstream, ticket to park there or None), or None."""
+        best: tuple[float, int, Ticket | None] | None = None
+        limit = self.config.max_in_flight
+        for i in self._where(t):
+            u = self.upstreams[i]
+            k = u.in_flight
+            if k == 0:
+                return i, None  # an idle upstream takes any work
+            options: list[tuple[float, Ticket | None]] = []
+            if limit <= 0 or k < limit:
+                gain = self._candidate_gain(t, u, k, u.capacity.token_latency_s(k + 1), now_s)
+                options.append((gain - self._loss(u, now_s, losses, i), None))
+            victim = self._victim(u, now_s)
+            if victim is not None:
+                lat = u.capacity.token_latency_s(k)
+                gain = self._candidate_gain(t, u, k - 1, lat, now_s)
+                options.append((gain - self._gain(victim, now_s, lat, lat), victim))
+            for value, v in options:
+                if value > _EPS and (best is None or value > best[0]):
+                    best = (value, i, v)
+        if best is None:
+            return None
+        return best[1], best[2]
+
+    # -- state for metrics ----------------------------------------------------------------------
+
+    def queue_length(self) -> int:
+        return len(self.queue)
+
+    def oldest_wait_s(self, now_s: float) -> float:
+        return max((now_s - t.queued_at_s for t in self.queue), default=0.0)
+

@@ -1,0 +1,167 @@
+"""What one upstream can serve, learned from what the gateway sees of it. Sans-I/O.
+
+The gateway knows nothing of an engine's internals (batch limit, KV cache, scheduler). It sees
+tokens arrive on the streams it holds open and how many it holds open. From that alone it
+learns two curves, per upstream:
+
+* **per-stream token latency at concurrency k**, ``L(k) = a + b·k`` seconds per token. Fitted
+  by exponentially weighted least squares on windows of ``window_s``: in a window where on
+  average ``k̄`` requests were in flight and ``n`` tokens arrived, one stream saw a token every
+  ``k̄·window_s / n`` seconds. The line covers both kinds of engine it must: a continuous-batching
+  engine (vLLM, SGLang: ``b`` small, a step serves everyone) and a one-slot server
+  (llama-cpp-python: ``a ≈ 0``, ``b`` = its per-token time, since requests take turns).
+  ``1 / L(k)`` is the rate each stream gets; ``k / L(k)`` the engine's throughput.
+* **time to first token at concurrency k** (the requests already in flight when one is opened),
+  an average per k. A batching engine answers quickly at any k; a one-slot server makes a
+  newcomer wait for the stream ahead of it, and this curve is how the gateway finds out.
+
+Until the data pin ``b`` down (every window at one concurrency), ``b`` is assumed to be
+``optimism`` × the observed latency per stream — optimistic, so the gateway tries one more
+stream and measures what it costs (the only way to learn a curve online); a k never observed
+takes the TTFT of the highest k below it that was, scaled by ``(k + 1)`` (pessimistic there:
+routing must not prefer a busy replica's guess to an idle one's measurement).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["CapacityConfig", "CapacityModel"]
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityConfig:
+    window_s: float = 0.5  # one throughput sample per window with requests in flight
+    half_life_s: float = 30.0  # older samples weigh half as much per half-life
+    optimism: float = 0.05  # b assumed while unidentified, as a share of the latency per stream
+    max_latency_s: float = 10.0  # a stalled engine's per-token latency is read as this
+    ttft_alpha: float = 0.3  # EWMA weight of a new time-to-first-token sample
+    default_latency_s: float = 0.05  # per-token latency before any measurement
+    default_ttft_s: float = 0.2  # time to first token before any measurement
+
+
+class CapacityModel:
+    """One upstream's learned capacity. Feed it :meth:`in_flight` changes and :meth:`tokens`;
+    ask :meth:`token_latency_s` and :meth:`ttft_s`. Every method takes ``now_s``."""
+
+    def __init__(self, config: CapacityConfig | None = None, now_s: float = 0.0) -> None:
+        self.config = config or CapacityConfig()
+        self._k = 0  # requests in flight now
+        self._window_start_s = now_s
+        self._last_change_s = now_s
+        self._k_area = 0.0  # ∫ k dt over the open window
+        self._tokens = 0  # tokens received in the open window
+        # Weighted sums for least squares of L on k.
+        self._w = self._wk = self._wkk = self._wl = self._wkl = 0.0
+        self._updated_s = now_s
+        self._ttft: dict[int, float] = {}
+        self._resume_ttft_s: float | None = None
+        self.samples = 0
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def in_flight(self, k: int, now_s: float) -> None:
+        """The number of requests open on this upstream changed to ``k``."""
+        self._advance(now_s)
+        self._k = max(k, 0)
+
+    def tokens(self, n: int, now_s: float) -> None:
+        """``n`` tokens arrived (on any stream of this upstream)."""
+        self._advance(now_s)
+        self._tokens += n
+
+    def first_token(self, delay_s: float, k_before: int, resumed: bool = False) -> None:
+        """A request opened with ``k_before`` others in flight got its first token after
+        ``delay_s`` (``resumed``: a parked stream's continuation)."""
+        alpha = self.config.ttft_alpha
+        if resumed:
+            prev = self._resume_ttft_s
+            self._resume_ttft_s = delay_s if prev is None else prev + alpha * (delay_s - prev)
+            return
+        prev = self._ttft.get(k_before)
+        self._ttft[k_before] = delay_s if prev is None else prev + alpha * (delay_s - prev)
+
+    def _advance(self, now_s: float) -> None:
+        cfg = self.config
+        if now_s > self._last_change_s:
+            self._k_area += self._k * (now_s - self._last_change_s)
+            self._last_change_s = now_s
+        span = now_s - self._window_start_s
+        if span < cfg.window_s:
+            return
+        k_mean = self._k_area / span if span > 0 else 0.0
+        if k_mean >= 0.5:
+            latency = (k_mean * span / self._tokens if self._tokens
+                       else cfg.max_latency_s)  # fmt: skip
+            self._add(k_mean, min(latency, cfg.max_latency_s), now_s)
+        self._window_start_s = now_s
+        self._k_area = 0.0
+        self._tokens = 0
+
+    def _add(self, k: float, latency_s: float, now_s: float) -> None:
+        decay = 0.5 ** ((now_s - self._updated_s) / self.config.half_life_s)
+        self._updated_s = now_s
+        self._w = self._w * decay + 1.0
+        self._wk = self._wk * decay + k
+        self._wkk = self._wkk * decay + k * k
+        self._wl = self._wl * decay + latency_s
+        self._wkl = self._wkl * decay + k * latency_s
+        self.samples += 1
+
+    # -- estimates ------------------------------------------------------------------------------
+
+    def line(self) -> tuple[float, float]:
+        """``(a, b)`` of ``L(k) = a + b·k``, seconds per token."""
+        cfg = self.config
+        if self._w <= 0.0:
+            base = cfg.default_latency_s
+            return base * (1 - cfg.optimism), base * cfg.optimism
+        k_mean, l_mean = self._wk / self._w, self._wl / self._w
+        var = self._wkk / self._w - k_mean * k_mean
+        # Spread of k below ~0.25 (all windows at one concurrency): b is not identified.
+        if var > 0.0625:
+            b = (self._wkl / self._w - k_mean * l_mean) / var
+            b = max(b, 0.0)  # more requests never make each one faster
+            a = l_mean - b * k_mean
+            if a < 0.0:  # all cost scales with k (a one-slot server): keep the line through 0
+                a, b = 0.0, l_mean / k_mean
+            return a, b
+        b = cfg.optimism * l_mean / max(k_mean, 1.0)
+        return max(l_mean - b * k_mean, 0.0), b
+
+    def token_latency_s(self, k: int) -> float:
+        """Seconds between two tokens of one stream when ``k`` requests are in flight."""
+        a, b = self.line()
+        return min(max(a + b * max(k, 1), 1e-4), self.config.max_latency_s)
+
+    def throughput_tok_s(self, k: int) -> float:
+        """Tokens per second over all streams at concurrency ``k``."""
+        return max(k, 1) / self.token_latency_s(k)
+
+    def ttft_s(self, k_before: int) -> float:
+        """Expected seconds to the first token of a request opened with ``k_before`` in flight."""
+        if k_before in self._ttft:
+            return self._ttft[k_before]
+        below = [k for k in self._ttft if k < k_before]
+        if below:
+            # Scaled by the streams ahead: an idle replica's measured TTFT must not lose to a
+            # busy one's guess (a one-slot server makes a newcomer wait for them all).
+            k = max(below)
+            return self._ttft[k] * (k_before + 1) / (k + 1)
+        above = [k for k in self._ttft if k > k_before]
+        return self._ttft[min(above)] if above else self.config.default_ttft_s
+
+    def resume_ttft_s(self, k_before: int) -> float:
+        """Expected seconds to the first token of a continuation (a resumed stream)."""
+        if self._resume_ttft_s is not None:
+            return max(self._resume_ttft_s, self.ttft_s(k_before))
+        return self.ttft_s(k_before)
+
+    def capacity(self, tds_tok_s: float) -> int:
+        """The most requests in flight at which each still gets ``tds_tok_s`` tokens/s."""
+        a, b = self.line()
+        if b <= 0.0:
+            return 1_000_000
+        k = math.floor((1.0 / tds_tok_s - a) / b)
+        return max(k, 0)

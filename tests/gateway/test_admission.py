@@ -1,0 +1,142 @@
+"""The gateway's scheduler on a fake clock: fast path, queueing by value, swaps, expiry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+
+from core.qoe import QoESpec, QoETracker
+from gateway.admission import Scheduler, SchedulerConfig, Ticket, UpstreamView
+from gateway.capacity import CapacityConfig, CapacityModel
+
+
+@dataclass
+class FakeReader:
+    buffered: float = 0.0  # tokens
+    pace_tok_s: float = 5.0
+    paused: bool = False
+
+    def slack_s(self, now_s: float) -> float:
+        return math.inf if self.paused else self.buffered / self.pace_tok_s
+
+
+def _capacity(a: float, b: float) -> CapacityModel:
+    """A model whose line is (a, b): fed with windows at concurrency 1 and 3."""
+    m = CapacityModel(CapacityConfig(window_s=1.0), now_s=0.0)
+    t = 0.0
+    for k in (1, 3, 1, 3):
+        m.in_flight(k, t)
+        n = round(k * 1.0 / (a + b * k))
+        for i in range(n):
+            m.tokens(1, t + (i + 1) / n * 0.999)
+        t += 1.0
+    m.in_flight(0, t)
+    m.tokens(0, t + 1.0)
+    m.first_token(0.05, 0)
+    return m
+
+
+def _ticket(name: str, now: float, reader: FakeReader | None = None,
+            tokens: int = 0, **kw: object) -> Ticket:
+    spec = QoESpec(1.0, 5.0)
+    tracker = QoETracker(spec, now)
+    for i in range(tokens):
+        tracker.add(now + 0.01 * i)
+    return Ticket(name, spec, tracker, reader or FakeReader(), "m", now, **kw)  # type: ignore[arg-type]
+
+
+def test_fast_path_while_everyone_keeps_pace() -> None:
+    up = UpstreamView(_capacity(0.02, 0.002))
+    s = Scheduler(SchedulerConfig(), [up])
+    for i in range(5):
+        assert s.add(_ticket(f"r{i}", 0.0), 0.0) == 0
+        up.in_flight += 1
+    assert not s.queue
+
+
+def test_a_full_upstream_queues_and_an_idle_one_takes_any_work() -> None:
+    slow = UpstreamView(_capacity(0.0, 0.1))  # one slot: 10 tokens/s in all
+    s = Scheduler(SchedulerConfig(), [slow])
+    first = _ticket("first", 0.0)
+    assert s.add(first, 0.0) == 0  # idle: straight in
+    slow.in_flight = 1
+    second = _ticket("second", 0.0)
+    # 1/L(2) = 5 tok/s: not above the readers' 5 + margin? L(2)=0.2 → exactly the pace: admitted.
+    third = _ticket("third", 0.0)
+    s.add(second, 0.0)
+    slow.in_flight = len(slow.running)
+    s.add(third, 0.0)
+    assert third in s.queue
+
+
+def test_the_queue_is_ordered_by_value_and_bounded() -> None:
+    up = UpstreamView(_capacity(0.0, 0.3), in_flight=1)
+    running = _ticket("running", 0.0, FakeReader(buffered=0.0), tokens=3)
+    running.state, running.upstream = "running", 0
+    up.add(running)
+    s = Scheduler(SchedulerConfig(queue_max=2, parking=False, max_in_flight=1), [up])
+    old = _ticket("old", 0.0)
+    new = _ticket("new", 5.0)
+    assert s.add(new, 5.0) is None and s.add(old, 5.0) is None
+    with pytest.raises(OverflowError):
+        s.add(_ticket("over", 5.0), 5.0)
+    # By value the fresh one goes first (serving it now can still make it whole) ...
+    assert s._ordered(5.5)[0] is new
+    # ... until the old one has waited starvation_s.
+    assert s._ordered(10.5)[0] is old
+    plan = s.plan(5.5)
+    assert not plan.admit  # the one slot is taken and nothing may be parked
+
+
+def test_a_stream_with_seconds_buffered_yields_its_slot() -> None:
+    up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
+    rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=True)
+    rich.state, rich.upstream, rich.run_since_s = "running", 0, 0.0
+    up.add(rich)
+    s = Scheduler(SchedulerConfig(max_in_flight=1, park_min_slack_s=6.0, min_run_s=1.0), [up])
+    waiting = _ticket("waiting", 10.0)
+    assert s.add(waiting, 10.0) is None
+    plan = s.plan(10.1)
+    assert plan.park == [rich] and plan.admit == [(waiting, 0)]
+    assert rich.state == "parked" and waiting.state == "running"
+    # Later its reader runs low: it comes back (here into an idle upstream).
+    up.discard(rich)
+    up.in_flight = 0
+    rich.reader.buffered = 2.0  # type: ignore[attr-defined]
+    plan = s.plan(20.0)
+    assert plan.resume == [(rich, 0)]
+
+
+def test_no_park_when_the_continuation_is_not_exact_or_too_soon() -> None:
+    up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
+    rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=False)
+    rich.state, rich.upstream = "running", 0
+    up.add(rich)
+    s = Scheduler(SchedulerConfig(max_in_flight=1), [up])
+    s.add(_ticket("w", 10.0), 10.0)
+    assert not s.plan(10.1).park
+    rich.parkable, rich.run_since_s = True, 10.0  # just (re)started: anti-thrash
+    assert not s.plan(10.2).park
+
+
+def test_queued_too_long_expires_and_a_removed_ticket_is_gone() -> None:
+    up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
+    s = Scheduler(SchedulerConfig(max_in_flight=1, queue_timeout_s=5.0, parking=False), [up])
+    a, b = _ticket("a", 0.0), _ticket("b", 0.0)
+    s.add(a, 0.0)
+    s.add(b, 0.0)
+    s.remove(b)  # its client left
+    plan = s.plan(6.0)
+    assert plan.expired == [a] and not s.queue
+
+
+def test_routing_prefers_the_replica_with_the_shorter_predicted_ttft() -> None:
+    busy = UpstreamView(_capacity(0.02, 0.002), in_flight=3)
+    busy.capacity.first_token(2.0, 3)
+    idle = UpstreamView(_capacity(0.02, 0.002), in_flight=0)
+    s = Scheduler(SchedulerConfig(), [busy, idle])
+    assert s.add(_ticket("x", 0.0), 0.0) == 1
+    s2 = Scheduler(SchedulerConfig(routing="least_busy"), [busy, idle])
+    assert s2.route(_ticket("y", 0.0)) == 1

@@ -1,0 +1,59 @@
+"""The learned capacity of an upstream, on a fake clock: a batching engine and a one-slot one."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.capacity import CapacityConfig, CapacityModel
+
+
+def _drive(model: CapacityModel, k: int, per_token_s: float, seconds: float,
+           t0: float) -> float:
+    """``k`` streams in flight, each getting a token every ``per_token_s`` seconds."""
+    model.in_flight(k, t0)
+    t, step = t0, per_token_s / k
+    while t < t0 + seconds:
+        t += step
+        model.tokens(1, t)
+    return t
+
+
+def test_a_batching_engine_serves_more_streams_almost_as_fast() -> None:
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    t = _drive(m, 1, 0.030, 5.0, 0.0)
+    t = _drive(m, 4, 0.033, 5.0, t)
+    _drive(m, 8, 0.036, 5.0, t)
+    assert m.token_latency_s(1) == pytest.approx(0.0296, rel=0.05)
+    assert m.token_latency_s(16) == pytest.approx(0.042, rel=0.1)
+    assert m.capacity(4.8) > 100  # far more streams than people read at
+
+
+def test_a_one_slot_server_is_learned_as_taking_turns() -> None:
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    t = _drive(m, 1, 0.030, 5.0, 0.0)
+    # Two in flight: the engine still produces one token per 30 ms in all, so each stream
+    # sees one per 60 ms on average.
+    _drive(m, 2, 0.060, 5.0, t)
+    a, b = m.line()
+    assert a == pytest.approx(0.0, abs=0.003) and b == pytest.approx(0.030, rel=0.1)
+    assert m.throughput_tok_s(4) == pytest.approx(33.3, rel=0.1)
+    assert m.capacity(4.8) == 6  # 1 / (k · 0.03) ≥ 4.8
+
+
+def test_before_two_concurrencies_are_seen_it_is_optimistic() -> None:
+    m = CapacityModel(CapacityConfig(window_s=0.5, optimism=0.05), now_s=0.0)
+    _drive(m, 1, 0.030, 5.0, 0.0)
+    assert m.token_latency_s(2) < 0.032  # one more is assumed nearly free: it gets tried
+
+
+def test_ttft_is_learned_per_concurrency_and_a_stall_reads_as_slow() -> None:
+    m = CapacityModel(CapacityConfig(window_s=0.5, ttft_alpha=1.0), now_s=0.0)
+    m.first_token(0.05, k_before=0)
+    m.first_token(4.0, k_before=1)  # a newcomer behind a running stream (one slot)
+    assert m.ttft_s(0) == 0.05 and m.ttft_s(1) == 4.0
+    assert m.ttft_s(3) == 8.0  # unseen: scaled by the streams ahead (4 vs 2)
+    m.first_token(0.2, k_before=0, resumed=True)
+    assert m.resume_ttft_s(0) == 0.2
+    m.in_flight(1, 10.0)
+    m.tokens(0, 12.0)  # nothing for two seconds
+    assert m.token_latency_s(1) == m.config.max_latency_s

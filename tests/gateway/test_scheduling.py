@@ -1,0 +1,115 @@
+"""Gateway scheduling against the scripted engine: queue limits and timeouts, a disconnect while
+queued, usage filled in when the engine sends none, model aliases, an interrupted stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import aiohttp
+
+from bench.scripted_engine import Script
+
+BODY = {"model": "test-model", "messages": [{"role": "user", "content": "hi there"}],
+        "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def _events(resp: aiohttp.ClientResponse) -> list[Any]:
+    out = []
+    async for line in resp.content:
+        if line.startswith(b"data: ") and line.strip() != b"data: [DONE]":
+            out.append(json.loads(line[6:]))
+    return out
+
+
+async def test_queue_full_and_queue_timeout_are_429(make_gateway, upstream) -> None:
+    gw = await make_gateway(max_upstream_streams=1, queue_max=1, queue_timeout_s=0.5,
+                            parking="off")
+    upstream.script = Script(tokens=["a "] * 40, gap_s=0.05)
+    async with aiohttp.ClientSession() as s:
+        first = await s.post(gw.url + "/v1/chat/completions", json=BODY)
+        assert first.status == 200
+        waiting = asyncio.create_task(s.post(gw.url + "/v1/chat/completions", json=BODY))
+        await upstream.wait_for(lambda u: u.requests == 1)
+        await asyncio.sleep(0.1)  # let the second reach the queue (it cannot pass: limit 1)
+        async with s.post(gw.url + "/v1/chat/completions", json=BODY) as third:
+            assert third.status == 429
+            assert (await third.json())["error"]["code"] == "queue_full"
+        second = await asyncio.wait_for(waiting, 10)
+        assert second.status == 429
+        assert (await second.json())["error"]["code"] == "queue_timeout"
+        await _events(first)
+        first.release()
+    assert upstream.requests == 1
+
+
+async def test_a_client_leaving_the_queue_sends_nothing_upstream(make_gateway, upstream) -> None:
+    gw = await make_gateway(max_upstream_streams=1, parking="off")
+    upstream.script = Script(tokens=["a "] * 20, gap_s=0.05)
+    async with aiohttp.ClientSession() as s:
+        first = await s.post(gw.url + "/v1/chat/completions", json=BODY)
+        queued = asyncio.create_task(s.post(gw.url + "/v1/chat/completions", json=BODY))
+        await asyncio.sleep(0.2)
+        queued.cancel()
+        await asyncio.gather(queued, return_exceptions=True)
+        await _events(first)
+        first.release()
+        # Nothing else is queued: a later request goes straight through.
+        async with s.post(gw.url + "/v1/chat/completions", json=BODY) as later:
+            await _events(later)
+    assert upstream.requests == 2  # the first and the later one; never the one that left
+
+
+async def test_usage_is_filled_in_when_the_engine_sends_none(make_gateway, upstream) -> None:
+    gw = await make_gateway()
+    upstream.script = Script(tokens=["one ", "two ", "three"], usage=False)
+    async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/chat/completions",
+                                                    json=BODY) as resp:
+        events = await _events(resp)
+    usage = events[-1]["usage"]
+    andes = next(e["andes"] for e in events if "andes" in e)
+    assert usage["completion_tokens"] == 3
+    assert usage["prompt_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + 3
+    assert andes["usage_source"] == {"completion_tokens": "counted", "prompt_tokens": "estimate"}
+
+
+async def test_model_aliases(make_gateway, upstream) -> None:
+    gw = await make_gateway(model_aliases=("public=test-model",))
+    async with aiohttp.ClientSession() as s:
+        async with s.get(gw.url + "/v1/models") as resp:
+            ids = [m["id"] for m in (await resp.json())["data"]]
+        assert ids == ["public"]
+        async with s.post(gw.url + "/v1/chat/completions",
+                          json=dict(BODY, model="public")) as resp:
+            events = await _events(resp)
+    assert events[0]["model"] == "public"
+    assert upstream.records[-1].body["model"] == "test-model"
+
+
+async def test_done_before_a_finish_is_an_error_not_a_short_answer(make_gateway,
+                                                                    upstream) -> None:
+    gw = await make_gateway()
+    upstream.script = Script(tokens=["a ", "b "], done_without_finish=True)
+    async with aiohttp.ClientSession() as s, s.post(gw.url + "/v1/chat/completions",
+                                                    json=BODY) as resp:
+        events = await _events(resp)
+    assert events[-1]["error"]["type"] == "upstream_error"
+
+
+def test_scheduling_settings_from_flags_environment_and_their_errors() -> None:
+    import pytest
+
+    from gateway.config import ConfigError, load_config
+
+    cfg = load_config({"model_aliases": ("a=b",)},
+                      {"ANDES_GATEWAY_ADMISSION": "off", "ANDES_GATEWAY_QUEUE_MAX": "5",
+                       "ANDES_GATEWAY_ROUTING": "least_busy"})
+    assert (cfg.admission, cfg.queue_max, cfg.routing) == (False, 5, "least_busy")
+    assert cfg.alias_map() == {"a": "b"}
+    with pytest.raises(ConfigError, match="PUBLIC=UPSTREAM_ID"):
+        load_config({"model_aliases": ("nonsense",)})
+    with pytest.raises(ConfigError, match="parking"):
+        load_config({"parking": "sometimes"})
+    with pytest.raises(ConfigError, match="queue_timeout_s"):
+        load_config({"queue_timeout_s": 0.0})
