@@ -239,7 +239,7 @@ class Scheduler:
             if (not u.controlled and u.in_flight
                     and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace):
                 continue
-            key = (u.capacity.ttft_s(u.in_flight), u.in_flight, i)
+            key = (self._ttft_s(u, u.in_flight), u.in_flight, i)
             if best is None or key < best:
                 best = key
         return None if best is None else best[2]
@@ -255,8 +255,9 @@ class Scheduler:
         fast = self._fast_path(ticket)
         if fast is not None:
             return fast
-        return min(eligible, key=lambda i: (self.upstreams[i].capacity.ttft_s(
-            self.upstreams[i].in_flight), self.upstreams[i].in_flight))
+        ups = self.upstreams
+        return min(eligible,
+                   key=lambda i: (self._ttft_s(ups[i], ups[i].in_flight), ups[i].in_flight))
 
     # -- valuation ------------------------------------------------------------------------------
 
@@ -273,8 +274,17 @@ class Scheduler:
     def _candidate_gain(self, t: Ticket, u: UpstreamView, k_before: int, latency_s: float,
                         now_s: float) -> float:  # fmt: skip
         first = (u.capacity.resume_ttft_s(k_before) if t.state == "parked"
-                 else u.capacity.ttft_s(k_before))  # fmt: skip
+                 else self._ttft_s(u, k_before))  # fmt: skip
         return self._gain(t, now_s, latency_s, first + latency_s)
+
+    def _ttft_s(self, u: UpstreamView, k_before: int) -> float:
+        """``u``'s expected TTFT with ``k_before`` in flight. One not yet timed is taken to be as
+        fast as the fastest timed peer (replicas of a pool serve one model): a constant guess
+        would make a busy replica whose TTFT was measured small look better than an idle one."""
+        if u.capacity.ttft_measured:
+            return u.capacity.ttft_s(k_before)
+        peers = [v.capacity.ttft_s(0) for v in self.upstreams if v.capacity.ttft_measured]
+        return min(peers) * (k_before + 1) if peers else u.capacity.ttft_s(k_before)
 
     def _loss(self, u: UpstreamView, now_s: float, cache: dict[int, float], index: int) -> float:
         """What ``u``'s running streams lose over the horizon if one more joins them."""

@@ -139,6 +139,11 @@ class CapacityModel:
         """Tokens per second over all streams at concurrency ``k``."""
         return max(k, 1) / self.token_latency_s(k)
 
+    @property
+    def ttft_measured(self) -> bool:
+        """Whether any first token has been timed here (else :meth:`ttft_s` is the default)."""
+        return bool(self._ttft)
+
     def ttft_s(self, k_before: int) -> float:
         """Expected seconds to the first token of a request opened with ``k_before`` in flight."""
         if k_before in self._ttft:

@@ -140,3 +140,14 @@ def test_routing_prefers_the_replica_with_the_shorter_predicted_ttft() -> None:
     assert s.add(_ticket("x", 0.0), 0.0) == 1
     s2 = Scheduler(SchedulerConfig(routing="least_busy"), [busy, idle])
     assert s2.route(_ticket("y", 0.0)) == 1
+
+
+def test_an_untimed_idle_replica_is_not_worse_than_a_busy_timed_one() -> None:
+    # The busy replica's first tokens came fast (0.05 s); the idle one has no sample yet. A constant
+    # prior (0.2 s) would lose to the busy one's 2 × 0.05 s: the idle replica takes its peers' pace.
+    busy = UpstreamView(_capacity(0.02, 0.002), in_flight=1)
+    idle = UpstreamView(CapacityModel(CapacityConfig(), now_s=0.0), in_flight=0)
+    assert not idle.capacity.ttft_measured
+    s = Scheduler(SchedulerConfig(), [busy, idle])
+    assert s.add(_ticket("x", 0.0), 0.0) == 1
+    assert Scheduler(SchedulerConfig(), [busy, idle]).route(_ticket("y", 0.0)) == 1
