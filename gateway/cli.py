@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
               f"{ENV_PREFIX}UPSTREAMS)", file=sys.stderr)
         return 2
     setup_logging(config)
-    from gateway.app import serve  # aiohttp only once the configuration is good
+    from gateway.app import listen_url, serve  # aiohttp only once the configuration is good
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             # Printed whatever the log level: scripts starting us with --port 0 read the port.
             await serve(config, ready=lambda port: print(
-                f"andes gateway listening on http://{config.host}:{port}", file=sys.stderr,
+                f"andes gateway listening on {listen_url(config.host, port)}", file=sys.stderr,
                 flush=True))
 
     try:

@@ -35,6 +35,7 @@ class StreamRequest:
     model: str | None
     qoe: QoEFields
     pacing: PacingMode | None
+    owner: int | None = None  # the API key that opened it (its index); None: no keys
 
 
 class Gateway:
@@ -78,10 +79,13 @@ class Gateway:
             pacer = PacerConfig(tds_tok_s=spec.tds_tok_s, mode=req.pacing or self.config.pacing,
                                 frame_s=self.config.frame_s,
                                 word_boundary=self.config.word_boundary,
-                                max_buffered_tokens=self.config.max_buffered_tokens)
+                                max_buffered_tokens=self.config.max_buffered_tokens,
+                                max_buffered_bytes=self.config.max_buffered_bytes)
             stream = Stream(new_stream_id(), spec, pacer,
                             slow_reader_timeout_s=self.config.slow_reader_timeout_s,
-                            hooks=self._hooks, model=public)
+                            hooks=self._hooks, model=public,
+                            stall_timeout_s=self.config.upstream_stall_timeout_s)
+            stream.owner = req.owner
             body = dict(req.body, model=model)
             replica = await self.dispatch.acquire(stream, req.endpoint, body)
             try:

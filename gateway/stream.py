@@ -19,10 +19,13 @@ reader never see the seam: one stream, one usage total, one QoE. :attr:`progress
 continuation needs (the prompt's and the generated tokens' ids where the engine returns them, the
 generated text, the count).
 
-Buffers are bounded: the pacer holds at most ``max_buffered_tokens`` unreleased tokens
-(:class:`~gateway.pacer.PacerOverflow` ends the stream as a slow reader), and a transport write
-that cannot drain in time ends it too. Whatever ends the stream, the engine request is closed at
-once (which aborts it upstream).
+Buffers are bounded: the pacer holds at most ``max_buffered_tokens`` unreleased tokens and
+``max_buffered_bytes`` bytes (:class:`~gateway.pacer.PacerOverflow` ends the stream as a slow
+reader), and a transport write that cannot drain within ``slow_reader_timeout_s`` ends it too (its
+connection is aborted: a reader that does not read cannot be told). An engine that says nothing
+for ``stall_timeout_s`` while the reader waits on it ends the stream with ``upstream_timeout``.
+Both clocks are kept by one :class:`_Watchdog` per event loop, not a timer per write or per token.
+Whatever ends the stream, the engine request is closed at once (which aborts it upstream).
 
 QoE is measured where the text reaches the reader: in ``server`` and ``off`` pacing, at the time
 each chunk is written; in ``client`` pacing, at the client's acknowledgements when it sends any
@@ -47,12 +50,19 @@ from core.qoe import QoESpec, QoETracker
 from core.slack import SlackRecord
 from core.slack import slack_s as _slack_s
 from gateway.continuation import Progress
-from gateway.errors import GatewayError, InvalidRequest, RateLimited, ShuttingDown, SlowReader
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    ShuttingDown,
+    SlowReader,
+    UpstreamTimeout,
+)
 from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
 from gateway.upstream import UpstreamError, UpstreamStream
 
-__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "new_stream_id",
-           "transport_backlog"]
+__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "abort_transport",
+           "new_stream_id", "transport_backlog"]
 
 
 def new_stream_id() -> str:
@@ -70,6 +80,14 @@ def transport_backlog(transport: asyncio.BaseTransport | None) -> int:
     return int(size())
 
 
+def abort_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Close ``transport`` at once, dropping what it holds unsent (what a :class:`Sink` over a
+    socket does in :meth:`Sink.abort`): its blocked write fails, the handler ends."""
+    abort = getattr(transport, "abort", None)
+    if abort is not None and transport is not None and not transport.is_closing():
+        abort()
+
+
 class Sink(Protocol):
     """Where a stream's text goes (an SSE response, a WebSocket)."""
 
@@ -83,6 +101,9 @@ class Sink(Protocol):
 
     async def keepalive(self) -> None:
         """Write something harmless so proxies keep the connection open."""
+
+    def abort(self) -> None:
+        """Drop the connection now (a write blocked too long: the reader does not read)."""
 
 
 @dataclass(slots=True)
@@ -131,7 +152,7 @@ class Stream:
 
     def __init__(self, stream_id: str, spec: QoESpec, pacer_config: PacerConfig, *,
                  slow_reader_timeout_s: float, hooks: StreamHooks | None = None,
-                 model: str = "") -> None:
+                 model: str = "", stall_timeout_s: float = math.inf) -> None:
         self.id = stream_id
         self.spec = spec
         self.model = model
@@ -143,6 +164,11 @@ class Stream:
         self._acked_qoe = QoETracker(spec, self.arrival_s)  # at acknowledgement times
         self._acked = 0
         self._slow_reader_timeout_s = slow_reader_timeout_s
+        self._stall_timeout_s = stall_timeout_s
+        self._starving_since_s: float | None = None  # reader waiting on a silent engine since
+        self._writing_sink: Sink | None = None  # the sink of a write in progress
+        self._watchdog = _Watchdog.of(self._loop)
+        self.owner: int | None = None  # which API key opened it (index), None: no keys
         self._hooks = hooks or StreamHooks()
         self._upstream: UpstreamStream | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -184,6 +210,7 @@ class Stream:
         self._parking = False
         self._reader = asyncio.create_task(self._read(upstream),
                                            name=f"andes-upstream-{self.id}")
+        self._watchdog.watch(self)
 
     @property
     def is_parked(self) -> bool:
@@ -243,6 +270,7 @@ class Stream:
         parked = False
         try:
             async for event in upstream.events():
+                self._starving_since_s = None
                 self._apply(event, self._loop.time())
                 self._wake()
         except asyncio.CancelledError:
@@ -322,7 +350,38 @@ class Stream:
     def _fail(self, error: GatewayError) -> None:
         if self.error is None:
             self.error = error
+        if isinstance(error, SlowReader) and self._writing_sink is not None:
+            # The buffer overflowed while a write waits on the socket: nobody is reading.
+            self._writing_sink.abort()
         self._wake()
+
+    # -- the watchdog's checks (gateway/stream.py _Watchdog) -----------------------------------
+
+    def _write_timed_out(self) -> None:
+        self._fail(SlowReader(f"the client did not take the text within "
+                              f"{self._slow_reader_timeout_s} s"))
+        if self._writing_sink is not None:
+            self._writing_sink.abort()
+
+    def _check_engine(self, now_s: float) -> None:
+        """End the stream if its reader has waited on a silent engine for ``stall_timeout_s``.
+
+        Silence alone is no fault: the scheduler holds or parks streams whose readers have text
+        buffered, and a paused reader needs nothing. The clock runs only while the reader has
+        nothing left and is reading."""
+        if (self._upstream_done or self.error is not None or self._end_reason is not None
+                or self._upstream is None):  # parked: the gateway's scheduler resumes it
+            self._starving_since_s = None
+            return
+        if self.pacer.paused or self.pacer.buffered(now_s) > 0:
+            self._starving_since_s = None
+            return
+        if self._starving_since_s is None:
+            self._starving_since_s = now_s
+        elif now_s - self._starving_since_s >= self._stall_timeout_s:
+            self._hooks.upstream_error("stall")
+            self._fail(UpstreamTimeout(f"the engine sent nothing for {self._stall_timeout_s} s"))
+            self._stop_upstream()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -440,7 +499,8 @@ class Stream:
                     await self._guarded(sink.keepalive(), sink)
                     last_write_s = self._loop.time()
         except (ConnectionError, asyncio.CancelledError) as exc:
-            reason = "disconnected"
+            # An aborted slow reader's connection fails its write: that is the error's doing.
+            reason = "error" if self.error is not None else "disconnected"
             self._stop_upstream()
             if isinstance(exc, asyncio.CancelledError):
                 self.finish(reason)
@@ -453,17 +513,18 @@ class Stream:
         return self.finish(reason)
 
     async def _guarded(self, write: Any, sink: Sink) -> None:
-        if sink.backlog() == 0:
-            # The transport has taken everything so far: this write cannot wait on a drain, so it
-            # needs no timer (one per write would cost as much as the write).
-            await write
-            return
+        # Every write is bounded, also one made with an empty backlog: one large chunk (pacing
+        # off, a reader that never reads) fills the socket and then waits in drain(). The
+        # watchdog times it (an entry in a dict, not a timer per write: a timer cost as much as
+        # the write) and aborts the connection.
+        writing = self._watchdog.writing
+        writing[self] = self._loop.time()
+        self._writing_sink = sink
         try:
-            async with asyncio.timeout(self._slow_reader_timeout_s):
-                await write
-        except TimeoutError:
-            raise SlowReader(f"the client did not take the text within "
-                             f"{self._slow_reader_timeout_s} s") from None
+            await write
+        finally:
+            self._writing_sink = None
+            writing.pop(self, None)
 
     async def _write(self, sink: Sink, chunk: Chunk, now: float) -> None:
         if self.mode == "server":
@@ -477,6 +538,7 @@ class Stream:
         """How the stream ended (also for a transport that failed before :meth:`run`)."""
         if self.result is not None:
             return self.result
+        self._watchdog.unwatch(self)
         tracker = self._sent_qoe
         if self.mode == "client" and self._acked > 0:
             tracker = self._acked_qoe
@@ -538,6 +600,56 @@ class _Clock:
         if heap:
             self._timer_at_s = heap[0][0]
             self._timer = self._loop.call_at(self._timer_at_s, self._fire)
+
+
+class _Watchdog:
+    """What bounds every stream's waits, for all the streams of an event loop, on one periodic
+    timer: a write blocked longer than its stream's slow-reader timeout
+    (:meth:`Stream._write_timed_out`) and a reader waiting longer than the stall timeout on an
+    engine that says nothing (:meth:`Stream._check_engine`).
+
+    A write costs two dict operations here; a tick costs one check per live stream, a few times a
+    second at most (``period_s``: a quarter of the smallest timeout, within [0.05, 1] s, so a
+    timeout fires at most that much late)."""
+
+    _dogs: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog]] = \
+        weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.streams: dict[Stream, None] = {}  # live streams (a dict: ordered, O(1) removal)
+        self.writing: dict[Stream, float] = {}  # stream -> when its write in progress began
+        self.period_s = 1.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Watchdog:
+        dog = cls._dogs.get(loop)
+        if dog is None:
+            dog = cls._dogs[loop] = cls(loop)
+        return dog
+
+    def watch(self, stream: Stream) -> None:
+        self.streams[stream] = None
+        shortest = min(stream._slow_reader_timeout_s, stream._stall_timeout_s)
+        self.period_s = min(self.period_s, max(shortest / 4, 0.05))
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.period_s, self._tick)
+
+    def unwatch(self, stream: Stream) -> None:
+        self.streams.pop(stream, None)
+        self.writing.pop(stream, None)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for stream, since in list(self.writing.items()):
+            if now - since >= stream._slow_reader_timeout_s:
+                stream._write_timed_out()
+        for stream in list(self.streams):
+            stream._check_engine(now)
+        if self.streams or self.writing:
+            self._timer = self._loop.call_later(self.period_s, self._tick)
 
 
 @dataclass(slots=True)
