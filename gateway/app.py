@@ -22,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from gateway import http_api, ws_api
@@ -35,8 +37,10 @@ from gateway.errors import openai_error as _openai_error
 from gateway.feedback import start_reporter
 from gateway.metrics import CONTENT_TYPE
 from gateway.service import Gateway
+from gateway.workers import WorkerSlot, merge_expositions
 
-__all__ = ["GATEWAY", "create_app", "exposure_warning", "listen_url", "serve", "start"]
+__all__ = ["GATEWAY", "create_app", "exposure_warning", "listen_url", "serve", "serve_worker",
+           "start"]
 
 log = logging.getLogger("andes.gateway")
 
@@ -110,8 +114,64 @@ def listen_url(host: str, port: int) -> str:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = request.app[GATEWAY].metrics.exposition()
+    gw = request.app[GATEWAY]
+    data = gw.metrics.exposition()
+    if gw.worker is not None:
+        data = await _all_workers(gw.worker, data)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def _all_workers(slot: WorkerSlot, own: bytes) -> bytes:
+    """Every worker's metrics, labelled by worker (gateway/workers.py)."""
+    async def fetch(i: int, port: int) -> tuple[int, bytes] | None:
+        if i == slot.index:
+            return i, own
+        if not port:
+            return None  # starting, or restarting
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as s, \
+                    s.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                return i, await resp.read()
+        except (aiohttp.ClientError, TimeoutError):
+            log.warning("metrics of gateway worker %d unavailable", i)
+            return None
+    parts = await asyncio.gather(*(fetch(i, p) for i, p in enumerate(slot.metrics_ports)))
+    return merge_expositions([part for part in parts if part is not None])
+
+
+async def serve_worker(config: GatewayConfig, slot: WorkerSlot, port: int,
+                       ready: Callable[[], None]) -> None:
+    """One worker of ``--workers N`` (gateway/workers.py): the gateway on the shared port, its
+    own metrics on a private loopback port for the others; until SIGTERM."""
+    app = create_app(config)
+    gw = app[GATEWAY]
+    gw.worker = slot
+    gw.table.others = slot.others
+    gw.table.publish = slot.publish
+    runner, _ = await start(config, port=port, reuse_port=True, app=app)
+    private = web.Application()
+
+    async def own_metrics(_request: web.Request) -> web.Response:
+        return web.Response(body=gw.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+    private.router.add_get("/metrics", own_metrics)
+    private_runner = web.AppRunner(private, access_log=None)
+    await private_runner.setup()
+    site = web.TCPSite(private_runner, "127.0.0.1", 0)
+    await site.start()
+    slot.metrics_ports[slot.index] = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, stop.set)
+    ready()
+    try:
+        await stop.wait()
+    finally:
+        slot.metrics_ports[slot.index] = 0
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        await private_runner.cleanup()
 
 
 async def index(request: web.Request) -> web.StreamResponse:

@@ -187,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(config)
     from gateway.app import listen_url, serve  # aiohttp only once the configuration is good
 
+    if config.workers > 1:
+        return _run_workers(config)
+
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -207,6 +210,27 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _run_workers(config: GatewayConfig) -> int:
+    from gateway.app import exposure_warning, listen_url
+    from gateway.workers import run_workers
+
+    warning = exposure_warning(config)
+    if warning is not None:
+        logging.getLogger("andes.gateway").warning(warning)
+
+    def ready(port: int, pids: list[int]) -> None:
+        print(f"andes gateway listening on {listen_url(config.host, port)} "
+              f"({config.workers} workers, pids {' '.join(map(str, pids))})", file=sys.stderr,
+              flush=True)
+
+    try:
+        return run_workers(config, ready)
+    except OSError as exc:
+        print(f"andes gateway: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -20,6 +20,7 @@ from gateway.protocol import QoEFields
 from gateway.stream import Stream, StreamResult, StreamTable, new_stream_id
 from gateway.upstream import Endpoint, Upstream
 from gateway.usage import check_seams, count_prompt, fill_usage
+from gateway.workers import WorkerSlot
 
 __all__ = ["Gateway", "StreamRequest"]
 
@@ -53,6 +54,7 @@ class Gateway:
                            config.tds_tok_s)
         self._requests: dict[str, tuple[Endpoint, dict[str, Any]]] = {}
         self._background: set[asyncio.Future[None]] = set()  # seam checks after a stream
+        self.worker: WorkerSlot | None = None  # set in a worker process (gateway/workers.py)
 
     def check_max_tokens(self, body: dict[str, Any]) -> None:
         for key in ("max_tokens", "max_completion_tokens"):

@@ -661,15 +661,20 @@ class StreamTable:
     reserved: int = 0  # admitted, not yet registered (waiting for the engine to answer)
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # With several worker processes (gateway/workers.py) the limit is the gateway's: the
+    # streams the other workers hold, and where this one publishes its own count.
+    others: Callable[[], int] = lambda: 0
+    publish: Callable[[int], None] = lambda n: None
 
     def admit(self) -> None:
         """Reserve a slot or raise :class:`RateLimited` / :class:`ShuttingDown`."""
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
-        if len(self.streams) + self.reserved >= self.max_streams:
+        if len(self.streams) + self.reserved + self.others() >= self.max_streams:
             raise RateLimited(f"too many concurrent streams (limit {self.max_streams}); "
                               "retry later")
         self.reserved += 1
+        self.publish(len(self))
         self.idle.clear()
 
     def register(self, stream: Stream) -> None:
@@ -682,6 +687,7 @@ class StreamTable:
             self.reserved -= 1
         else:
             self.streams.pop(stream_id, None)
+        self.publish(len(self))
         if not self.streams and self.reserved == 0:
             self.idle.set()
 
