@@ -211,6 +211,9 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
             "total_tokens": int(usage.get("total_tokens", p + c))}
 
 
+_DIRECT_LIMIT = 1 << 16  # bytes unsent in the socket's buffer beyond which writes go via aiohttp
+
+
 class _SSESink:
     def __init__(self, resp: web.StreamResponse, renderer: _Renderer, keepalive_s: float,
                  transport: asyncio.BaseTransport | None) -> None:
@@ -218,9 +221,25 @@ class _SSESink:
         self.renderer = renderer
         self.keepalive_s = keepalive_s
         self.transport = transport
+        # Direct writes (Stream._pump) put the bytes aiohttp would have put on the transport:
+        # a chunk of the chunked encoding (HTTP/1.1), or the bytes as they are (HTTP/1.0,
+        # delimited by the close). Never with compression, which aiohttp's writer does.
+        self._chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._direct = transport is not None and not resp.compression
 
     def backlog(self) -> int:
         return transport_backlog(self.transport)
+
+    def ready_now(self) -> bool:
+        transport = self.transport
+        return (self._direct and transport is not None and not transport.is_closing()
+                and transport_backlog(transport) < _DIRECT_LIMIT)
+
+    def write_now(self, chunk: Chunk) -> None:
+        data = self.renderer.content_event(chunk.text)
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def abort(self) -> None:
         abort_transport(self.transport)
@@ -240,6 +259,12 @@ class _CollectSink:
 
     def backlog(self) -> int:
         return 0
+
+    def ready_now(self) -> bool:
+        return True
+
+    def write_now(self, chunk: Chunk) -> None:
+        self.parts.append(chunk.text)
 
     def abort(self) -> None:  # pragma: no cover - its writes never block
         pass

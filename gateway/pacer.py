@@ -268,7 +268,11 @@ class Pacer:
     def _release(self, count: int, now_s: float, due_s: float) -> list[Chunk]:
         if count <= 0:
             return []
-        text = "".join(self._pending.popleft() for _ in range(count))
+        pending = self._pending
+        if count == 1:  # the common case of a paced stream: one token per write
+            text = pending.popleft()
+        else:
+            text = "".join([pending.popleft() for _ in range(count)])
         self._pending_bytes -= _utf8_len(text)
         chunk = Chunk(text=text, index=self._sent, count=count, due_s=due_s)
         self._sent += count

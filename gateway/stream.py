@@ -8,7 +8,12 @@ A :class:`Stream` joins three things and is shared by every transport:
   pacer's next due time or new input, hands ``due()`` chunks to the transport's :class:`Sink` and
   awaits its drain (bounded by ``slow_reader_timeout_s``). Sleeping writers share one timer per
   event loop (:class:`_Clock`), not one each: at thousands of streams, timer handles and their
-  cancellations were a large share of the gateway's CPU;
+  cancellations were a large share of the gateway's CPU. While the writer sleeps, a due time or
+  new input is served without waking it when the sink can take a write at once
+  (:meth:`Sink.ready_now`: nothing waiting in the socket's buffer): the clock's callback writes
+  and re-arms (:meth:`Stream._pump`), so a paced write costs no task switch, no future and no
+  pass through the writer loop. The writer is woken only for what needs it: backpressure, the
+  end, an error, a keep-alive;
 * the control inputs (:meth:`ack`, :meth:`set_pace`, :meth:`pause`, :meth:`resume`,
   :meth:`cancel`, :meth:`abort`) from the WebSocket or the SSE ack endpoint.
 
@@ -102,6 +107,12 @@ class Sink(Protocol):
     async def keepalive(self) -> None:
         """Write something harmless so proxies keep the connection open."""
 
+    def ready_now(self) -> bool:
+        """Whether :meth:`write_now` may be used: a write now can neither block nor pile up."""
+
+    def write_now(self, chunk: Chunk) -> None:
+        """Write one chunk without waiting (only after :meth:`ready_now` said so)."""
+
     def abort(self) -> None:
         """Drop the connection now (a write blocked too long: the reader does not read)."""
 
@@ -167,6 +178,8 @@ class Stream:
         self._stall_timeout_s = stall_timeout_s
         self._starving_since_s: float | None = None  # reader waiting on a silent engine since
         self._writing_sink: Sink | None = None  # the sink of a write in progress
+        self._sink: Sink | None = None  # the sink of the running writer loop
+        self._last_write_s = self.arrival_s  # for keep-alives
         self._watchdog = _Watchdog.of(self._loop)
         self.owner: int | None = None  # which API key opened it (index), None: no keys
         self._hooks = hooks or StreamHooks()
@@ -444,8 +457,43 @@ class Stream:
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is not None and not waiter.done() and not self._pump():
             waiter.set_result(None)
+
+    def _pump(self) -> bool:
+        """Serve a sleeping writer's due time or new input here and now, if the sink can take a
+        write at once; False if the writer itself must run (it is then woken)."""
+        sink = self._sink
+        if (sink is None or self.error is not None or self._end_reason is not None
+                or not sink.ready_now()):
+            return False
+        now = self._loop.time()
+        if self._keepalive_due(sink, now):
+            return False
+        for chunk in self.pacer.due(now):
+            sink.write_now(chunk)
+            self._record(chunk, now)
+        if self.pacer.done and self._upstream_done:
+            return False  # the writer finishes the stream
+        deadline = self._next_wake_s(sink)
+        if deadline <= now:
+            return False
+        if math.isfinite(deadline) and (self._wake_at_s is None or self._wake_at_s > deadline):
+            self._wake_at_s = deadline
+            self._clock.wake_at(deadline, self)
+        return True
+
+    def _next_wake_s(self, sink: Sink) -> float:
+        deadline = self.pacer.next_due_s()
+        if deadline is None:
+            deadline = math.inf
+        if sink.keepalive_s is not None:
+            deadline = min(deadline, self._last_write_s + sink.keepalive_s)
+        return deadline
+
+    def _keepalive_due(self, sink: Sink, now_s: float) -> bool:
+        return (sink.keepalive_s is not None and self.error is None
+                and now_s - self._last_write_s >= sink.keepalive_s)
 
     async def _sleep_until(self, deadline_s: float) -> None:
         # A bare future and the shared clock: no timer handle per sleep, nothing to cancel when
@@ -469,35 +517,11 @@ class Stream:
     async def run(self, sink: Sink) -> StreamResult:
         """Write the stream to ``sink`` until it ends; return how it ended. Always closes the
         engine request, also when cancelled (the client went away)."""
-        last_write_s = self._loop.time()
+        self._last_write_s = self._loop.time()
+        self._sink = sink
         reason = "finished"
         try:
-            while True:
-                if self.error is not None:
-                    reason = "error"
-                    break
-                if self._end_reason is not None:
-                    reason = self._end_reason
-                    break
-                now = self._loop.time()
-                for chunk in self.pacer.due(now):
-                    await self._write(sink, chunk, now)
-                    last_write_s = now
-                if self.pacer.done and self._upstream_done:
-                    if self.error is not None:
-                        reason = "error"
-                    break
-                deadline = self.pacer.next_due_s()
-                if deadline is None:
-                    deadline = math.inf
-                if sink.keepalive_s is not None:
-                    deadline = min(deadline, last_write_s + sink.keepalive_s)
-                if deadline > now:
-                    await self._sleep_until(deadline)
-                if (sink.keepalive_s is not None and self.error is None
-                        and self._loop.time() - last_write_s >= sink.keepalive_s):
-                    await self._guarded(sink.keepalive(), sink)
-                    last_write_s = self._loop.time()
+            reason = await self._write_loop(sink)
         except (ConnectionError, asyncio.CancelledError) as exc:
             # An aborted slow reader's connection fails its write: that is the error's doing.
             reason = "error" if self.error is not None else "disconnected"
@@ -509,8 +533,28 @@ class Stream:
             self._fail(exc)
             reason = "error"
         finally:
+            self._sink = None
             self._stop_upstream()
         return self.finish(reason)
+
+    async def _write_loop(self, sink: Sink) -> str:
+        """Write due chunks, sleep until the next; return how the stream ended."""
+        while True:
+            if self.error is not None:
+                return "error"
+            if self._end_reason is not None:
+                return self._end_reason
+            now = self._loop.time()
+            for chunk in self.pacer.due(now):
+                await self._write(sink, chunk, now)
+            if self.pacer.done and self._upstream_done:
+                return "error" if self.error is not None else "finished"
+            deadline = self._next_wake_s(sink)
+            if deadline > now:
+                await self._sleep_until(deadline)
+            if self._keepalive_due(sink, self._loop.time()):
+                await self._guarded(sink.keepalive(), sink)
+                self._last_write_s = self._loop.time()
 
     async def _guarded(self, write: Any, sink: Sink) -> None:
         # Every write is bounded, also one made with an empty backlog: one large chunk (pacing
@@ -527,12 +571,17 @@ class Stream:
             writing.pop(self, None)
 
     async def _write(self, sink: Sink, chunk: Chunk, now: float) -> None:
+        await self._guarded(sink.delta(chunk), sink)
+        self._record(chunk, now)
+
+    def _record(self, chunk: Chunk, now: float) -> None:
+        """A chunk was written at ``now``: lateness, first token, QoE at delivery."""
         if self.mode == "server":
             self._hooks.lateness(max(now - chunk.due_s, 0.0))
-        await self._guarded(sink.delta(chunk), sink)
         if self.first_token_s is None:
             self.first_token_s = now
         self._sent_qoe.add(now, chunk.count)
+        self._last_write_s = now
 
     def finish(self, reason: str) -> StreamResult:
         """How the stream ended (also for a transport that failed before :meth:`run`)."""

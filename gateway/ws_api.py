@@ -48,6 +48,12 @@ class _WSSink:
     def abort(self) -> None:
         abort_transport(self.conn.transport)
 
+    def ready_now(self) -> bool:
+        return False  # aiohttp frames (and may compress) WebSocket messages: its own writer
+
+    def write_now(self, chunk: Chunk) -> None:  # pragma: no cover - ready_now is False
+        raise NotImplementedError
+
     async def delta(self, chunk: Chunk) -> None:
         await self.conn.send(p.Delta(chunk.index, chunk.count, chunk.text))
 
