@@ -179,6 +179,7 @@ class Stream:
         self._starving_since_s: float | None = None  # reader waiting on a silent engine since
         self._writing_sink: Sink | None = None  # the sink of a write in progress
         self._sink: Sink | None = None  # the sink of the running writer loop
+        self._pump_soon = False  # a _wake_now is scheduled
         self._last_write_s = self.arrival_s  # for keep-alives
         self._watchdog = _Watchdog.of(self._loop)
         self.owner: int | None = None  # which API key opened it (index), None: no keys
@@ -456,6 +457,19 @@ class Stream:
     # -- the writer loop ------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        """New input: serve it once the current step is over (a burst of tokens read at once is
+        fed whole before anything is written, so it goes out as one write)."""
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._pump_soon:
+            return
+        if self._sink is not None and self.error is None and self._end_reason is None:
+            self._pump_soon = True
+            self._loop.call_soon(self._wake_now)
+        else:
+            waiter.set_result(None)
+
+    def _wake_now(self) -> None:
+        self._pump_soon = False
         waiter = self._waiter
         if waiter is not None and not waiter.done() and not self._pump():
             waiter.set_result(None)
@@ -512,7 +526,7 @@ class Stream:
     def _on_clock(self, deadline_s: float) -> None:
         if self._wake_at_s == deadline_s:
             self._wake_at_s = None
-            self._wake()
+            self._wake_now()
 
     async def run(self, sink: Sink) -> StreamResult:
         """Write the stream to ``sink`` until it ends; return how it ended. Always closes the
