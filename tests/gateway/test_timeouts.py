@@ -130,6 +130,7 @@ async def test_a_stopped_engine_gives_new_requests_an_error_and_ends_live_stream
                                 json={**GOOD, "stream": True, "qoe": {"tds": 1000}})
             assert live.status == 200
             await live.content.readline()
+            reading = asyncio.create_task(live.read())  # the live stream, read as it comes
             os.kill(pid, signal.SIGSTOP)
             # A new request: the engine's kernel accepts the connection, nobody answers.
             async with asyncio.timeout(30):
@@ -139,7 +140,7 @@ async def test_a_stopped_engine_gives_new_requests_an_error_and_ends_live_stream
             assert err["error"]["code"] == "upstream_timeout"
             # The live stream: its reader drains what was buffered, then waits on the engine.
             async with asyncio.timeout(30):
-                body = (await live.read()).decode()
+                body = (await reading).decode()
             live.close()
         events = [e[6:] for e in body.split("\n\n") if e.startswith("data: ")]
         assert events[-1] == "[DONE]"
