@@ -94,9 +94,7 @@ class GatewayConfig:
             raise ConfigError(f"port must be within [0, 65535], got {self.port!r}")
         _positive("tds_tok_s", self.tds_tok_s)
         _positive("upstream_connect_timeout_s", self.upstream_connect_timeout_s)
-        _positive("upstream_first_byte_timeout_s", self.upstream_first_byte_timeout_s)
-        _positive("upstream_stall_timeout_s", self.upstream_stall_timeout_s)
-        _positive("request_timeout_s", self.request_timeout_s)
+        self._check_edges()
         _positive("slow_reader_timeout_s", self.slow_reader_timeout_s)
         _positive("keepalive_s", self.keepalive_s)
         if not (math.isfinite(self.ttft_s) and self.ttft_s >= 0):
@@ -110,9 +108,6 @@ class GatewayConfig:
                      "queue_max"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        for origin in self.allowed_origins:
-            if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ConfigError(f"allowed_origins: {origin!r} is not * or an http(s):// origin")
         if any(not k for k in self.api_keys):
             raise ConfigError("api_keys: an API key must not be empty")
         for url in self.slack_urls:
@@ -151,6 +146,15 @@ class GatewayConfig:
                 raise ConfigError(f"model_aliases: {public.strip()!r} is given twice")
             out[public.strip()] = target.strip()
         return out
+
+    def _check_edges(self) -> None:
+        """The timeouts and origins that bound what clients and engines can make it wait for."""
+        for name in ("upstream_first_byte_timeout_s", "upstream_stall_timeout_s",
+                     "request_timeout_s"):
+            _positive(name, getattr(self, name))
+        for origin in self.allowed_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"allowed_origins: {origin!r} is not * or an http(s):// origin")
 
     def redacted(self) -> dict[str, Any]:
         """The configuration for logs: secrets replaced by their count."""
