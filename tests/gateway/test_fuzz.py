@@ -24,10 +24,10 @@ import msgpack
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from scripted_upstream import Script, ScriptedUpstream
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from bench.scripted_engine import Script, ScriptedEngine
 from gateway import protocol as p
 from gateway.app import start
 from gateway.auth import GATEWAY
@@ -49,7 +49,7 @@ class Live:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.upstream = ScriptedUpstream()
+        self.upstream = ScriptedEngine()
         self.run(self.upstream.start())
         self.upstream.script = Script(tokens=["a ", "b ", "c "])
         config = GatewayConfig(upstreams=(self.upstream.url,), port=0, max_body_bytes=1 << 16,

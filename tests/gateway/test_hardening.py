@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from scripted_upstream import Script
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from bench.scripted_engine import Script
 from gateway.app import exposure_warning, listen_url
 from gateway.config import GatewayConfig
 

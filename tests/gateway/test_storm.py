@@ -12,9 +12,9 @@ import socket
 import struct
 
 import aiohttp
-from rawclient import connect_raw, http_request, ws_frame, ws_handshake
-from scripted_upstream import Script
+from support.rawclient import connect_raw, http_request, ws_frame, ws_handshake
 
+from bench.scripted_engine import Script
 from gateway.auth import GATEWAY
 
 STREAMS = 300

@@ -16,25 +16,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from rawclient import connect_raw, http_request, ws_frame, ws_handshake
-from scripted_upstream import Script
+from support.rawclient import connect_raw, http_request, ws_frame, ws_handshake
+from support.wait import until
 
+from bench.scripted_engine import Script
 from gateway.auth import GATEWAY
 from gateway.pacer import Pacer, PacerConfig, PacerOverflow
 
 MSGS = [{"role": "user", "content": "hi"}]
 GOOD = {"model": "test-model", "messages": MSGS}
-UPSTREAM_SCRIPT = Path(__file__).resolve().parent / "scripted_upstream.py"
-
-
-async def _until(condition, what: str, timeout_s: float = 20.0) -> None:
-    """Poll ``condition`` until true; a safety bound, not a timed assertion."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"still not true after {timeout_s} s: {what}")
-        await asyncio.sleep(0.02)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- 1. a reader that never reads ------------------------------------------------------------------
@@ -61,9 +52,9 @@ async def test_a_reader_that_never_reads_is_dropped_within_the_timeout(
             await reader.readuntil(b"\r\n\r\n")  # the 101; from here on, nothing is read
             writer.write(ws_frame(json.dumps({"type": "start", "messages": MSGS,
                                               "pacing": "off"})))
-        await _until(lambda: upstream.records and upstream.records[0].sent > 10, "streaming")
+        await until(lambda: upstream.records and upstream.records[0].sent > 10, "streaming", 20)
         table = gw.app[GATEWAY].table
-        await _until(lambda: len(table) == 0, "the stream was ended")
+        await until(lambda: len(table) == 0, "the stream was ended", 20)
         await upstream.wait_for(lambda u: u.cancelled == 1, 20)
         assert not upstream.records[0].finished
     finally:
@@ -93,7 +84,7 @@ async def test_a_large_burst_to_a_reader_that_does_not_read_overflows_in_bytes(
                                   {**GOOD, "stream": True, "pacing": "off"}))
         table = gw.app[GATEWAY].table
         await upstream.wait_for(lambda u: u.requests == 1, 20)
-        await _until(lambda: len(table) == 0, "the stream was ended")  # long before 60 s
+        await until(lambda: len(table) == 0, "the stream was ended", 20)  # long before 60 s
         await upstream.wait_for(lambda u: u.cancelled == 1, 20)
     finally:
         writer.close()
@@ -105,9 +96,9 @@ async def test_a_large_burst_to_a_reader_that_does_not_read_overflows_in_bytes(
 @contextlib.asynccontextmanager
 async def _engine_process(tokens: int, gap_s: float) -> AsyncIterator[tuple[str, int]]:
     """The scripted engine as a process of its own (a real SIGSTOP needs one)."""
-    proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(tokens), str(gap_s), "0"],
-                            stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    proc = subprocess.Popen([sys.executable, "-m", "bench.scripted_engine", "--tokens",
+                             str(tokens), "--gap-s", str(gap_s)], stdout=subprocess.PIPE,
+                            text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)

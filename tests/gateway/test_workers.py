@@ -17,7 +17,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from scripted_upstream import Script
+
+from bench.scripted_engine import Script
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}

@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 import pytest
+from support.wait import until
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -33,15 +34,6 @@ def make_server() -> Iterator[Callable[..., SlackServer]]:
         server.stop()
 
 
-async def _until(condition: Callable[[], object], what: str, timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"still not true after {timeout_s} s: {what}")
-        await asyncio.sleep(0.02)
-
-
 async def _closed_with(ws: ClientConnection) -> int | None:
     with pytest.raises(ConnectionClosed):
         await asyncio.wait_for(ws.recv(), 20)
@@ -62,7 +54,7 @@ async def test_idle_connections_cannot_keep_the_gateway_out(make_server) -> None
     reporter = SlackReporter([server.url], lambda: records, ReporterConfig(interval_s=0.05))
     await reporter.start()
     try:
-        await _until(lambda: server.counters()["records"] >= 1, "the reporter's batch stored")
+        await until(lambda: server.counters()["records"] >= 1, "the reporter's batch stored", 20)
         assert server.counters()["evicted_connections"] >= 1
     finally:
         await reporter.stop()
@@ -84,7 +76,7 @@ async def test_a_quiet_reporter_keeps_its_connection_with_heartbeats(make_server
     reporter = SlackReporter([server.url], list, ReporterConfig(heartbeat_s=0.1))
     await reporter.start()
     try:
-        await _until(lambda: reporter.counters.connected == 1, "connected")
+        await until(lambda: reporter.counters.connected == 1, "connected", 20)
         await asyncio.sleep(2.0)  # several idle timeouts, nothing to report
         assert server.counters()["idle"] == 0
         assert reporter.counters.reconnects == 0

@@ -1,5 +1,6 @@
-"""Raw-socket clients for the adversarial tests: a reader that never reads, a client that trickles
-its request, a WebSocket spoken by hand. What aiohttp's or websockets' clients would never do."""
+"""Raw-socket clients for the adversarial tests (tests/gateway/test_timeouts.py, test_storm.py):
+a reader that never reads, a client that trickles its request, a WebSocket spoken by hand — what
+aiohttp's or websockets' clients would never do."""
 
 from __future__ import annotations
 
