@@ -12,13 +12,16 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from support.wait import until
 
 from bench.scripted_engine import Script
+from slack.receiver import SlackServer, SlackServerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = {"model": "test-model", "messages": [{"role": "user", "content": "hi"}]}
@@ -33,12 +36,13 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def _gateway(upstream_url: str, *flags: str) -> Iterator[tuple[subprocess.Popen[str], str,
-                                                                list[int]]]:
+def _gateway(upstream_url: str, *flags: str, env: dict[str, str] | None = None
+             ) -> Iterator[tuple[subprocess.Popen[str], str, list[int]]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "andes", "gateway", "--upstream", upstream_url, "--port", "0",
          "--workers", "2", "--log-level", "warning", *flags],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
     pids: list[int] = []
     try:
         assert proc.stderr is not None
@@ -92,6 +96,28 @@ async def test_workers_share_the_port_the_limit_and_the_metrics(upstream) -> Non
                     assert resp.status == 429
             for resp in held:
                 resp.close()
+
+
+async def test_every_workers_streams_reach_the_engines_slack_table(upstream) -> None:
+    receiver = SlackServer(SlackServerConfig())
+    receiver.start()
+    try:
+        upstream.script = Script(tokens=["slow"], first_delay_s=60)  # streams stay open
+        with _gateway(upstream.url, env={"ANDES_GATEWAY_SLACK_URLS": receiver.url,
+                                         "ANDES_GATEWAY_SLACK_DISCOVERY": "false"}) as (_, url, _p):
+            connector = aiohttp.TCPConnector(force_close=True)
+            async with aiohttp.ClientSession(connector=connector) as s:
+                held = [await s.post(url + "/v1/chat/completions", json={**GOOD, "stream": True})
+                        for _ in range(12)]
+                ids = [r.headers["X-Andes-Stream-Id"] for r in held]
+                active = await _metric(s, url, "andes_gateway_active_streams")
+                assert set(active) == {"0", "1"} and all(active.values()), active
+                await until(lambda: all(receiver.fresh(i, time.time(), 30) for i in ids),
+                            "every stream's slack stored", 30)
+                for resp in held:
+                    resp.close()
+    finally:
+        receiver.stop()
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
