@@ -637,6 +637,7 @@ class _Clock:
         self._seq = itertools.count()  # ties never compare streams
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_s = math.inf
+        self._firing = False  # inside _fire: wake_at only pushes
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Clock:
@@ -647,6 +648,8 @@ class _Clock:
 
     def wake_at(self, deadline_s: float, stream: Stream) -> None:
         heapq.heappush(self._heap, (deadline_s, next(self._seq), stream))
+        if self._firing:
+            return  # _fire arms the one timer when it is done
         if deadline_s < self._timer_at_s:
             if self._timer is not None:
                 self._timer.cancel()
@@ -654,12 +657,19 @@ class _Clock:
             self._timer = self._loop.call_at(deadline_s, self._fire)
 
     def _fire(self) -> None:
+        # Streams served here re-arm from inside the loop below (Stream._pump): they only push
+        # onto the heap, and one timer is armed at the end. (Arming one each, unseen by the
+        # next line, left timers that each kept a chain of _fire calls alive.)
         self._timer, self._timer_at_s = None, math.inf
-        now = self._loop.time()
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline_s, _, stream = heapq.heappop(heap)
-            stream._on_clock(deadline_s)
+        self._firing = True
+        try:
+            now = self._loop.time()
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                deadline_s, _, stream = heapq.heappop(heap)
+                stream._on_clock(deadline_s)
+        finally:
+            self._firing = False
         if heap:
             self._timer_at_s = heap[0][0]
             self._timer = self._loop.call_at(self._timer_at_s, self._fire)
