@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gateway.service import Gateway
 
-__all__ = ["GATEWAY", "bearer", "key_ok"]
+__all__ = ["GATEWAY", "bearer", "key_index", "key_ok"]
 
 GATEWAY = web.AppKey("gateway", Gateway)  # the app's one Gateway service
 
@@ -22,12 +22,21 @@ def key_ok(gw: Gateway, presented: str | None) -> bool:
     """Constant-time comparison against every configured key; no keys = open gateway."""
     if not gw.config.api_keys:
         return True
-    if not presented:
-        return False
-    ok = False
-    for key in gw.config.api_keys:
-        ok |= hmac.compare_digest(presented.encode(), key.encode())
-    return ok
+    return key_index(gw, presented) is not None
+
+
+def key_index(gw: Gateway, presented: str | None) -> int | None:
+    """Which configured key ``presented`` is (its index), compared in constant time against
+    every key; ``None`` if none, or if the gateway has no keys. A stream remembers the index of
+    the key that opened it (``Stream.owner``): only that key may act on it."""
+    if not presented or not gw.config.api_keys:
+        return None
+    found: int | None = None
+    given = presented.encode("utf-8", "surrogatepass")
+    for i, key in enumerate(gw.config.api_keys):
+        if hmac.compare_digest(given, key.encode()) and found is None:
+            found = i
+    return found
 
 
 def bearer(request: web.Request) -> str | None:

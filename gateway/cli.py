@@ -44,10 +44,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
            f"(default {_D.send_vllm_xargs})")
     a("--upstream-connect-timeout-s", type=float, metavar="S",
       help=f"seconds to connect to the engine (default {_D.upstream_connect_timeout_s})")
+    a("--upstream-first-byte-timeout-s", type=float, metavar="S",
+      help=f"seconds for the engine to start answering a request; then 504 "
+           f"(default {_D.upstream_first_byte_timeout_s})")
+    a("--upstream-stall-timeout-s", type=float, metavar="S",
+      help=f"a reader waiting this long on an engine that sends nothing ends the stream "
+           f"(default {_D.upstream_stall_timeout_s})")
     a("--host", help=f"address to listen on (default {_D.host})")
     a("--port", type=int, help=f"port to listen on, 0 = any (default {_D.port})")
     a("--api-key", dest="api_keys", action="append", metavar="KEY",
       help="accept this client API key (repeat for several); none = no authentication")
+    a("--allowed-origins", dest="allowed_origins", action="append", metavar="ORIGIN",
+      help="web pages at this origin (https://host[:port], or *) may open the WebSocket; "
+           "repeat or comma-separate; the gateway's own origin always may")
+    a("--request-timeout-s", type=float, metavar="S",
+      help=f"a request's headers and body must arrive within this; also the keep-alive idle "
+           f"time (default {_D.request_timeout_s})")
+    a("--workers", type=int, metavar="N",
+      help=f"gateway processes sharing the port (SO_REUSEPORT), e.g. one per core "
+           f"(default {_D.workers})")
     a("--ttft-s", type=float, metavar="S",
       help=f"default expected time to first token, seconds (default {_D.ttft_s})")
     a("--tds-tok-s", type=float, metavar="TOK_S",
@@ -70,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--max-buffered-tokens", type=int, metavar="N",
       help=f"per stream, tokens received and not yet sent; beyond, the stream ends "
            f"(default {_D.max_buffered_tokens})")
+    a("--max-buffered-bytes", type=int, metavar="N",
+      help=f"per stream, bytes of text received and not yet sent; beyond, the stream ends "
+           f"(default {_D.max_buffered_bytes})")
     a("--slow-reader-timeout-s", type=float, metavar="S",
       help=f"a client that takes no text for this long is disconnected "
            f"(default {_D.slow_reader_timeout_s})")
@@ -124,6 +142,9 @@ def config_from_args(args: argparse.Namespace,
                      env: dict[str, str] | None = None) -> GatewayConfig:
     flags = {k: (tuple(v) if isinstance(v, list) else v) for k, v in vars(args).items()
              if k != "config"}
+    if flags.get("allowed_origins"):  # repeated and/or comma-separated
+        flags["allowed_origins"] = tuple(o.strip() for v in flags["allowed_origins"]
+                                         for o in v.split(",") if o.strip())
     return load_config(flags, os.environ if env is None else env, getattr(args, "config", None))
 
 
@@ -164,7 +185,10 @@ def run(args: argparse.Namespace) -> int:
               f"{ENV_PREFIX}UPSTREAMS)", file=sys.stderr)
         return 2
     setup_logging(config)
-    from gateway.app import serve  # aiohttp only once the configuration is good
+    from gateway.app import listen_url, serve  # aiohttp only once the configuration is good
+
+    if config.workers > 1:
+        return _run_workers(config)
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -176,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             # Printed whatever the log level: scripts starting us with --port 0 read the port.
             await serve(config, ready=lambda port: print(
-                f"andes gateway listening on http://{config.host}:{port}", file=sys.stderr,
+                f"andes gateway listening on {listen_url(config.host, port)}", file=sys.stderr,
                 flush=True))
 
     try:
@@ -186,6 +210,27 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def _run_workers(config: GatewayConfig) -> int:
+    from gateway.app import exposure_warning, listen_url
+    from gateway.workers import run_workers
+
+    warning = exposure_warning(config)
+    if warning is not None:
+        logging.getLogger("andes.gateway").warning(warning)
+
+    def ready(port: int, pids: list[int]) -> None:
+        print(f"andes gateway listening on {listen_url(config.host, port)} "
+              f"({config.workers} workers, pids {' '.join(map(str, pids))})", file=sys.stderr,
+              flush=True)
+
+    try:
+        return run_workers(config, ready)
+    except OSError as exc:
+        print(f"andes gateway: cannot listen on {config.host}:{config.port}: {exc.strerror}",
+              file=sys.stderr)
+        return 1
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -33,9 +33,16 @@ class GatewayConfig:
     upstream_api_key: str | None = None  # sent upstream as a Bearer token
     send_vllm_xargs: Literal["auto", "on", "off"] = "auto"  # QoE + stream id in `vllm_xargs`
     upstream_connect_timeout_s: float = 10.0  # connecting to the engine
+    # A stopped engine still accepts connections (the kernel does): these bound what follows.
+    upstream_first_byte_timeout_s: float = 30.0  # request sent -> the engine's response starts
+    upstream_stall_timeout_s: float = 60.0  # longest silence of a started engine stream
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: tuple[str, ...] = ()  # accepted client keys; empty = no authentication
+    # Web pages at these origins may open the WebSocket ("*" = any); the gateway's own origin
+    # always may. A browser sends Origin; programs usually do not, and are not affected.
+    allowed_origins: tuple[str, ...] = ()
+    request_timeout_s: float = 15.0  # a request's headers and body must arrive within this
     ttft_s: float = 1.0  # default expected time to first token, seconds
     tds_tok_s: float = 4.8  # default reading pace, tokens/s
     pacing: Literal["server", "client", "off"] = "server"  # default pacing
@@ -46,9 +53,11 @@ class GatewayConfig:
     max_tokens: int = 8192  # largest max_tokens a request may ask for
     max_concurrent_streams: int = 10_000  # streams open at once (HTTP + WebSocket)
     max_buffered_tokens: int = 16_384  # per stream: tokens received but not yet sent
+    max_buffered_bytes: int = 1 << 18  # per stream: UTF-8 bytes of those tokens
     slow_reader_timeout_s: float = 30.0  # a write blocked this long ends the stream
     keepalive_s: float = 15.0  # `: ping` comment on a silent SSE stream
     shutdown_grace_s: float = 10.0  # on shutdown, live streams get this long to finish
+    workers: int = 1  # processes sharing the port (SO_REUSEPORT); see gateway/workers.py
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Slack reporting to the engine's scheduler (slack/sender.py): explicit ws:// endpoints,
@@ -85,6 +94,7 @@ class GatewayConfig:
             raise ConfigError(f"port must be within [0, 65535], got {self.port!r}")
         _positive("tds_tok_s", self.tds_tok_s)
         _positive("upstream_connect_timeout_s", self.upstream_connect_timeout_s)
+        self._check_edges()
         _positive("slow_reader_timeout_s", self.slow_reader_timeout_s)
         _positive("keepalive_s", self.keepalive_s)
         if not (math.isfinite(self.ttft_s) and self.ttft_s >= 0):
@@ -94,7 +104,8 @@ class GatewayConfig:
         if not (math.isfinite(self.shutdown_grace_s) and self.shutdown_grace_s >= 0):
             raise ConfigError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
         for name in ("max_body_bytes", "max_tokens", "max_concurrent_streams",
-                     "max_buffered_tokens", "queue_max"):  # fmt: skip
+                     "max_buffered_tokens", "max_buffered_bytes", "workers",
+                     "queue_max"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if any(not k for k in self.api_keys):
@@ -135,6 +146,15 @@ class GatewayConfig:
                 raise ConfigError(f"model_aliases: {public.strip()!r} is given twice")
             out[public.strip()] = target.strip()
         return out
+
+    def _check_edges(self) -> None:
+        """The timeouts and origins that bound what clients and engines can make it wait for."""
+        for name in ("upstream_first_byte_timeout_s", "upstream_stall_timeout_s",
+                     "request_timeout_s"):
+            _positive(name, getattr(self, name))
+        for origin in self.allowed_origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ConfigError(f"allowed_origins: {origin!r} is not * or an http(s):// origin")
 
     def redacted(self) -> dict[str, Any]:
         """The configuration for logs: secrets replaced by their count."""

@@ -8,12 +8,19 @@
     ├── Unauthorized                  401     invalid_request_error   unauthorized
     ├── StreamNotFound                404     invalid_request_error   invalid_request
     ├── PayloadTooLarge               413     invalid_request_error   invalid_request
+    ├── UnsupportedMediaType          415     invalid_request_error   invalid_request
+    ├── RequestTimeout                408     invalid_request_error   invalid_request
     ├── RateLimited                   429     rate_limit_error        rate_limited
     ├── ShuttingDown                  503     server_error            shutting_down
     ├── SlowReader                    —       server_error            slow_reader
     └── UpstreamError                 502     upstream_error          upstream_error
-        ├── UpstreamUnavailable       502     (connection refused, reset, timed out)
+        ├── UpstreamUnavailable       502     (connection refused, reset)
+        ├── UpstreamTimeout           504     (the engine accepted and then said nothing)
         └── UpstreamStatus            4xx/5xx forwarded with the engine's own error object
+                                              (429: rate_limit_error / rate_limited)
+
+A 429 carries ``Retry-After`` (:attr:`GatewayError.retry_after_s`, the engine's own when it sent
+one).
 
 Handlers raise these; :func:`openai_error` renders the body OpenAI clients expect, and the
 WebSocket handler sends an ``error`` frame with :attr:`GatewayError.ws_code`.
@@ -21,6 +28,7 @@ WebSocket handler sends an ``error`` frame with :attr:`GatewayError.ws_code`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 __all__ = [
@@ -29,12 +37,15 @@ __all__ = [
     "ModelNotFound",
     "PayloadTooLarge",
     "RateLimited",
+    "RequestTimeout",
     "ShuttingDown",
     "SlowReader",
     "StreamNotFound",
     "Unauthorized",
+    "UnsupportedMediaType",
     "UpstreamError",
     "UpstreamStatus",
+    "UpstreamTimeout",
     "UpstreamUnavailable",
     "openai_error",
 ]
@@ -47,6 +58,7 @@ class GatewayError(Exception):
     error_type = "server_error"
     ws_code = "internal_error"
     default_code: str | None = None
+    retry_after_s: float | None = None  # sent as Retry-After (429s)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -56,6 +68,12 @@ class GatewayError(Exception):
 
     def body(self) -> dict[str, Any]:
         return openai_error(self.message, self.error_type, self.param, self.code)
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with this error's response."""
+        if self.retry_after_s is None:
+            return {}
+        return {"Retry-After": str(max(0, math.ceil(self.retry_after_s)))}
 
 
 class InvalidRequest(GatewayError):
@@ -90,11 +108,30 @@ class PayloadTooLarge(GatewayError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaType(GatewayError):
+    """A body that is not declared JSON. Browsers send such a POST cross-site without asking
+    (a CORS "simple request"); requiring application/json makes them ask first, and the gateway
+    answers no CORS preflight, so a foreign web page cannot drive the API."""
+
+    status = 415
+    error_type = "invalid_request_error"
+    ws_code = "invalid_request"
+    default_code = "unsupported_media_type"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    error_type = "invalid_request_error"
+    ws_code = "invalid_request"
+    default_code = "request_timeout"
+
+
 class RateLimited(GatewayError):
     status = 429
     error_type = "rate_limit_error"
     ws_code = "rate_limited"
     default_code = "too_many_streams"
+    retry_after_s = 1.0
 
 
 class ShuttingDown(GatewayError):
@@ -122,15 +159,27 @@ class UpstreamUnavailable(UpstreamError):
     default_code = "upstream_unavailable"
 
 
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    default_code = "upstream_timeout"
+
+
 class UpstreamStatus(UpstreamError):
     """The engine answered with an error status; forwarded with the engine's error object."""
 
-    def __init__(self, status: int, error: dict[str, Any]) -> None:
+    def __init__(self, status: int, error: dict[str, Any],
+                 retry_after_s: float | None = None) -> None:
         message = str(error.get("message") or f"upstream returned HTTP {status}")
         super().__init__(message, param=error.get("param"), code=error.get("code"))
         self.status = status
         self.error_type = str(error.get("type") or self.error_type)
-        if 400 <= status < 500:
+        if status == 429:
+            # The engine is overloaded: to a client that is a rate limit, retried later, not a
+            # bad request to fix.
+            self.ws_code = "rate_limited"
+            self.error_type = "rate_limit_error"
+            self.retry_after_s = 1.0 if retry_after_s is None else retry_after_s
+        elif 400 <= status < 500:
             self.ws_code = "invalid_request"
 
 

@@ -10,6 +10,11 @@ Andes additions, all optional and all removed before the request goes upstream:
 
 Not supported (400): ``n`` other than 1, and ``tools``/``functions`` (tool-call deltas are not
 text a reader paces).
+
+Bodies must be declared ``Content-Type: application/json`` (else 415: a web page at another
+origin can only send a body of another type without the browser asking the gateway first, and
+the gateway answers no CORS preflight), must be standard JSON (no ``NaN``/``Infinity``, nested at
+most ``protocol.MAX_DEPTH`` deep) and must arrive within ``request_timeout_s`` (else 408).
 """
 
 from __future__ import annotations
@@ -22,19 +27,30 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.auth import GATEWAY
+from gateway.auth import GATEWAY, bearer, key_index
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
     PayloadTooLarge,
+    RequestTimeout,
     StreamNotFound,
+    UnsupportedMediaType,
     openai_error,
 )
 from gateway.pacer import Chunk
-from gateway.protocol import FrameError, QoEFields, parse_messages, parse_pacing, parse_qoe
+from gateway.protocol import (
+    FrameError,
+    QoEFields,
+    loads,
+    parse_messages,
+    parse_pacing,
+    parse_qoe,
+    parse_stop,
+    parse_vllm_xargs,
+)
 from gateway.service import Gateway, StreamRequest
 from gateway.sse import DONE, KEEPALIVE, data_event
-from gateway.stream import Stream, StreamResult, transport_backlog
+from gateway.stream import Stream, StreamResult, abort_transport, transport_backlog
 from gateway.upstream import Endpoint
 
 __all__ = ["add_routes"]
@@ -48,19 +64,27 @@ _SSE_HEADERS = {
 }
 
 
-async def read_json(request: web.Request, limit: int) -> Any:
-    """The body as JSON; 413 beyond ``limit`` bytes, 400 if it is not JSON."""
+async def read_json(request: web.Request, limit: int, timeout_s: float = math.inf) -> Any:
+    """The body as JSON; 415 unless declared JSON, 413 beyond ``limit`` bytes, 408 if it takes
+    longer than ``timeout_s`` to arrive, 400 if it is not standard JSON."""
+    ctype = request.content_type
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"the request body must be Content-Type: application/json, "
+                                   f"got {request.headers.get('Content-Type', '(none)')[:80]!r}")
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds the limit "
                               f"of {limit} bytes")
     try:
-        raw = await request.read()
+        async with asyncio.timeout(None if math.isinf(timeout_s) else timeout_s):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s} s") from None
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+        return loads(raw)
+    except FrameError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc.message}") from None
 
 
 def _header_float(request: web.Request, name: str) -> float | None:
@@ -98,6 +122,8 @@ def parse_request(
                                 "tds": _header_float(request, "X-Andes-TDS")}, "X-Andes-*")
         pacing = parse_pacing(body.get("pacing")) or parse_pacing(
             request.headers.get("X-Andes-Pacing"), "X-Andes-Pacing")
+        parse_stop(body.get("stop"))
+        parse_vllm_xargs(body.get("vllm_xargs"))
     except FrameError as exc:
         raise InvalidRequest(exc.message) from None
     qoe = QoEFields(qoe.ttft if qoe.ttft is not None else header_qoe.ttft,
@@ -109,10 +135,13 @@ def parse_request(
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest(f"stream_options must be an object, got {options!r}",
                              param="stream_options")
-    include_usage = bool((options or {}).get("include_usage", False))
-    if body.get("n", 1) != 1:
-        raise InvalidRequest(f"n must be 1 through the Andes gateway, got {body.get('n')!r}",
-                             param="n")
+    include_usage = (options or {}).get("include_usage", False)
+    if not isinstance(include_usage, bool):
+        raise InvalidRequest(f"stream_options.include_usage must be a boolean, got "
+                             f"{include_usage!r}", param="stream_options")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or n != 1):  # True == 1 in Python, not in JSON
+        raise InvalidRequest(f"n must be 1 through the Andes gateway, got {n!r}", param="n")
     for key in ("tools", "functions"):
         if body.get(key):
             raise InvalidRequest(f"{key} are not supported by the Andes gateway", param=key)
@@ -123,7 +152,9 @@ def parse_request(
             raise InvalidRequest(f"{key} must be a number within [{lo}, {hi}], got {v!r}",
                                  param=key)
     forward = {k: v for k, v in body.items() if k not in _ANDES_FIELDS}
-    return StreamRequest(endpoint, forward, model, qoe, pacing), stream, include_usage
+    owner = key_index(request.app[GATEWAY], bearer(request))
+    return (StreamRequest(endpoint, forward, model, qoe, pacing, owner=owner), stream,
+            include_usage)
 
 
 class _Renderer:
@@ -180,6 +211,9 @@ def _usage(usage: dict[str, int]) -> dict[str, int]:
             "total_tokens": int(usage.get("total_tokens", p + c))}
 
 
+_DIRECT_LIMIT = 1 << 16  # bytes unsent in the socket's buffer beyond which writes go via aiohttp
+
+
 class _SSESink:
     def __init__(self, resp: web.StreamResponse, renderer: _Renderer, keepalive_s: float,
                  transport: asyncio.BaseTransport | None) -> None:
@@ -187,9 +221,28 @@ class _SSESink:
         self.renderer = renderer
         self.keepalive_s = keepalive_s
         self.transport = transport
+        # Direct writes (Stream._pump) put the bytes aiohttp would have put on the transport:
+        # a chunk of the chunked encoding (HTTP/1.1), or the bytes as they are (HTTP/1.0,
+        # delimited by the close). Never with compression, which aiohttp's writer does.
+        self._chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        self._direct = transport is not None and not resp.compression
 
     def backlog(self) -> int:
         return transport_backlog(self.transport)
+
+    def ready_now(self) -> bool:
+        transport = self.transport
+        return (self._direct and transport is not None and not transport.is_closing()
+                and transport_backlog(transport) < _DIRECT_LIMIT)
+
+    def write_now(self, chunk: Chunk) -> None:
+        data = self.renderer.content_event(chunk.text)
+        if self._chunked:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def abort(self) -> None:
+        abort_transport(self.transport)
 
     async def delta(self, chunk: Chunk) -> None:
         await self.resp.write(self.renderer.content_event(chunk.text))
@@ -207,6 +260,15 @@ class _CollectSink:
     def backlog(self) -> int:
         return 0
 
+    def ready_now(self) -> bool:
+        return True
+
+    def write_now(self, chunk: Chunk) -> None:
+        self.parts.append(chunk.text)
+
+    def abort(self) -> None:  # pragma: no cover - its writes never block
+        pass
+
     async def delta(self, chunk: Chunk) -> None:
         self.parts.append(chunk.text)
 
@@ -216,10 +278,10 @@ class _CollectSink:
 
 async def _completion(request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
     gw = request.app[GATEWAY]
-    body = await read_json(request, gw.config.max_body_bytes)
+    body = await read_json(request, gw.config.max_body_bytes, gw.config.request_timeout_s)
     req, is_stream, include_usage = parse_request(request, body, endpoint)
     if not is_stream:
-        req = StreamRequest(req.endpoint, req.body, req.model, req.qoe, "off")
+        req = StreamRequest(req.endpoint, req.body, req.model, req.qoe, "off", owner=req.owner)
     stream = await gw.open_stream(req)
     renderer = _Renderer(stream, endpoint, include_usage)
     headers = {"X-Andes-Stream-Id": stream.id}
@@ -268,7 +330,8 @@ async def _single(gw: Gateway, stream: Stream, renderer: _Renderer,
         stream.cancel("disconnected")
         gw.end_stream(stream, stream.result or stream.finish("disconnected"), "http")
     if result.error is not None:
-        return web.json_response(result.error.body(), status=result.error.status, headers=headers)
+        return web.json_response(result.error.body(), status=result.error.status,
+                                 headers={**headers, **result.error.headers()})
     await gw.complete_usage(stream, result)
     text = "".join(sink.parts)
     finish = result.finish_reason or "stop"
@@ -301,9 +364,11 @@ async def ack(request: web.Request) -> web.Response:
     """``POST /v1/streams/{id}/ack {consumed, tds?, paused?}`` — client pacing over SSE."""
     gw = request.app[GATEWAY]
     stream = gw.table.streams.get(request.match_info["stream_id"])
-    if stream is None:
+    # A stream opened with another key is not this caller's: the same answer as no stream, so
+    # an id does not even say that it exists.
+    if stream is None or stream.owner != key_index(gw, bearer(request)):
         raise StreamNotFound("no live stream with this id", param="stream_id")
-    body = await read_json(request, gw.config.max_body_bytes)
+    body = await read_json(request, gw.config.max_body_bytes, gw.config.request_timeout_s)
     if not isinstance(body, dict):
         raise InvalidRequest("the ack body must be a JSON object {consumed, tds?, paused?}")
     consumed, tds, paused = body.get("consumed"), body.get("tds"), body.get("paused")
@@ -329,7 +394,7 @@ async def ack(request: web.Request) -> web.Response:
 
 
 def error_response(exc: GatewayError) -> web.Response:
-    return web.json_response(exc.body(), status=exc.status)
+    return web.json_response(exc.body(), status=exc.status, headers=exc.headers())
 
 
 def not_found(message: str, status: int = 404) -> web.Response:

@@ -19,8 +19,11 @@ End of stream: after :meth:`close`, buffered text keeps its pace (``end="pace"``
 reader sees no burst at the end) or is released at once (``end="flush"``). :attr:`done` is true once
 the stream is closed and everything fed has been released.
 
-Memory: at most ``max_buffered_tokens`` tokens may wait unreleased; :meth:`feed` raises
-:class:`PacerOverflow` beyond (the gateway ends such a stream: its reader is too slow or absent).
+Memory: at most ``max_buffered_tokens`` tokens, and at most ``max_buffered_bytes`` bytes of their
+UTF-8 text, may wait unreleased; :meth:`feed` raises :class:`PacerOverflow` beyond (the gateway
+ends such a stream: its reader is too slow or absent). Both bounds matter: a token is usually a few
+bytes, but nothing stops an engine from sending a long one, and in ``client``/``off`` mode
+everything waiting goes out as one chunk, so the byte bound is also the largest chunk.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class PacerConfig:
     max_word_lookahead: int = 8  # most tokens pulled forward to finish a word
     end: Literal["pace", "flush"] = "pace"  # after close(): keep the pace, or release all at once
     max_buffered_tokens: int = 65536  # most tokens waiting unreleased
+    max_buffered_bytes: int = 1 << 20  # most UTF-8 bytes of text waiting unreleased
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tds_tok_s) and self.tds_tok_s > 0):
@@ -69,6 +73,8 @@ class PacerConfig:
             raise ValueError(f"end must be one of {_ENDS}, got {self.end!r}")
         if self.max_buffered_tokens < 1:
             raise ValueError(f"max_buffered_tokens must be >= 1, got {self.max_buffered_tokens!r}")
+        if self.max_buffered_bytes < 1:
+            raise ValueError(f"max_buffered_bytes must be >= 1, got {self.max_buffered_bytes!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +94,7 @@ class Pacer:
         self.config = config or PacerConfig()
         self._tds = self.config.tds_tok_s
         self._pending: deque[str] = deque()  # fed, not yet sent
+        self._pending_bytes = 0  # UTF-8 bytes of _pending
         self._fed = 0  # tokens fed
         self._sent = 0  # tokens released to the transport
         self._read = 0.0  # tokens the reading model says are read (server mode: == sent)
@@ -111,6 +118,11 @@ class Pacer:
                 f"{len(self._pending) + len(pieces)} unreleased tokens exceed "
                 f"max_buffered_tokens={self.config.max_buffered_tokens}"
             )
+        size = self._pending_bytes + sum(map(_utf8_len, pieces))
+        if size > self.config.max_buffered_bytes:
+            raise PacerOverflow(f"{size} unreleased bytes exceed "
+                                f"max_buffered_bytes={self.config.max_buffered_bytes}")
+        self._pending_bytes = size
         self._catch_up_model(now_s)
         if self._read >= self._fed and self._next_s < now_s:
             # The reader had caught up and was waiting: the new token is needed right now.
@@ -256,8 +268,19 @@ class Pacer:
     def _release(self, count: int, now_s: float, due_s: float) -> list[Chunk]:
         if count <= 0:
             return []
-        text = "".join(self._pending.popleft() for _ in range(count))
+        pending = self._pending
+        if count == 1:  # the common case of a paced stream: one token per write
+            text = pending.popleft()
+        else:
+            text = "".join([pending.popleft() for _ in range(count)])
+        self._pending_bytes -= _utf8_len(text)
         chunk = Chunk(text=text, index=self._sent, count=count, due_s=due_s)
         self._sent += count
         self._last_emit_s = now_s
         return [chunk]
+
+
+def _utf8_len(text: str) -> int:
+    # Most engine text is ASCII: its length is its size, without encoding it. surrogatepass: a
+    # lone surrogate (a broken engine) still has a size, it is not an error here.
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))

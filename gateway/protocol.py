@@ -38,8 +38,11 @@ __all__ = [
     "Start",
     "Started",
     "Usage",
+    "check_depth",
+    "check_text",
     "decode",
     "encode",
+    "loads",
     "parse_client_frame",
     "parse_server_frame",
     "to_dict",
@@ -68,6 +71,9 @@ MAX_TDS_TOK_S = 1000.0
 MAX_ID_CHARS = 256
 MAX_STOP_SEQUENCES = 4
 MAX_EXTRA_BODY_KEYS = 32
+# Deepest nesting of maps and lists a frame or body may have: far beyond any real request (a tool's
+# JSON schema included), well within what encoding it again for the engine can recurse through.
+MAX_DEPTH = 100
 # What `start.extra_body` may not set: what the gateway itself controls or validates (the request's
 # shape, its length limit, the Andes fields), and what `start` has its own field for.
 RESERVED_EXTRA_BODY_KEYS = (
@@ -306,7 +312,15 @@ def parse_extra_body(v: Any) -> dict[str, Any] | None:
             raise _invalid(f"extra_body may not set {key!r}: the gateway controls it (start has "
                            "its own fields for model, max_tokens, temperature, top_p, stop, seed, "
                            "qoe and pacing)")
+    parse_vllm_xargs(v.get("vllm_xargs"), "extra_body.vllm_xargs")
     return dict(v)
+
+
+def parse_vllm_xargs(v: Any, where: str = "vllm_xargs") -> dict[str, Any] | None:
+    """vLLM's ``vllm_xargs``: an object (the gateway merges its own keys into it)."""
+    if v is not None and not isinstance(v, dict):
+        raise _invalid(f"{where} must be an object, got {_short(v)}")
+    return v
 
 
 def _short(v: Any, limit: int = 80) -> str:
@@ -336,10 +350,14 @@ def parse_client_frame(obj: Any) -> ClientFrame:
         model = obj.get("model")
         if model is not None and not (isinstance(model, str) and model):
             raise _invalid(f"model must be a non-empty string, got {_short(model)}")
+        if model is not None:
+            check_text(model, "model")
         ref = obj.get("id")
         if ref is not None and not (isinstance(ref, str) and len(ref) <= MAX_ID_CHARS):
             raise _invalid(f"id must be a string of at most {MAX_ID_CHARS} characters, "
                            f"got {_short(ref)}")
+        if ref is not None:
+            check_text(ref, "id")
         pacing = parse_pacing(obj.get("pacing"))
         seed = obj.get("seed")
         if seed is not None and not _is_int(seed):
@@ -441,15 +459,53 @@ def decode(data: str | bytes, subprotocol: str) -> Any:
         if not isinstance(data, bytes | bytearray):
             raise FrameError("bad_frame", "andes.v1.msgpack takes binary frames, got a text frame")
         try:
-            return msgpack.unpackb(data, raw=False, strict_map_key=True)
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types
             raise FrameError("bad_frame", f"not msgpack: {exc}") from None
+        check_depth(obj, "bad_frame")
+        return obj
     if not isinstance(data, str):
         raise FrameError("bad_frame", "andes.v1.json takes text frames, got a binary frame")
     try:
-        return json.loads(data, parse_constant=_reject_constant)
-    except ValueError as exc:
-        raise FrameError("bad_frame", f"not JSON: {exc}") from None
+        return loads(data)
+    except FrameError as exc:
+        raise FrameError("bad_frame", f"not JSON: {exc.message}") from None
+
+
+def loads(data: str | bytes) -> Any:
+    """Standard JSON only (no NaN, no Infinity: the engine would get them as they are, which is
+    not JSON), nested at most :data:`MAX_DEPTH` deep. Raises ``invalid_request``."""
+    try:
+        obj = json.loads(data, parse_constant=_reject_constant)
+    except RecursionError:
+        raise _invalid(f"nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(str(exc)) from None
+    check_depth(obj)
+    return obj
+
+
+def check_depth(obj: Any, code: str = "invalid_request") -> None:
+    """Raise :class:`FrameError` if maps and lists in ``obj`` nest deeper than
+    :data:`MAX_DEPTH`. Iterative: the check itself never recurses."""
+    stack = [(obj, 1)] if isinstance(obj, dict | list) else []
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > MAX_DEPTH:
+            raise FrameError(code, f"nested deeper than {MAX_DEPTH} levels")
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+
+
+def check_text(value: str, where: str) -> str:
+    """``value`` if it encodes as UTF-8. A lone surrogate (``"\\ud800"`` in JSON) decodes to a str
+    that cannot be sent on: refused where it comes in rather than failing on the way out."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _invalid(f"{where} is not valid Unicode text (a lone surrogate)") from None
+    return value
 
 
 def _reject_constant(name: str) -> Any:

@@ -20,6 +20,7 @@ from gateway.protocol import QoEFields
 from gateway.stream import Stream, StreamResult, StreamTable, new_stream_id
 from gateway.upstream import Endpoint, Upstream
 from gateway.usage import check_seams, count_prompt, fill_usage
+from gateway.workers import WorkerSlot
 
 __all__ = ["Gateway", "StreamRequest"]
 
@@ -35,6 +36,7 @@ class StreamRequest:
     model: str | None
     qoe: QoEFields
     pacing: PacingMode | None
+    owner: int | None = None  # the API key that opened it (its index); None: no keys
 
 
 class Gateway:
@@ -52,6 +54,7 @@ class Gateway:
                            config.tds_tok_s)
         self._requests: dict[str, tuple[Endpoint, dict[str, Any]]] = {}
         self._background: set[asyncio.Future[None]] = set()  # seam checks after a stream
+        self.worker: WorkerSlot | None = None  # set in a worker process (gateway/workers.py)
 
     def check_max_tokens(self, body: dict[str, Any]) -> None:
         for key in ("max_tokens", "max_completion_tokens"):
@@ -78,10 +81,13 @@ class Gateway:
             pacer = PacerConfig(tds_tok_s=spec.tds_tok_s, mode=req.pacing or self.config.pacing,
                                 frame_s=self.config.frame_s,
                                 word_boundary=self.config.word_boundary,
-                                max_buffered_tokens=self.config.max_buffered_tokens)
+                                max_buffered_tokens=self.config.max_buffered_tokens,
+                                max_buffered_bytes=self.config.max_buffered_bytes)
             stream = Stream(new_stream_id(), spec, pacer,
                             slow_reader_timeout_s=self.config.slow_reader_timeout_s,
-                            hooks=self._hooks, model=public)
+                            hooks=self._hooks, model=public,
+                            stall_timeout_s=self.config.upstream_stall_timeout_s)
+            stream.owner = req.owner
             body = dict(req.body, model=model)
             replica = await self.dispatch.acquire(stream, req.endpoint, body)
             try:

@@ -8,7 +8,12 @@ A :class:`Stream` joins three things and is shared by every transport:
   pacer's next due time or new input, hands ``due()`` chunks to the transport's :class:`Sink` and
   awaits its drain (bounded by ``slow_reader_timeout_s``). Sleeping writers share one timer per
   event loop (:class:`_Clock`), not one each: at thousands of streams, timer handles and their
-  cancellations were a large share of the gateway's CPU;
+  cancellations were a large share of the gateway's CPU. While the writer sleeps, a due time or
+  new input is served without waking it when the sink can take a write at once
+  (:meth:`Sink.ready_now`: nothing waiting in the socket's buffer): the clock's callback writes
+  and re-arms (:meth:`Stream._pump`), so a paced write costs no task switch, no future and no
+  pass through the writer loop. The writer is woken only for what needs it: backpressure, the
+  end, an error, a keep-alive;
 * the control inputs (:meth:`ack`, :meth:`set_pace`, :meth:`pause`, :meth:`resume`,
   :meth:`cancel`, :meth:`abort`) from the WebSocket or the SSE ack endpoint.
 
@@ -19,10 +24,13 @@ reader never see the seam: one stream, one usage total, one QoE. :attr:`progress
 continuation needs (the prompt's and the generated tokens' ids where the engine returns them, the
 generated text, the count).
 
-Buffers are bounded: the pacer holds at most ``max_buffered_tokens`` unreleased tokens
-(:class:`~gateway.pacer.PacerOverflow` ends the stream as a slow reader), and a transport write
-that cannot drain in time ends it too. Whatever ends the stream, the engine request is closed at
-once (which aborts it upstream).
+Buffers are bounded: the pacer holds at most ``max_buffered_tokens`` unreleased tokens and
+``max_buffered_bytes`` bytes (:class:`~gateway.pacer.PacerOverflow` ends the stream as a slow
+reader), and a transport write that cannot drain within ``slow_reader_timeout_s`` ends it too (its
+connection is aborted: a reader that does not read cannot be told). An engine that says nothing
+for ``stall_timeout_s`` while the reader waits on it ends the stream with ``upstream_timeout``.
+Both clocks are kept by one :class:`_Watchdog` per event loop, not a timer per write or per token.
+Whatever ends the stream, the engine request is closed at once (which aborts it upstream).
 
 QoE is measured where the text reaches the reader: in ``server`` and ``off`` pacing, at the time
 each chunk is written; in ``client`` pacing, at the client's acknowledgements when it sends any
@@ -47,12 +55,19 @@ from core.qoe import QoESpec, QoETracker
 from core.slack import SlackRecord
 from core.slack import slack_s as _slack_s
 from gateway.continuation import Progress
-from gateway.errors import GatewayError, InvalidRequest, RateLimited, ShuttingDown, SlowReader
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    ShuttingDown,
+    SlowReader,
+    UpstreamTimeout,
+)
 from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
 from gateway.upstream import UpstreamError, UpstreamStream
 
-__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "new_stream_id",
-           "transport_backlog"]
+__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "abort_transport",
+           "new_stream_id", "transport_backlog"]
 
 
 def new_stream_id() -> str:
@@ -70,6 +85,14 @@ def transport_backlog(transport: asyncio.BaseTransport | None) -> int:
     return int(size())
 
 
+def abort_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Close ``transport`` at once, dropping what it holds unsent (what a :class:`Sink` over a
+    socket does in :meth:`Sink.abort`): its blocked write fails, the handler ends."""
+    abort = getattr(transport, "abort", None)
+    if abort is not None and transport is not None and not transport.is_closing():
+        abort()
+
+
 class Sink(Protocol):
     """Where a stream's text goes (an SSE response, a WebSocket)."""
 
@@ -83,6 +106,15 @@ class Sink(Protocol):
 
     async def keepalive(self) -> None:
         """Write something harmless so proxies keep the connection open."""
+
+    def ready_now(self) -> bool:
+        """Whether :meth:`write_now` may be used: a write now can neither block nor pile up."""
+
+    def write_now(self, chunk: Chunk) -> None:
+        """Write one chunk without waiting (only after :meth:`ready_now` said so)."""
+
+    def abort(self) -> None:
+        """Drop the connection now (a write blocked too long: the reader does not read)."""
 
 
 @dataclass(slots=True)
@@ -131,7 +163,7 @@ class Stream:
 
     def __init__(self, stream_id: str, spec: QoESpec, pacer_config: PacerConfig, *,
                  slow_reader_timeout_s: float, hooks: StreamHooks | None = None,
-                 model: str = "") -> None:
+                 model: str = "", stall_timeout_s: float = math.inf) -> None:
         self.id = stream_id
         self.spec = spec
         self.model = model
@@ -143,6 +175,14 @@ class Stream:
         self._acked_qoe = QoETracker(spec, self.arrival_s)  # at acknowledgement times
         self._acked = 0
         self._slow_reader_timeout_s = slow_reader_timeout_s
+        self._stall_timeout_s = stall_timeout_s
+        self._starving_since_s: float | None = None  # reader waiting on a silent engine since
+        self._writing_sink: Sink | None = None  # the sink of a write in progress
+        self._sink: Sink | None = None  # the sink of the running writer loop
+        self._pump_soon = False  # a _wake_now is scheduled
+        self._last_write_s = self.arrival_s  # for keep-alives
+        self._watchdog = _Watchdog.of(self._loop)
+        self.owner: int | None = None  # which API key opened it (index), None: no keys
         self._hooks = hooks or StreamHooks()
         self._upstream: UpstreamStream | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -184,6 +224,7 @@ class Stream:
         self._parking = False
         self._reader = asyncio.create_task(self._read(upstream),
                                            name=f"andes-upstream-{self.id}")
+        self._watchdog.watch(self)
 
     @property
     def is_parked(self) -> bool:
@@ -243,6 +284,7 @@ class Stream:
         parked = False
         try:
             async for event in upstream.events():
+                self._starving_since_s = None
                 self._apply(event, self._loop.time())
                 self._wake()
         except asyncio.CancelledError:
@@ -322,7 +364,38 @@ class Stream:
     def _fail(self, error: GatewayError) -> None:
         if self.error is None:
             self.error = error
+        if isinstance(error, SlowReader) and self._writing_sink is not None:
+            # The buffer overflowed while a write waits on the socket: nobody is reading.
+            self._writing_sink.abort()
         self._wake()
+
+    # -- the watchdog's checks (gateway/stream.py _Watchdog) -----------------------------------
+
+    def _write_timed_out(self) -> None:
+        self._fail(SlowReader(f"the client did not take the text within "
+                              f"{self._slow_reader_timeout_s} s"))
+        if self._writing_sink is not None:
+            self._writing_sink.abort()
+
+    def _check_engine(self, now_s: float) -> None:
+        """End the stream if its reader has waited on a silent engine for ``stall_timeout_s``.
+
+        Silence alone is no fault: the scheduler holds or parks streams whose readers have text
+        buffered, and a paused reader needs nothing. The clock runs only while the reader has
+        nothing left and is reading."""
+        if (self._upstream_done or self.error is not None or self._end_reason is not None
+                or self._upstream is None):  # parked: the gateway's scheduler resumes it
+            self._starving_since_s = None
+            return
+        if self.pacer.paused or self.pacer.buffered(now_s) > 0:
+            self._starving_since_s = None
+            return
+        if self._starving_since_s is None:
+            self._starving_since_s = now_s
+        elif now_s - self._starving_since_s >= self._stall_timeout_s:
+            self._hooks.upstream_error("stall")
+            self._fail(UpstreamTimeout(f"the engine sent nothing for {self._stall_timeout_s} s"))
+            self._stop_upstream()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -384,9 +457,57 @@ class Stream:
     # -- the writer loop ------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        """New input: serve it once the current step is over (a burst of tokens read at once is
+        fed whole before anything is written, so it goes out as one write)."""
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
+        if waiter is None or waiter.done() or self._pump_soon:
+            return
+        if self._sink is not None and self.error is None and self._end_reason is None:
+            self._pump_soon = True
+            self._loop.call_soon(self._wake_now)
+        else:
             waiter.set_result(None)
+
+    def _wake_now(self) -> None:
+        self._pump_soon = False
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and not self._pump():
+            waiter.set_result(None)
+
+    def _pump(self) -> bool:
+        """Serve a sleeping writer's due time or new input here and now, if the sink can take a
+        write at once; False if the writer itself must run (it is then woken)."""
+        sink = self._sink
+        if (sink is None or self.error is not None or self._end_reason is not None
+                or not sink.ready_now()):
+            return False
+        now = self._loop.time()
+        if self._keepalive_due(sink, now):
+            return False
+        for chunk in self.pacer.due(now):
+            sink.write_now(chunk)
+            self._record(chunk, now)
+        if self.pacer.done and self._upstream_done:
+            return False  # the writer finishes the stream
+        deadline = self._next_wake_s(sink)
+        if deadline <= now:
+            return False
+        if math.isfinite(deadline) and (self._wake_at_s is None or self._wake_at_s > deadline):
+            self._wake_at_s = deadline
+            self._clock.wake_at(deadline, self)
+        return True
+
+    def _next_wake_s(self, sink: Sink) -> float:
+        deadline = self.pacer.next_due_s()
+        if deadline is None:
+            deadline = math.inf
+        if sink.keepalive_s is not None:
+            deadline = min(deadline, self._last_write_s + sink.keepalive_s)
+        return deadline
+
+    def _keepalive_due(self, sink: Sink, now_s: float) -> bool:
+        return (sink.keepalive_s is not None and self.error is None
+                and now_s - self._last_write_s >= sink.keepalive_s)
 
     async def _sleep_until(self, deadline_s: float) -> None:
         # A bare future and the shared clock: no timer handle per sleep, nothing to cancel when
@@ -405,42 +526,19 @@ class Stream:
     def _on_clock(self, deadline_s: float) -> None:
         if self._wake_at_s == deadline_s:
             self._wake_at_s = None
-            self._wake()
+            self._wake_now()
 
     async def run(self, sink: Sink) -> StreamResult:
         """Write the stream to ``sink`` until it ends; return how it ended. Always closes the
         engine request, also when cancelled (the client went away)."""
-        last_write_s = self._loop.time()
+        self._last_write_s = self._loop.time()
+        self._sink = sink
         reason = "finished"
         try:
-            while True:
-                if self.error is not None:
-                    reason = "error"
-                    break
-                if self._end_reason is not None:
-                    reason = self._end_reason
-                    break
-                now = self._loop.time()
-                for chunk in self.pacer.due(now):
-                    await self._write(sink, chunk, now)
-                    last_write_s = now
-                if self.pacer.done and self._upstream_done:
-                    if self.error is not None:
-                        reason = "error"
-                    break
-                deadline = self.pacer.next_due_s()
-                if deadline is None:
-                    deadline = math.inf
-                if sink.keepalive_s is not None:
-                    deadline = min(deadline, last_write_s + sink.keepalive_s)
-                if deadline > now:
-                    await self._sleep_until(deadline)
-                if (sink.keepalive_s is not None and self.error is None
-                        and self._loop.time() - last_write_s >= sink.keepalive_s):
-                    await self._guarded(sink.keepalive(), sink)
-                    last_write_s = self._loop.time()
+            reason = await self._write_loop(sink)
         except (ConnectionError, asyncio.CancelledError) as exc:
-            reason = "disconnected"
+            # An aborted slow reader's connection fails its write: that is the error's doing.
+            reason = "error" if self.error is not None else "disconnected"
             self._stop_upstream()
             if isinstance(exc, asyncio.CancelledError):
                 self.finish(reason)
@@ -449,34 +547,61 @@ class Stream:
             self._fail(exc)
             reason = "error"
         finally:
+            self._sink = None
             self._stop_upstream()
         return self.finish(reason)
 
+    async def _write_loop(self, sink: Sink) -> str:
+        """Write due chunks, sleep until the next; return how the stream ended."""
+        while True:
+            if self.error is not None:
+                return "error"
+            if self._end_reason is not None:
+                return self._end_reason
+            now = self._loop.time()
+            for chunk in self.pacer.due(now):
+                await self._write(sink, chunk, now)
+            if self.pacer.done and self._upstream_done:
+                return "error" if self.error is not None else "finished"
+            deadline = self._next_wake_s(sink)
+            if deadline > now:
+                await self._sleep_until(deadline)
+            if self._keepalive_due(sink, self._loop.time()):
+                await self._guarded(sink.keepalive(), sink)
+                self._last_write_s = self._loop.time()
+
     async def _guarded(self, write: Any, sink: Sink) -> None:
-        if sink.backlog() == 0:
-            # The transport has taken everything so far: this write cannot wait on a drain, so it
-            # needs no timer (one per write would cost as much as the write).
-            await write
-            return
+        # Every write is bounded, also one made with an empty backlog: one large chunk (pacing
+        # off, a reader that never reads) fills the socket and then waits in drain(). The
+        # watchdog times it (an entry in a dict, not a timer per write: a timer cost as much as
+        # the write) and aborts the connection.
+        writing = self._watchdog.writing
+        writing[self] = self._loop.time()
+        self._writing_sink = sink
         try:
-            async with asyncio.timeout(self._slow_reader_timeout_s):
-                await write
-        except TimeoutError:
-            raise SlowReader(f"the client did not take the text within "
-                             f"{self._slow_reader_timeout_s} s") from None
+            await write
+        finally:
+            self._writing_sink = None
+            writing.pop(self, None)
 
     async def _write(self, sink: Sink, chunk: Chunk, now: float) -> None:
+        await self._guarded(sink.delta(chunk), sink)
+        self._record(chunk, now)
+
+    def _record(self, chunk: Chunk, now: float) -> None:
+        """A chunk was written at ``now``: lateness, first token, QoE at delivery."""
         if self.mode == "server":
             self._hooks.lateness(max(now - chunk.due_s, 0.0))
-        await self._guarded(sink.delta(chunk), sink)
         if self.first_token_s is None:
             self.first_token_s = now
         self._sent_qoe.add(now, chunk.count)
+        self._last_write_s = now
 
     def finish(self, reason: str) -> StreamResult:
         """How the stream ended (also for a transport that failed before :meth:`run`)."""
         if self.result is not None:
             return self.result
+        self._watchdog.unwatch(self)
         tracker = self._sent_qoe
         if self.mode == "client" and self._acked > 0:
             tracker = self._acked_qoe
@@ -512,6 +637,7 @@ class _Clock:
         self._seq = itertools.count()  # ties never compare streams
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at_s = math.inf
+        self._firing = False  # inside _fire: wake_at only pushes
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _Clock:
@@ -522,6 +648,8 @@ class _Clock:
 
     def wake_at(self, deadline_s: float, stream: Stream) -> None:
         heapq.heappush(self._heap, (deadline_s, next(self._seq), stream))
+        if self._firing:
+            return  # _fire arms the one timer when it is done
         if deadline_s < self._timer_at_s:
             if self._timer is not None:
                 self._timer.cancel()
@@ -529,15 +657,72 @@ class _Clock:
             self._timer = self._loop.call_at(deadline_s, self._fire)
 
     def _fire(self) -> None:
+        # Streams served here re-arm from inside the loop below (Stream._pump): they only push
+        # onto the heap, and one timer is armed at the end. (Arming one each, unseen by the
+        # next line, left timers that each kept a chain of _fire calls alive.)
         self._timer, self._timer_at_s = None, math.inf
-        now = self._loop.time()
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            deadline_s, _, stream = heapq.heappop(heap)
-            stream._on_clock(deadline_s)
+        self._firing = True
+        try:
+            now = self._loop.time()
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                deadline_s, _, stream = heapq.heappop(heap)
+                stream._on_clock(deadline_s)
+        finally:
+            self._firing = False
         if heap:
             self._timer_at_s = heap[0][0]
             self._timer = self._loop.call_at(self._timer_at_s, self._fire)
+
+
+class _Watchdog:
+    """What bounds every stream's waits, for all the streams of an event loop, on one periodic
+    timer: a write blocked longer than its stream's slow-reader timeout
+    (:meth:`Stream._write_timed_out`) and a reader waiting longer than the stall timeout on an
+    engine that says nothing (:meth:`Stream._check_engine`).
+
+    A write costs two dict operations here; a tick costs one check per live stream, a few times a
+    second at most (``period_s``: a quarter of the smallest timeout, within [0.05, 1] s, so a
+    timeout fires at most that much late)."""
+
+    _dogs: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Watchdog]] = \
+        weakref.WeakKeyDictionary()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.streams: dict[Stream, None] = {}  # live streams (a dict: ordered, O(1) removal)
+        self.writing: dict[Stream, float] = {}  # stream -> when its write in progress began
+        self.period_s = 1.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _Watchdog:
+        dog = cls._dogs.get(loop)
+        if dog is None:
+            dog = cls._dogs[loop] = cls(loop)
+        return dog
+
+    def watch(self, stream: Stream) -> None:
+        self.streams[stream] = None
+        shortest = min(stream._slow_reader_timeout_s, stream._stall_timeout_s)
+        self.period_s = min(self.period_s, max(shortest / 4, 0.05))
+        if self._timer is None:
+            self._timer = self._loop.call_later(self.period_s, self._tick)
+
+    def unwatch(self, stream: Stream) -> None:
+        self.streams.pop(stream, None)
+        self.writing.pop(stream, None)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        for stream, since in list(self.writing.items()):
+            if now - since >= stream._slow_reader_timeout_s:
+                stream._write_timed_out()
+        for stream in list(self.streams):
+            stream._check_engine(now)
+        if self.streams or self.writing:
+            self._timer = self._loop.call_later(self.period_s, self._tick)
 
 
 @dataclass(slots=True)
@@ -549,15 +734,20 @@ class StreamTable:
     reserved: int = 0  # admitted, not yet registered (waiting for the engine to answer)
     draining: bool = False
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # With several worker processes (gateway/workers.py) the limit is the gateway's: the
+    # streams the other workers hold, and where this one publishes its own count.
+    others: Callable[[], int] = lambda: 0
+    publish: Callable[[int], None] = lambda n: None
 
     def admit(self) -> None:
         """Reserve a slot or raise :class:`RateLimited` / :class:`ShuttingDown`."""
         if self.draining:
             raise ShuttingDown("the gateway is shutting down; retry on another instance")
-        if len(self.streams) + self.reserved >= self.max_streams:
+        if len(self.streams) + self.reserved + self.others() >= self.max_streams:
             raise RateLimited(f"too many concurrent streams (limit {self.max_streams}); "
                               "retry later")
         self.reserved += 1
+        self.publish(len(self))
         self.idle.clear()
 
     def register(self, stream: Stream) -> None:
@@ -570,6 +760,7 @@ class StreamTable:
             self.reserved -= 1
         else:
             self.streams.pop(stream_id, None)
+        self.publish(len(self))
         if not self.streams and self.reserved == 0:
             self.idle.set()
 

@@ -44,9 +44,11 @@ import aiohttp
 from core.qoe import QoESpec
 from gateway.config import GatewayConfig
 from gateway.errors import (
+    InvalidRequest,
     ModelNotFound,
     UpstreamError,
     UpstreamStatus,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from gateway.replica import Replica
@@ -275,19 +277,27 @@ class Upstream:
             with contextlib.suppress(UpstreamError):
                 await self._fresh(server)
         if xargs == "on" or (xargs == "auto" and server.is_vllm):
-            extra = dict(payload.get("vllm_xargs") or {})
+            given = payload.get("vllm_xargs")
+            extra = dict(given) if isinstance(given, dict) else {}
             extra.update(andes_stream_id=stream_id, andes_ttft=qoe.ttft_s, andes_tds=qoe.tds_tok_s)
             payload["vllm_xargs"] = extra
         if server.continuation == "token_ids":
             payload["return_token_ids"] = True
+        data = _encode(payload)
         k_before = server.active
         server.opened()
         opened_s = time.monotonic()
+        # A stopped engine (SIGSTOP, a wedged event loop) still accepts the connection — the
+        # kernel does — and then never answers: bound the wait for the response to start.
+        limit_s = self.config.upstream_first_byte_timeout_s
         try:
-            resp = await self.session.post(server.base + _PATHS[endpoint], json=payload)
+            async with asyncio.timeout(limit_s) as deadline:
+                resp = await self.session.post(server.base + _PATHS[endpoint], data=data)
         except (aiohttp.ClientError, TimeoutError) as exc:
             server.closed()
             server.failed()
+            if deadline.expired():
+                raise UpstreamTimeout(f"the engine did not answer within {limit_s:g} s") from None
             raise UpstreamUnavailable(f"cannot reach the engine: {type(exc).__name__}") from None
         except BaseException:
             server.closed()
@@ -300,7 +310,8 @@ class Upstream:
             finally:
                 resp.release()
                 server.closed()
-            raise UpstreamStatus(resp.status, _error_object(raw, resp.status))
+            raise UpstreamStatus(resp.status, _error_object(raw, resp.status),
+                                 _retry_after(resp.headers.get("Retry-After")))
         server.failures = 0
         server.last_token_s = time.monotonic()  # it answered: progress
         return UpstreamStream(resp, endpoint, server, opened_s=opened_s, k_before=k_before,
@@ -337,16 +348,26 @@ class UpstreamStream:
             self.server.streams.discard(self)
             self._resp.close()
 
+    def _release(self) -> None:
+        """The response was read to its end: its connection goes back to the pool, so the next
+        stream does not open one (a connect was a large share of a short stream's cost)."""
+        if not self._closed:
+            self._closed = True
+            self.server.closed()
+            self.server.streams.discard(self)
+            self._resp.release()
+
     async def events(self) -> AsyncIterator[UpstreamEvent]:
         """Content deltas, then the finish reason and usage. Raises :class:`UpstreamError` on a
         broken stream (an error event, a bad chunk, or the connection ending before the finish)."""
         parser = SSEParser()
         finished = False
         capacity = self.server.capacity
+        content = self._resp.content
         try:
             while True:
                 try:
-                    chunk = await self._resp.content.readany()
+                    chunk = await content.readany()
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     if self._failure is not None:
                         raise UpstreamUnavailable(self._failure) from None
@@ -382,7 +403,10 @@ class UpstreamStream:
             if not finished:
                 raise UpstreamError("the engine closed the stream before it finished")
         finally:
-            self.close()
+            if finished and content.at_eof():
+                self._release()
+            else:
+                self.close()
 
     def _parse(self, data: str) -> UpstreamEvent:
         try:
@@ -406,8 +430,11 @@ class UpstreamStream:
         else:  # completions (a continuation is always one)
             text = choice.get("text")
         prompt_ids = obj.get("prompt_token_ids") or choice.get("prompt_token_ids")
-        return UpstreamEvent(text=text if isinstance(text, str) and text else None,
-                             finish_reason=choice.get("finish_reason"), usage=usage,
+        if not isinstance(text, str) or not text:
+            text = None
+        elif not text.isascii():
+            text = _valid_text(text)
+        return UpstreamEvent(text=text, finish_reason=choice.get("finish_reason"), usage=usage,
                              token_ids=_ids(choice.get("token_ids")),
                              prompt_token_ids=_ids(prompt_ids))
 
@@ -416,6 +443,34 @@ def _ids(value: Any) -> tuple[int, ...] | None:
     if isinstance(value, list) and all(isinstance(v, int) for v in value):
         return tuple(value)
     return None
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with any lone surrogate (an engine's ``"\\ud83d"`` escape split from its pair)
+    replaced by U+FFFD: it could not be encoded for the client, and would end the stream there."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _encode(payload: dict[str, Any]) -> bytes:
+    """The request body as standard JSON. A value JSON cannot carry (NaN from a msgpack frame,
+    nesting too deep to encode) is the client's error, found before anything is sent."""
+    try:
+        return json.dumps(payload, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise InvalidRequest(f"the request cannot be sent on as JSON: {exc}") from None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """An engine's ``Retry-After`` in seconds (the delta form; the date form is rare here)."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 86400 else None
 
 
 def _error_object(raw: bytes, status: int) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 One connection runs one stream at a time. The handler's task reads frames; a stream's writer
 loop runs in a task of its own, so acks, pace changes and cancels are taken while text is being
 written. A closed connection cancels the running stream, which closes the engine request.
+
+Cross-origin: a browser lets any page open a WebSocket anywhere and sends the page's ``Origin``.
+An ``Origin`` that is neither the gateway's own nor in ``allowed_origins`` is refused (403) before
+the upgrade. Clients that send no ``Origin`` (programs) are not affected.
 """
 
 from __future__ import annotations
@@ -11,15 +15,16 @@ import asyncio
 import contextlib
 import logging
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway import protocol as p
-from gateway.auth import GATEWAY, bearer, key_ok
-from gateway.errors import GatewayError
+from gateway.auth import GATEWAY, bearer, key_index, key_ok
+from gateway.errors import GatewayError, openai_error
 from gateway.pacer import Chunk
 from gateway.service import Gateway, StreamRequest
-from gateway.stream import Stream, StreamResult, transport_backlog
+from gateway.stream import Stream, StreamResult, abort_transport, transport_backlog
 
 __all__ = ["CLOSE_UNAUTHORIZED", "SOCKETS", "add_routes", "close_all"]
 
@@ -40,6 +45,15 @@ class _WSSink:
     def backlog(self) -> int:
         return transport_backlog(self.conn.transport)
 
+    def abort(self) -> None:
+        abort_transport(self.conn.transport)
+
+    def ready_now(self) -> bool:
+        return False  # aiohttp frames (and may compress) WebSocket messages: its own writer
+
+    def write_now(self, chunk: Chunk) -> None:  # pragma: no cover - ready_now is False
+        raise NotImplementedError
+
     async def delta(self, chunk: Chunk) -> None:
         await self.conn.send(p.Delta(chunk.index, chunk.count, chunk.text))
 
@@ -49,11 +63,13 @@ class _WSSink:
 
 class _Connection:
     def __init__(self, ws: web.WebSocketResponse, gw: Gateway, subprotocol: str,
-                 transport: asyncio.BaseTransport | None = None) -> None:
+                 transport: asyncio.BaseTransport | None = None,
+                 owner: int | None = None) -> None:
         self.ws = ws
         self.transport = transport
         self.gw = gw
         self.subprotocol = subprotocol
+        self.owner = owner  # the API key of the connection: its streams are that key's
         self.stream: Stream | None = None
         self.task: asyncio.Task[None] | None = None
         self.opening: asyncio.Task[None] | None = None  # a start waiting for its upstream
@@ -83,7 +99,11 @@ class _Connection:
                 return False
             return True
         if isinstance(frame, p.Start):
-            await self.start(frame)
+            try:
+                await self.start(frame)
+            except Exception:  # a gateway bug: say so on the socket, keep the context in the log
+                log.exception("unhandled error starting a stream")
+                await self.error("internal_error", "internal error in the gateway")
             return True
         stream = self.stream
         if stream is None and self.opening is not None:
@@ -129,7 +149,7 @@ class _Connection:
             value = getattr(frame, key)
             if value is not None:
                 body[key] = value
-        req = StreamRequest("chat", body, frame.model, frame.qoe, frame.pacing)
+        req = StreamRequest("chat", body, frame.model, frame.qoe, frame.pacing, owner=self.owner)
         # Opening may wait in the gateway's queue: in a task of its own, so this connection keeps
         # reading frames (a cancel while queued, pings) meanwhile.
         self.opening = asyncio.create_task(self._open(req, frame.id), name="andes-ws-open")
@@ -170,6 +190,9 @@ class _Connection:
                     result.tokens))
         except ConnectionError:
             pass
+        except Exception:  # a gateway bug: never a silent end ("Task exception never retrieved")
+            log.exception("unhandled error in stream %s", stream.id)
+            await self.error("internal_error", "internal error in the gateway")
         finally:
             stream.cancel("disconnected")
             self.gw.end_stream(stream, result or stream.finish("disconnected"), "websocket")
@@ -188,13 +211,34 @@ class _Connection:
                 await self.task
 
 
-async def stream_ws(request: web.Request) -> web.WebSocketResponse:
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """Whether a request's ``Origin`` (if any) may use the gateway: none sent, the gateway's own
+    (the demo page), ``*``, or listed in ``allowed``."""
+    origin = request.headers.get("Origin")
+    if origin is None or "*" in allowed:
+        return True
+    if origin.rstrip("/").lower() in (a.rstrip("/").lower() for a in allowed):
+        return True
+    try:
+        netloc = urlsplit(origin).netloc
+    except ValueError:
+        return False
+    return bool(netloc) and netloc.lower() == request.host.lower()
+
+
+async def stream_ws(request: web.Request) -> web.StreamResponse:
     gw = request.app[GATEWAY]
+    if not origin_allowed(request, gw.config.allowed_origins):
+        return web.json_response(openai_error(
+            "this origin may not open the gateway's WebSocket (see --allowed-origins)",
+            "invalid_request_error", code="origin_not_allowed"), status=403)
     ws = web.WebSocketResponse(protocols=p.SUBPROTOCOLS, max_msg_size=gw.config.max_body_bytes,
                                heartbeat=30.0)
     await ws.prepare(request)
-    conn = _Connection(ws, gw, ws.ws_protocol or p.DEFAULT_SUBPROTOCOL, request.transport)
-    if not key_ok(gw, bearer(request) or request.query.get("api_key")):
+    presented = bearer(request) or request.query.get("api_key")
+    conn = _Connection(ws, gw, ws.ws_protocol or p.DEFAULT_SUBPROTOCOL, request.transport,
+                       key_index(gw, presented))
+    if not key_ok(gw, presented):
         await conn.error("unauthorized", "a valid API key is required "
                          "(Authorization: Bearer KEY, or ?api_key=KEY)", fatal=True)
         await ws.close(code=CLOSE_UNAUTHORIZED, message=b"unauthorized")
@@ -231,7 +275,21 @@ async def close_all(app: web.Application) -> None:
             await ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
 
 
+class _RedactProtocols(logging.Filter):
+    """aiohttp logs the subprotocols a client offered when none is ours — and some clients send
+    their API key as one (browsers cannot set headers on a WebSocket). The line is kept, the
+    offer is not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "overlap server-known" in str(record.msg) and isinstance(record.args, tuple):
+            record.args = tuple("<redacted>" if isinstance(a, list) else a for a in record.args)
+        return True
+
+
 def add_routes(app: web.Application) -> None:
     app[SOCKETS] = set()
     app.router.add_get("/v1/stream", stream_ws)
+    ws_log = logging.getLogger("aiohttp.websocket")
+    if not any(isinstance(f, _RedactProtocols) for f in ws_log.filters):
+        ws_log.addFilter(_RedactProtocols())
 

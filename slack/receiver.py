@@ -11,7 +11,12 @@ Defences, each counted in :class:`slack.table.SlackCounters` and none fatal to t
   that, ``websockets`` itself closes the connection (1009) before buffering it;
 * malformed frames (not msgpack, bad fields, text frames) are dropped;
 * floods: a token bucket per connection (``frames_per_s``, ``burst_frames``) drops the excess;
-* at most ``max_connections`` connections (1013 "try again later" beyond);
+* at most ``max_connections`` connections, and ``max_connections_per_peer`` from one address
+  (1013 "try again later" beyond). When every slot is taken, the oldest connection that has not
+  yet proven itself (no valid batch, no passed challenge) is closed to make room: idle
+  connections cannot keep the real gateway out;
+* every connection, with or without a secret, must deliver a frame every ``idle_timeout_s``
+  (the reporter sends an empty batch when it has nothing else to say) or is closed with 1008;
 * with a ``secret``, every connection must answer a fresh challenge first (HMAC-SHA256, see
   :mod:`slack.wire`) within ``auth_timeout_s``, or is closed with 1008;
 * with ``require_known``, reports for streams the scheduler has not registered are dropped, so
@@ -75,7 +80,9 @@ class SlackServerConfig:
     frames_per_s: float = 50.0  # sustained frames per connection (the reporter sends ~13/s)
     burst_frames: float = 20.0  # frames accepted at once per connection
     max_connections: int = 64
+    max_connections_per_peer: int = 32  # from one IP address (gateway workers share one)
     auth_timeout_s: float = 5.0  # to answer the challenge
+    idle_timeout_s: float = 10.0  # longest wait for a frame; the reporter's heartbeat is 2 s
     require_known: bool = False  # only store reports for registered stream ids
     advert_path: str | None = None  # where to advertise url + counters (slack.discovery)
     advert_interval_s: float = 1.0  # how often the advert's counters are refreshed
@@ -85,11 +92,12 @@ class SlackServerConfig:
             raise ValueError(f"slack port must be within 0..65535, got {self.port!r}")
         if self.secret is not None and not self.secret:
             raise ValueError("slack secret must not be empty (leave it unset to disable auth)")
-        for name in ("max_frame_bytes", "max_records", "max_entries", "max_connections"):
+        for name in ("max_frame_bytes", "max_records", "max_entries", "max_connections",
+                     "max_connections_per_peer"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("frames_per_s", "auth_timeout_s", "advert_interval_s"):
+        for name in ("frames_per_s", "auth_timeout_s", "advert_interval_s", "idle_timeout_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -104,7 +112,8 @@ class SlackServerConfig:
 
         ``ANDES_SLACK_PORT`` is the base port (rank ``r`` listens on base + r; 0 = ephemeral),
         ``ANDES_SLACK_HOST`` the address (127.0.0.1), ``ANDES_SLACK_SECRET`` the shared secret,
-        ``ANDES_SLACK_MAX_FRAME_BYTES`` / ``ANDES_SLACK_FRAMES_PER_S`` the limits. The advert goes
+        ``ANDES_SLACK_MAX_FRAME_BYTES`` / ``ANDES_SLACK_FRAMES_PER_S`` /
+        ``ANDES_SLACK_IDLE_TIMEOUT_S`` the limits. The advert goes
         to :func:`slack.discovery.advert_path` for ``http_port`` unless
         ``ANDES_SLACK_ADVERT`` names a file (``none`` disables it).
         """
@@ -123,6 +132,7 @@ class SlackServerConfig:
         for name, key, kind in (
             ("ANDES_SLACK_MAX_FRAME_BYTES", "max_frame_bytes", int),
             ("ANDES_SLACK_FRAMES_PER_S", "frames_per_s", float),
+            ("ANDES_SLACK_IDLE_TIMEOUT_S", "idle_timeout_s", float),
         ):
             if env.get(name):
                 try:
@@ -160,7 +170,9 @@ class SlackServer:
         self._stopping: asyncio.Event | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self._connections = 0
+        # Open connections -> proven (a valid batch or a passed challenge), in arrival order.
+        self._conns: dict[ServerConnection, bool] = {}
+        self._closing: set[asyncio.Future[None]] = set()  # evicted connections being closed
         self.port: int | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -284,19 +296,49 @@ class SlackServer:
             counters: SlackCounters = self._table.counters
             setattr(counters, name, getattr(counters, name) + n)
 
+    def _admit(self, ws: ServerConnection) -> str | None:
+        """Take a slot for ``ws``; the reason it may not have one otherwise."""
+        cfg = self.config
+        peer = _host(ws)
+        if sum(_host(c) == peer for c in self._conns) >= cfg.max_connections_per_peer:
+            return "too many slack connections from this address"
+        if len(self._conns) >= cfg.max_connections:
+            victim = next((c for c, proven in self._conns.items() if not proven), None)
+            if victim is None:
+                return "too many slack connections"
+            # The oldest connection that has shown nothing yet makes room: a real gateway
+            # proves itself within milliseconds, an idle squatter never does.
+            del self._conns[victim]
+            self._count("evicted_connections")
+            closing = asyncio.ensure_future(
+                victim.close(_CLOSE_TRY_LATER, "evicted for a new connection"))
+            self._closing.add(closing)  # a reference until done (asyncio keeps only weak ones)
+            closing.add_done_callback(self._closing.discard)
+        self._conns[ws] = False
+        return None
+
     async def _handle(self, ws: ServerConnection) -> None:
         cfg = self.config
-        if self._connections >= cfg.max_connections:
-            await ws.close(_CLOSE_TRY_LATER, "too many slack connections")
+        refused = self._admit(ws)
+        if refused is not None:
+            self._count("refused_connections")
+            await ws.close(_CLOSE_TRY_LATER, refused)
             return
-        self._connections += 1
         self._count("connections")
         peer = ws.remote_address
         try:
-            if cfg.secret is not None and not await self._authenticate(ws):
-                return
+            if cfg.secret is not None:
+                if not await self._authenticate(ws):
+                    return
+                self._prove(ws)
             bucket = TokenBucket(cfg.frames_per_s, cfg.burst_frames)
-            async for message in ws:
+            while True:
+                try:
+                    message = await asyncio.wait_for(ws.recv(), cfg.idle_timeout_s)
+                except TimeoutError:
+                    self._count("idle")
+                    await ws.close(_CLOSE_POLICY, "idle")
+                    return
                 received_s = self.clock()
                 if not bucket.allow(time.monotonic()):
                     self._count("flooded")
@@ -310,13 +352,19 @@ class SlackServer:
                     self._count("malformed")
                     logger.debug("slack frame from %s dropped: %s", peer, exc)
                     continue
-                with self._lock:
-                    self._table.apply(batch, received_s)
+                self._prove(ws)
+                if batch.records:  # an empty batch is the reporter's heartbeat
+                    with self._lock:
+                        self._table.apply(batch, received_s)
         except ConnectionClosed as exc:
             if exc.sent is not None and exc.sent.code == 1009:  # websockets refused a huge frame
                 self._count("oversized")
         finally:
-            self._connections -= 1
+            self._conns.pop(ws, None)
+
+    def _prove(self, ws: ServerConnection) -> None:
+        if ws in self._conns:
+            self._conns[ws] = True
 
     async def _authenticate(self, ws: ServerConnection) -> bool:
         nonce = os.urandom(NONCE_BYTES)
@@ -376,3 +424,8 @@ def start_for_engine(
                                                             "dp_rank": dp_rank})
     server.start()
     return server
+
+
+def _host(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    return str(address[0]) if address else "?"

@@ -61,10 +61,12 @@ class ReporterConfig:
     connect_timeout_s: float = 5.0  # to open the socket and, with a secret, to authenticate
     send_timeout_s: float = 5.0  # a send blocked longer (engine not reading) drops the connection
     rediscover_s: float = 2.0  # how often the endpoint list is re-resolved
+    heartbeat_s: float = 2.0  # an empty batch after this long with nothing to send: the
+    # receiver closes connections that stay silent (slack/receiver.py idle_timeout_s, 10 s)
 
     def __post_init__(self) -> None:
         for name in ("interval_s", "backoff_initial_s", "backoff_max_s", "connect_timeout_s",
-                     "send_timeout_s", "rediscover_s"):
+                     "send_timeout_s", "rediscover_s", "heartbeat_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
@@ -290,10 +292,14 @@ class SlackReporter:
                 if not endpoint.queue:
                     endpoint.wake.clear()
                     waiter = asyncio.ensure_future(endpoint.wake.wait())
-                    await asyncio.wait({waiter, closed}, return_when=asyncio.FIRST_COMPLETED)
+                    done, _ = await asyncio.wait({waiter, closed}, timeout=self.config.heartbeat_s,
+                                                 return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     if closed.done():
                         raise ws.protocol.close_exc
+                    if not done:  # nothing to report for a while: say we are still here
+                        await asyncio.wait_for(ws.send(encode_batch((), sent_s=self._clock())),
+                                               self.config.send_timeout_s)
                     continue
                 records = endpoint.queue.popleft()
                 step = self.config.max_records_per_frame

@@ -63,6 +63,9 @@ class SlackCounters:
     oversized: int = 0  # frames over the size limit
     flooded: int = 0  # frames dropped by the per-connection rate limit
     unauthenticated: int = 0  # frames / connections that failed authentication
+    idle: int = 0  # connections closed for sending nothing within idle_timeout_s
+    refused_connections: int = 0  # connections refused: no slot, or too many from one address
+    evicted_connections: int = 0  # unproven connections closed to make room for a new one
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
