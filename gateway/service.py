@@ -13,7 +13,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, InvalidRequest, UpstreamStatus
 from gateway.metrics import Metrics
 from gateway.pacer import PacerConfig, PacingMode
-from gateway.protocol import QoEFields
+from gateway.protocol import QoEFields, show
 from gateway.stream import Stream, StreamResult, StreamTable, new_stream_id
 from gateway.upstream import Endpoint, Upstream
 
@@ -33,6 +33,17 @@ class StreamRequest:
     pacing: PacingMode | None
 
 
+def _choices(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def _wants_logprobs(body: dict[str, Any]) -> bool:
+    # chat: logprobs true (top_logprobs needs it); completions: logprobs = a number, 0 included
+    value = body.get("logprobs")
+    return value is not None and value is not False
+
+
 class Gateway:
     """One gateway process's shared state (held in the aiohttp app under ``GATEWAY``)."""
 
@@ -42,7 +53,6 @@ class Gateway:
         self.table = StreamTable(config.max_concurrent_streams)
         self.metrics = Metrics(active=lambda: len(self.table),
                                buffered=self.table.buffered_tokens)
-        self._hooks = self.metrics.hooks()
 
     def check_max_tokens(self, body: dict[str, Any]) -> None:
         for key in ("max_tokens", "max_completion_tokens"):
@@ -50,7 +60,7 @@ class Gateway:
             if v is None:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InvalidRequest(f"{key} must be an integer >= 1, got {v!r}", param=key)
+                raise InvalidRequest(f"{key} must be an integer >= 1, got {show(v)}", param=key)
             if v > self.config.max_tokens:
                 raise InvalidRequest(f"{key}={v} exceeds this gateway's limit of "
                                      f"{self.config.max_tokens}", param=key)
@@ -66,23 +76,27 @@ class Gateway:
             model = await self.upstream.resolve_model(req.model)
             spec = QoESpec(self.config.ttft_s if req.qoe.ttft is None else req.qoe.ttft,
                            self.config.tds_tok_s if req.qoe.tds is None else req.qoe.tds)
-            pacer = PacerConfig(tds_tok_s=spec.tds_tok_s, mode=req.pacing or self.config.pacing,
+            # n > 1: the choices' tokens are paced as one sequence at n times the pace, so each
+            # choice goes at about the reader's (the engine sends them interleaved); per-choice
+            # pace and metadata need each token's choice kept (rich), as logprobs need theirs.
+            n = _choices(req.body)
+            paced = QoESpec(spec.ttft_s, spec.tds_tok_s * n) if n > 1 else spec
+            pacer = PacerConfig(tds_tok_s=paced.tds_tok_s, mode=req.pacing or self.config.pacing,
                                 frame_s=self.config.frame_s,
                                 word_boundary=self.config.word_boundary,
                                 max_buffered_tokens=self.config.max_buffered_tokens)
-            stream = Stream(new_stream_id(), spec, pacer,
+            stream = Stream(new_stream_id(), paced, pacer,
                             slow_reader_timeout_s=self.config.slow_reader_timeout_s,
-                            hooks=self._hooks, model=model)
+                            hooks=self.metrics.hooks(model), model=model,
+                            rich=n > 1 or _wants_logprobs(req.body))
             body = dict(req.body, model=model)
             try:
                 upstream = await self.upstream.open(req.endpoint, body, stream_id=stream.id,
                                                     qoe=spec)
-            except UpstreamStatus:
-                self.metrics.upstream_errors.labels("status").inc()
-                raise
             except GatewayError as exc:
-                if exc.status >= 500:
-                    self.metrics.upstream_errors.labels("connect").inc()
+                if exc.status >= 500:  # the engine's 4xx is the client's error, relayed
+                    kind = "status" if isinstance(exc, UpstreamStatus) else "connect"
+                    self.metrics.upstream_error(model, kind)
                 raise
         except BaseException:
             self.table.release(None)
@@ -94,7 +108,7 @@ class Gateway:
     def end_stream(self, stream: Stream, result: StreamResult, transport: str) -> None:
         """Free the slot, record the metrics and write the stream's one log line."""
         self.table.release(stream.id)
-        self.metrics.stream_ended(stream.mode, result)
+        self.metrics.stream_ended(stream.mode, result, stream.model)
         record = {
             "event": "stream_end", "stream_id": stream.id, "transport": transport,
             "model": stream.model, "pacing": stream.mode, "reason": result.reason,

@@ -32,7 +32,8 @@ import itertools
 import math
 import secrets
 import weakref
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -42,8 +43,11 @@ from gateway.errors import GatewayError, InvalidRequest, RateLimited, ShuttingDo
 from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
 from gateway.upstream import UpstreamError, UpstreamStream
 
-__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "new_stream_id",
-           "transport_backlog"]
+__all__ = ["Extra", "Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "TokenMeta",
+           "merge_logprobs", "new_stream_id", "transport_backlog"]
+
+
+_FLUSH_TOK_S = 1e6  # "at once": a pace no buffer outlasts a frame at
 
 
 def new_stream_id() -> str:
@@ -75,6 +79,10 @@ class Sink(Protocol):
     async def keepalive(self) -> None:
         """Write something harmless so proxies keep the connection open."""
 
+    # Optional: ``async def extra(self, extra: Extra) -> None`` writes a non-text delta (tool
+    # calls, reasoning) at once; a transport without it (the WebSocket protocol: text only) does
+    # not get them.
+
 
 @dataclass(slots=True)
 class StreamResult:
@@ -101,6 +109,26 @@ class StreamHooks:
 
     lateness: Callable[[float], None] = lambda s: None
     upstream_error: Callable[[str], None] = lambda kind: None
+    # Seconds per token between two writes to the reader: inter-token latency as delivered.
+    inter_token: Callable[[float], None] = lambda s: None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMeta:
+    """What a token carries beside its text, kept only for streams that need it (``rich``)."""
+
+    choice: int  # the choice it belongs to (requests with n > 1)
+    text: str  # the token's own text (a written chunk joins several choices' tokens)
+    logprobs: Any  # the engine's logprobs object for this token's delta, as it sent it
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """A non-text delta (tool calls, reasoning): written at once, after the text before it."""
+
+    position: int  # tokens fed before it: they are written first
+    choice: int
+    delta: dict[str, Any]  # the engine's delta without its content (tool_calls, reasoning_...)
 
 
 class Stream:
@@ -108,10 +136,19 @@ class Stream:
 
     def __init__(self, stream_id: str, spec: QoESpec, pacer_config: PacerConfig, *,
                  slow_reader_timeout_s: float, hooks: StreamHooks | None = None,
-                 model: str = "") -> None:
+                 model: str = "", rich: bool = False) -> None:
         self.id = stream_id
         self.spec = spec
         self.model = model
+        # rich: keep each token's choice and logprobs beside its text (n > 1, logprobs), for
+        # the transport to render with it (meta_for); else only the text is kept.
+        self.rich = rich
+        self._meta: deque[TokenMeta] = deque()
+        self._carried_logprobs: Any = None  # logprobs of empty deltas, for the next token
+        self._extras: deque[Extra] = deque()
+        self.finish_reasons: dict[int, str] = {}  # by choice
+        self._drain_by_s: float | None = None  # shutdown: everything fed is written by then
+        self._last_write_s: float | None = None
         self.mode: PacingMode = pacer_config.mode
         self.pacer = Pacer(pacer_config)
         self._loop = asyncio.get_running_loop()
@@ -147,8 +184,18 @@ class Stream:
             async for event in self._upstream.events():
                 if event.text is not None:
                     self.pacer.feed((event.text,), self._loop.time())
+                    if self.rich:
+                        self._meta.append(TokenMeta(event.choice, event.text,
+                                                    self._logprobs(event)))
+                elif self.rich and event.logprobs is not None:
+                    self._carried_logprobs = _merge_logprobs(self._carried_logprobs,
+                                                             event.logprobs)
+                if event.extra:
+                    self._extras.append(Extra(self.pacer.fed, event.choice, event.extra))
                 if event.finish_reason is not None:
-                    self.finish_reason = event.finish_reason
+                    self.finish_reasons[event.choice] = event.finish_reason
+                    if event.choice == 0:
+                        self.finish_reason = event.finish_reason
                 if event.usage is not None:
                     self.usage = event.usage
                 self._wake()
@@ -165,6 +212,17 @@ class Stream:
             if not self.pacer.closed:
                 self.pacer.close()
             self._wake()
+
+    def _logprobs(self, event: Any) -> Any:
+        carried, self._carried_logprobs = self._carried_logprobs, None
+        if carried is None:
+            return event.logprobs
+        return _merge_logprobs(carried, event.logprobs)
+
+    def meta_for(self, chunk: Chunk) -> list[TokenMeta]:
+        """The metadata of ``chunk``'s tokens (``rich`` streams; call once per written chunk, in
+        order)."""
+        return [self._meta.popleft() for _ in range(min(chunk.count, len(self._meta)))]
 
     def _stop_upstream(self) -> None:
         if self._upstream is not None:
@@ -206,6 +264,13 @@ class Stream:
         if self._end_reason is None:
             self._end_reason = reason
         self._stop_upstream()
+        self._wake()
+
+    def drain_by(self, deadline_s: float) -> None:
+        """Shutdown: write everything the engine has produced (and produces meanwhile) by
+        ``deadline_s`` on the event loop's clock, faster than the reader's pace if need be — the
+        text exists; dropping it would be worse than a reader seeing it sooner."""
+        self._drain_by_s = deadline_s
         self._wake()
 
     def abort(self, error: GatewayError) -> None:
@@ -283,10 +348,9 @@ class Stream:
                     reason = self._end_reason
                     break
                 now = self._loop.time()
-                for chunk in self.pacer.due(now):
-                    await self._write(sink, chunk, now)
+                if await self._write_due(sink, now):
                     last_write_s = now
-                if self.pacer.done and self._upstream_done:
+                if self.pacer.done and self._upstream_done and not self._extras:
                     if self.error is not None:
                         reason = "error"
                     break
@@ -295,6 +359,8 @@ class Stream:
                     deadline = math.inf
                 if sink.keepalive_s is not None:
                     deadline = min(deadline, last_write_s + sink.keepalive_s)
+                if self._drain_by_s is not None and self.pacer.fed > self.pacer.sent:
+                    deadline = min(deadline, self._drain_by_s)
                 if deadline > now:
                     await self._sleep_until(deadline)
                 if (sink.keepalive_s is not None and self.error is None
@@ -313,6 +379,40 @@ class Stream:
         finally:
             self._stop_upstream()
         return self.finish(reason)
+
+    async def _write_due(self, sink: Sink, now: float) -> bool:
+        """Write what is due at ``now``: non-text deltas (after the text fed before them), then
+        the paced text. Returns whether anything was written."""
+        wrote = False
+        while self._extras:
+            extra = self._extras[0]
+            for chunk in self.pacer.release_until(extra.position, now):
+                await self._write(sink, chunk, now)
+                wrote = True
+            self._extras.popleft()
+            write_extra = getattr(sink, "extra", None)
+            if write_extra is not None:  # transports without non-text deltas drop them
+                await self._guarded(write_extra(extra), sink)
+                wrote = True
+        if self._drain_by_s is not None:
+            self._hurry(now)
+        for chunk in self.pacer.due(now):
+            await self._write(sink, chunk, now)
+            wrote = True
+        return wrote
+
+    def _hurry(self, now: float) -> None:
+        """Shutdown: raise the pace so what is buffered is written by the drain deadline."""
+        assert self._drain_by_s is not None
+        backlog = self.pacer.fed - self.pacer.sent
+        if backlog <= 0:
+            return
+        if self.pacer.paused:
+            self.pacer.resume(now)
+        left_s = self._drain_by_s - now - self.pacer.config.frame_s
+        needed = backlog / left_s if left_s > 0 else math.inf
+        if needed > self.pacer.tds_tok_s:
+            self.pacer.set_pace(min(needed, _FLUSH_TOK_S), now)
 
     async def _guarded(self, write: Any, sink: Sink) -> None:
         if sink.backlog() == 0:
@@ -333,6 +433,9 @@ class Stream:
         await self._guarded(sink.delta(chunk), sink)
         if self.first_token_s is None:
             self.first_token_s = now
+        elif self._last_write_s is not None and chunk.count:
+            self._hooks.inter_token((now - self._last_write_s) / chunk.count)
+        self._last_write_s = now
         self._sent_qoe.add(now, chunk.count)
 
     def finish(self, reason: str) -> StreamResult:
@@ -351,6 +454,32 @@ class Stream:
                                    usage=dict(self.usage), qoe=tracker.qoe(), ttft_s=ttft,
                                    tokens=self.pacer.sent, error=self.error)
         return self.result
+
+
+def _merge_logprobs(a: Any, b: Any) -> Any:
+    """Two logprobs objects of one choice as one, in order: chat's ``{"content": [...]}`` lists
+    are joined, as are the completions API's parallel lists (``tokens``, ``token_logprobs``,
+    ...); anything else keeps the later one."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for key, value in b.items():
+            mine = out.get(key)
+            out[key] = mine + value if isinstance(mine, list) and isinstance(value, list) \
+                else value
+        return out
+    return b
+
+
+def merge_logprobs(items: Iterable[Any]) -> Any:
+    """The logprobs of consecutive tokens of one choice as one object (None if none had any)."""
+    out = None
+    for item in items:
+        out = _merge_logprobs(out, item)
+    return out
 
 
 class _Clock:
@@ -405,6 +534,7 @@ class StreamTable:
     streams: dict[str, Stream] = field(default_factory=dict)
     reserved: int = 0  # admitted, not yet registered (waiting for the engine to answer)
     draining: bool = False
+    drain_deadline_s: float | None = None  # shutdown: text written by then (loop clock)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     def admit(self) -> None:
@@ -420,6 +550,8 @@ class StreamTable:
     def register(self, stream: Stream) -> None:
         self.reserved -= 1
         self.streams[stream.id] = stream
+        if self.drain_deadline_s is not None:  # admitted just before the shutdown began
+            stream.drain_by(self.drain_deadline_s)
 
     def release(self, stream_id: str | None = None) -> None:
         """Free a slot: the registered stream ``stream_id``, or a reservation if ``None``."""
@@ -437,8 +569,17 @@ class StreamTable:
         return sum(s.buffered() for s in self.streams.values())
 
     async def drain(self, grace_s: float) -> None:
-        """Refuse new streams; give live ones ``grace_s`` to finish; then end the rest."""
+        """Refuse new streams; give live ones ``grace_s`` to finish; then end the rest.
+
+        Text the engine has produced is written within the grace, faster than the reader's pace
+        if need be (:meth:`Stream.drain_by`); a stream whose engine is not done by then is ended
+        with what it had."""
         self.draining = True
+        loop = asyncio.get_running_loop()
+        # A margin before the grace runs out, for the last writes to reach the client.
+        self.drain_deadline_s = loop.time() + max(grace_s - 0.5, grace_s * 0.5)
+        for stream in list(self.streams.values()):
+            stream.drain_by(self.drain_deadline_s)
         if len(self):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), grace_s)

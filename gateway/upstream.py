@@ -30,6 +30,7 @@ import aiohttp
 
 from core.qoe import QoESpec
 from gateway.config import GatewayConfig
+from gateway.engine_errors import relay_error
 from gateway.errors import (
     ModelNotFound,
     UpstreamError,
@@ -50,11 +51,18 @@ _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 @dataclass(frozen=True, slots=True)
 class UpstreamEvent:
-    """One content delta (``text``), and/or the end of the choice, and/or the usage."""
+    """One content delta (``text``), and/or the end of the choice, and/or the usage.
+
+    Beside the text, what the engine sent with it: ``logprobs`` (its object for this delta) and
+    ``extra``, the delta's non-text fields (``tool_calls``, ``reasoning_content``, ...), which
+    are not paced; ``choice`` is the choice's index (requests with ``n`` > 1)."""
 
     text: str | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
+    choice: int = 0
+    logprobs: Any = None
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -205,7 +213,9 @@ class Upstream:
         server = await self._pick(str(body.get("model")))
         payload = dict(body)
         payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
+        # The usage always (the gateway's own accounting); running usage in every chunk only
+        # when the client asked for vLLM's continuous_usage_stats (http_api forwards it).
+        payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         xargs = self.config.send_vllm_xargs
         if xargs == "auto" and server.models_at_s < 0:
             with contextlib.suppress(UpstreamError):
@@ -232,7 +242,8 @@ class Upstream:
             finally:
                 resp.release()
                 server.active -= 1
-            raise UpstreamStatus(resp.status, _error_object(raw, resp.status))
+            raise UpstreamStatus(resp.status,
+                                 relay_error(resp.status, _error_object(raw, resp.status), body))
         return UpstreamStream(resp, endpoint, server)
 
 
@@ -269,16 +280,16 @@ class UpstreamStream:
                 for sse in parser.feed(chunk):
                     if sse.data.strip() == "[DONE]":
                         return
-                    event = self._parse(sse.data)
-                    if event.finish_reason is not None:
-                        finished = True
-                    yield event
+                    for event in self._parse(sse.data):
+                        if event.finish_reason is not None:
+                            finished = True
+                        yield event
             if not finished:
                 raise UpstreamError("the engine closed the stream before it finished")
         finally:
             self.close()
 
-    def _parse(self, data: str) -> UpstreamEvent:
+    def _parse(self, data: str) -> list[UpstreamEvent]:
         try:
             obj = json.loads(data)
         except ValueError:
@@ -290,17 +301,30 @@ class UpstreamStream:
             err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
             raise UpstreamError(str(err.get("message") or "the engine reported an error"))
         usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
-        choices = obj.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            return UpstreamEvent(usage=usage)
-        choice = choices[0]
+        choices = [c for c in obj.get("choices") or () if isinstance(c, dict)]
+        if not choices:
+            return [UpstreamEvent(usage=usage)]
+        # Usage goes with the last event of the chunk: it counts every choice in it.
+        return [self._choice(c, usage if i == len(choices) - 1 else None)
+                for i, c in enumerate(choices)]
+
+    def _choice(self, choice: dict[str, Any], usage: dict[str, int] | None) -> UpstreamEvent:
+        index = choice.get("index", 0)
+        extra = None
         if self._endpoint == "chat":
             delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
+            if not isinstance(delta, dict):
+                delta = {}
+            text = delta.get("content")
+            if not delta.keys() <= {"role", "content"}:
+                extra = {k: v for k, v in delta.items()
+                         if k not in ("role", "content") and v not in (None, "", [])} or None
         else:
             text = choice.get("text")
         return UpstreamEvent(text=text if isinstance(text, str) and text else None,
-                             finish_reason=choice.get("finish_reason"), usage=usage)
+                             finish_reason=choice.get("finish_reason"), usage=usage,
+                             choice=index if isinstance(index, int) and index >= 0 else 0,
+                             logprobs=choice.get("logprobs"), extra=extra)
 
 
 def _error_object(raw: bytes, status: int) -> dict[str, Any]:
