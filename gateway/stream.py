@@ -368,7 +368,8 @@ class Stream:
                     await self._guarded(sink.keepalive(), sink)
                     last_write_s = self._loop.time()
         except (ConnectionError, asyncio.CancelledError) as exc:
-            reason = "disconnected"
+            # A reader who asked to stop and then closed the connection stopped; else gone.
+            reason = "cancelled" if self._end_reason == "cancelled" else "disconnected"
             self._stop_upstream()
             if isinstance(exc, asyncio.CancelledError):
                 self.finish(reason)
