@@ -3,7 +3,8 @@ models, and the SSE side channel for client pacing (acks).
 
 Andes additions, all optional and all removed before the request goes upstream:
 
-* body ``qoe: {ttft, tds}`` or headers ``X-Andes-TTFT`` / ``X-Andes-TDS`` (the body wins);
+* body ``qoe: {ttft, tds}`` or headers ``X-Andes-TTFT`` / ``X-Andes-TDS`` (the body wins), else
+  the scheduler's own ``vllm_xargs: {andes_ttft, andes_tds}`` when a client sends those;
 * body ``pacing: server|client|off`` or header ``X-Andes-Pacing``;
 * response header ``X-Andes-Stream-Id``; the final chunk (the one with ``finish_reason``, or the
   JSON answer) carries ``andes: {stream_id, qoe, ttft_s, tokens}``, which OpenAI clients ignore.
@@ -139,6 +140,7 @@ def parse_request(
         raise InvalidRequest(exc.message, param=_param_of(exc.message)) from None
     qoe = QoEFields(qoe.ttft if qoe.ttft is not None else header_qoe.ttft,
                     qoe.tds if qoe.tds is not None else header_qoe.tds)
+    qoe = _with_xargs_qoe(qoe, body.get("vllm_xargs"))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest(f"stream must be a boolean, got {show(stream)}", param="stream")
@@ -157,6 +159,22 @@ def parse_request(
     if options.continuous_usage:  # the engine's running usage gives the prompt's token count
         forward["stream_options"] = {"continuous_usage_stats": True}
     return StreamRequest(endpoint, forward, model, qoe, pacing), stream, options
+
+
+def _with_xargs_qoe(qoe: QoEFields, xargs: Any) -> QoEFields:
+    """The reader's expectation from the Andes scheduler's own fields, for what ``qoe`` and the
+    headers leave open: a client that already sends ``vllm_xargs: {andes_ttft, andes_tds}``
+    (``andes bench`` does, to reach the scheduler directly) is paced for the reader it declares
+    there, and the gateway sends the same values on."""
+    if not isinstance(xargs, dict) or (qoe.ttft is not None and qoe.tds is not None):
+        return qoe
+    try:
+        declared = parse_qoe({"ttft": xargs.get("andes_ttft"), "tds": xargs.get("andes_tds")},
+                             "vllm_xargs.andes_*")
+    except FrameError as exc:
+        raise InvalidRequest(exc.message, param="vllm_xargs") from None
+    return QoEFields(qoe.ttft if qoe.ttft is not None else declared.ttft,
+                     qoe.tds if qoe.tds is not None else declared.tds)
 
 
 def _stream_options(options: Any) -> _Options:
