@@ -5,7 +5,7 @@ It speaks the WebSocket protocol of ``docs/protocol.md`` (``websockets``), asks 
 and acknowledges what it has handed out (coalesced), so the gateway — and through it the engine's
 scheduler — knows how far the reader is::
 
-    async with stream("ws://127.0.0.1:8080/v1/stream", messages, qoe={"tds": 5}) as s:
+    async with stream("http://127.0.0.1:8080", messages, qoe={"tds": 5}) as s:
         async for text in s:
             print(text, end="", flush=True)
     print(s.result.qoe)

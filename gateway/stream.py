@@ -432,6 +432,9 @@ class Stream:
         if self.mode == "server":
             self._hooks.lateness(max(now - chunk.due_s, 0.0))
         await self._guarded(sink.delta(chunk), sink)
+        if self.rich:  # a sink that renders text only (the WebSocket) leaves the metadata
+            while len(self._meta) > self.pacer.fed - self.pacer.sent:
+                self._meta.popleft()
         if self.first_token_s is None:
             self.first_token_s = now
         elif self._last_write_s is not None and chunk.count:
