@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -236,3 +237,23 @@ def test_engine_owned_options_after_double_dash_are_refused() -> None:
     result = _andes_serve("--", "--port", "9000")
     assert result.returncode == 2
     assert "--port after '--'" in result.stderr and "--engine-port" in result.stderr
+
+
+def test_config_file_json_logs_and_the_engine_log_on_the_console(serve, tmp_path: Path) -> None:
+    config = tmp_path / "andes.toml"
+    config.write_text('[gateway]\napi_keys = ["k-file"]\nttft_s = 2.5\n')
+    s = serve("--config", str(config), "--log-format", "json", "--engine-log", "-")
+    # --engine-log -: the engine's own output on this console, in order with serve's lines.
+    assert any(line.startswith("fake vLLM: serving fake-model") for line in s.lines), s.lines
+    url = s.gateway_url()
+    request = urllib.request.Request(url + "/v1/models")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=5)
+    assert info.value.code == 401  # the file's api_keys
+    request.add_header("Authorization", "Bearer k-file")
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        assert resp.status == 200
+    s.proc.send_signal(signal.SIGTERM)
+    _, err = s.proc.communicate(timeout=60)
+    logs = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any(entry.get("logger") == "andes.gateway" for entry in logs), err

@@ -74,6 +74,7 @@ def main() -> None:
         with open(path + ".tmp", "w") as f:
             json.dump(record, f)
         os.replace(path + ".tmp", path)
+    print(f"fake vLLM: serving {args.served_model_name} on {args.host}:{args.port}", flush=True)
     time.sleep(float(os.environ.get("ANDES_FAKE_ENGINE_LOAD_S", "0")))  # "loading the model"
 
     async def models(_: web.Request) -> web.Response:
