@@ -144,7 +144,7 @@ class Stream:
         # the transport to render with it (meta_for); else only the text is kept.
         self.rich = rich
         self._meta: deque[TokenMeta] = deque()
-        self._carried_logprobs: Any = None  # logprobs of empty deltas, for the next token
+        self._carried_logprobs: dict[int, Any] = {}  # by choice: of empty deltas, for the next
         self._extras: deque[Extra] = deque()
         self.finish_reasons: dict[int, str] = {}  # by choice
         self._drain_by_s: float | None = None  # shutdown: everything fed is written by then
@@ -188,8 +188,9 @@ class Stream:
                         self._meta.append(TokenMeta(event.choice, event.text,
                                                     self._logprobs(event)))
                 elif self.rich and event.logprobs is not None:
-                    self._carried_logprobs = _merge_logprobs(self._carried_logprobs,
-                                                             event.logprobs)
+                    carried = self._carried_logprobs
+                    carried[event.choice] = _merge_logprobs(carried.get(event.choice),
+                                                            event.logprobs)
                 if event.extra:
                     self._extras.append(Extra(self.pacer.fed, event.choice, event.extra))
                 if event.finish_reason is not None:
@@ -214,10 +215,10 @@ class Stream:
             self._wake()
 
     def _logprobs(self, event: Any) -> Any:
-        carried, self._carried_logprobs = self._carried_logprobs, None
-        if carried is None:
-            return event.logprobs
-        return _merge_logprobs(carried, event.logprobs)
+        """The event's logprobs, after those of its choice's empty deltas before it (a token
+        vLLM held back — a partial character, a possible stop string — comes out with the next)."""
+        carried = self._carried_logprobs.pop(event.choice, None)
+        return event.logprobs if carried is None else _merge_logprobs(carried, event.logprobs)
 
     def meta_for(self, chunk: Chunk) -> list[TokenMeta]:
         """The metadata of ``chunk``'s tokens (``rich`` streams; call once per written chunk, in
