@@ -35,17 +35,15 @@ from bench.result import BenchRun, to_report_summary
 from bench.runner import RunConfig, run_load
 from engine.sim.arrivals import ArrivalSpec
 from engine.sim.errors import SimError
-from engine.sim.workload import TraceRequest, load_workload, synthetic_workload
+from engine.sim.workload import PAPER_TRACE, TraceRequest, load_workload, synthetic_workload
 
-__all__ = ["DEFAULT_TRACE", "add_arguments", "run"]
+__all__ = ["DEFAULT_TRACE", "DEFAULT_URL", "add_arguments", "run"]
 
-DEFAULT_TRACE = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / ("andes_sharegpt_qoe_trace.json")
-)
-"""The paper's trace, read where the project keeps it (never copied into the repository)."""
+DEFAULT_TRACE = PAPER_TRACE
+"""The paper's trace, shipped with the package (``engine/sim/data/``): the default workload."""
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+"""Where ``andes serve`` (and ``andes gateway``) listen by default."""
 
 _ARRIVAL_KINDS = ("poisson", "gamma", "burst")
 
@@ -143,9 +141,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.formatter_class = _HelpFormatter
     where = parser.add_argument_group("endpoint")
-    where.add_argument("--url", default="http://127.0.0.1:8000",
-                       help="server root (or its /v1 prefix): vLLM, the Andes gateway, any"
-                            " OpenAI-compatible server")  # fmt: skip
+    where.add_argument("--url", default=DEFAULT_URL,
+                       help="server root (or its /v1 prefix): the Andes gateway (here: where"
+                            " `andes serve` listens), vLLM, any OpenAI-compatible server"
+                            )  # fmt: skip
     where.add_argument("--transport", choices=TRANSPORTS, default="http",
                        help="http: SSE from any OpenAI-compatible server; ws: the Andes gateway's"
                             " WebSocket /v1/stream (needs the gateway's URL), read by each"
@@ -176,8 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             " from cache")  # fmt: skip
     wl = parser.add_argument_group("workload")
     wl.add_argument("--workload", default=str(DEFAULT_TRACE),
-                    help="the paper's trace or a ShareGPT JSON file, or 'synthetic' (seeded"
-                         " log-normal lengths like the trace)")  # fmt: skip
+                    help="the paper's trace (here: the copy shipped with Andes) or a ShareGPT JSON"
+                         " file (.gz too), or 'synthetic' (seeded log-normal lengths like the"
+                         " trace)")  # fmt: skip
     wl.add_argument(
         "--skip",
         type=_non_negative_int,

@@ -29,7 +29,6 @@ Fitting the paper's trace to a small model (documented choices):
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,7 +36,8 @@ from pathlib import Path
 
 from core.qoe import QoESpec
 from engine.sim.arrivals import ArrivalSpec, arrival_times
-from engine.sim.workload import CHARS_PER_TOKEN, TraceRequest
+from engine.sim.errors import WorkloadError
+from engine.sim.workload import CHARS_PER_TOKEN, TraceRequest, read_workload_json
 
 __all__ = ["PlanConfig", "PlannedRequest", "build_plan", "filler_prompt", "load_prompt_texts"]
 
@@ -151,8 +151,8 @@ def load_prompt_texts(path: str | Path) -> dict[str, str]:
     where a record has none). Records that carry no usable text are left out.
     """
     try:
-        records = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        records = read_workload_json(path)
+    except WorkloadError:
         return {}  # load_workload has already reported a bad file with a precise message
     texts: dict[str, str] = {}
     if not isinstance(records, list):

@@ -4,7 +4,11 @@ An aiohttp server on 127.0.0.1 that streams ``/v1/chat/completions`` and ``/v1/c
 server-sent events the way vLLM does (a role chunk first on chat, one chunk per token or per
 ``tokens_per_chunk``, a finish chunk, the ``usage`` chunk, ``[DONE]``; running usage in every
 chunk when the request asks for ``stream_options.continuous_usage_stats``) and lists its models.
-Each request is answered by a :class:`Script`: how many tokens, how fast, and how it fails.
+Each request is answered by a :class:`Script`: how many tokens, how fast, and how it fails. Like
+vLLM it also streams what a request asks for beside one choice's text: ``n`` choices
+(interleaved, choice *i* > 0 marking its tokens ``#i``), ``logprobs``/``top_logprobs`` with every
+token (made-up numbers), and, when scripted, reasoning deltas before the text
+(``reasoning_content``) and tool-call deltas after it (the arguments in fragments).
 
 It records what reached it (:attr:`ScriptedEngine.records`: body, headers, when it arrived and
 when each token was written, whether it finished or the client went away) so that tests compare
@@ -51,6 +55,9 @@ class Script:
     line_ending: str = "\n"  # of the event stream: "\n", "\r\n" or "\r" (all valid SSE)
     usage: bool = True  # send the final usage chunk (llama-cpp-python's server sends none)
     done_without_finish: bool = False  # end with [DONE] and no finish_reason (an interrupt)
+    reasoning: Sequence[str] = ()  # chat: reasoning_content deltas before the first token
+    # chat: tool calls (name, JSON arguments) streamed after the text; finish "tool_calls"
+    tool_calls: Sequence[tuple[str, str]] = ()
 
     def texts(self, body: dict[str, Any]) -> list[str]:
         """The tokens this script streams for a request with ``body``."""
@@ -63,6 +70,8 @@ class Script:
     def finish(self) -> str:
         if self.finish_reason is not None:
             return self.finish_reason
+        if self.tool_calls:
+            return "tool_calls"
         return "length" if self.tokens is None else "stop"
 
 
@@ -170,16 +179,21 @@ class ScriptedEngine:
     def _script_for(self, body: dict[str, Any]) -> Script:
         if self.queue:
             return self.queue.pop(0)
+        return self._default_script(body)
+
+    def _default_script(self, body: dict[str, Any]) -> Script:
         return self.script(body) if callable(self.script) else self.script
 
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         record = Record(request.path, body, dict(request.headers), time.perf_counter())
-        # The gateway's start-up probe (gateway/probe.py) is not a request a test sent.
-        if self._keep_records and "X-Andes-Probe" not in request.headers:
+        # The gateway's start-up probe (gateway/probe.py) is not a request a test sent: it is
+        # neither recorded nor given a queued script (it runs beside the test's first requests).
+        probe = "X-Andes-Probe" in request.headers
+        if self._keep_records and not probe:
             self.records.append(record)
         self._changed.set()
-        script = self._script_for(body)
+        script = self._default_script(body) if probe else self._script_for(body)
         if script.status != 200:
             error = script.error or {"message": "scripted failure", "type": "BadRequestError",
                                      "param": None, "code": script.status}  # fmt: skip
@@ -211,12 +225,22 @@ class _Stream:
                      "created": 0, "model": body.get("model")}  # fmt: skip
         self.texts = script.texts(body)
         self.sent = 0  # tokens in the chunks written so far
+        n = body.get("n")
+        self.n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+        self.logprobs = body.get("logprobs") not in (None, False)
+        top = body.get("top_logprobs") if self.chat else body.get("logprobs")
+        self.top = top if isinstance(top, int) and not isinstance(top, bool) else 0
+        self.offset = 0  # completions logprobs: the text offset of the next token
 
     async def run(self) -> None:
         script, record = self.script, self.record
         if self.chat:  # vLLM opens a chat stream with the role
-            await self._event({**self.base, "choices": [{
-                "index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
+            for i in range(self.n):
+                await self._event({**self.base, "choices": [{
+                    "index": i, "delta": {"role": "assistant", "content": ""},
+                    "finish_reason": None}]})
+            for piece in script.reasoning:
+                await self._delta({"reasoning_content": piece})
         await asyncio.sleep(script.first_delay_s)
         total = len(self.texts)
         while (sent := self.sent) < total:
@@ -235,11 +259,14 @@ class _Stream:
             n = min(script.tokens_per_chunk, total - sent)
             text = "".join(self._text(i) for i in range(sent, sent + n))
             self.sent += n  # before the chunk: its running usage counts its own tokens
-            await self._chunk(text)
+            for choice in range(self.n):
+                await self._chunk(_mark(text, choice), index=choice)
             record.token_clock_s.extend([time.perf_counter()] * n)
             self.changed.set()
+        await self._tool_calls()
         if not script.done_without_finish:
-            await self._chunk(None, script.finish())
+            for choice in range(self.n):
+                await self._chunk(None, script.finish(), index=choice)
             if script.usage:
                 await self._event({**self.base, "choices": [], "usage": self._usage()})
         await self._write("data: [DONE]")
@@ -259,13 +286,39 @@ class _Stream:
         n = self.sent
         return {"prompt_tokens": 7, "completion_tokens": n, "total_tokens": 7 + n}
 
-    async def _chunk(self, text: str | None, finish: str | None = None) -> None:
+    async def _tool_calls(self) -> None:
+        for k, (name, arguments) in enumerate(self.script.tool_calls):
+            await self._delta({"tool_calls": [{"index": k, "id": f"call_{k}", "type": "function",
+                                               "function": {"name": name, "arguments": ""}}]})
+            for start in range(0, len(arguments), 8):
+                await self._delta({"tool_calls": [{
+                    "index": k, "function": {"arguments": arguments[start:start + 8]}}]})
+
+    async def _delta(self, delta: dict[str, Any]) -> None:
+        """A chat chunk with a non-text delta (reasoning, tool calls) for choice 0."""
+        await self._event({**self.base, "choices": [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
+
+    def _logprobs(self, text: str) -> dict[str, Any]:
+        """Made-up logprobs of ``text`` as one token, in the shape of the API in use."""
+        lp = -0.01 * (self.sent + 1)
+        if self.chat:
+            entry = {"token": text, "logprob": lp, "bytes": list(text.encode())}
+            return {"content": [{**entry, "top_logprobs": [entry] * self.top}]}
+        offset, self.offset = self.offset, self.offset + len(text)
+        return {"tokens": [text], "token_logprobs": [lp], "top_logprobs": [{text: lp}],
+                "text_offset": [offset]}
+
+    async def _chunk(self, text: str | None, finish: str | None = None, index: int = 0) -> None:
         """A content chunk with ``text``, or (``None``) the finish chunk."""
+        logprobs = self._logprobs(text) if self.logprobs and text is not None else None
         if self.chat:
             delta = {"content": text} if text is not None else {}
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": finish}
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs,
+                                      "finish_reason": finish}
         else:
-            choice = {"index": 0, "text": text or "", "finish_reason": finish}
+            choice = {"index": index, "text": text or "", "logprobs": logprobs,
+                      "finish_reason": finish}
         chunk: dict[str, Any] = {**self.base, "choices": [choice]}
         if self.continuous:
             chunk["usage"] = self._usage()
@@ -277,6 +330,14 @@ class _Stream:
     async def _write(self, line: str) -> None:
         end = self.script.line_ending
         await self.resp.write((line + end + end).encode())
+
+
+def _mark(text: str, choice: int) -> str:
+    """Choice ``choice``'s version of a token: ``t3 `` → ``t3#1 `` (choice 0 keeps it)."""
+    if choice == 0:
+        return text
+    core = text.rstrip()
+    return f"{core}#{choice}{text[len(core):]}"
 
 
 def main(argv: list[str] | None = None) -> None:

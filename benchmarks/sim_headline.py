@@ -2,8 +2,8 @@
 
     .venv/bin/python -m benchmarks.sim_headline            # full run, records into BENCHMARKS.md
 
-Three setups, every one on the paper's 3,000-request ShareGPT trace (read in place from
-``<repo>/../shared/data/``) with the latency profiles derived in :mod:`engine.sim.profile`:
+Three setups, every one on the paper's 3,000-request ShareGPT trace (the copy shipped in
+``engine/sim/data/``) with the latency profiles derived in :mod:`engine.sim.profile`:
 
 1. OPT-66B on 4×A100-80GB, Poisson arrivals — fcfs and andes at every rate (with ``--extra``, also
    lqf and round_robin at every other rate: they thrash and are slow to simulate);

@@ -10,4 +10,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec .venv/bin/andes gateway --upstream "${1:-http://127.0.0.1:8000}" --port "${PORT:-8080}" \
-    --tds-tok-s "${TDS:-4.8}" --pacing server
+    --tds "${TDS:-4.8}" --pacing server

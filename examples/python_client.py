@@ -14,14 +14,13 @@ import sys
 
 from gateway.client import stream
 
-GATEWAY = os.environ.get("ANDES_URL", "http://127.0.0.1:8080")
 MODEL = os.environ.get("ANDES_MODEL")  # None: the gateway's default model
 
 
 async def main(question: str) -> None:
     messages = [{"role": "user", "content": question}]
-    url = GATEWAY.replace("http", "ws", 1) + "/v1/stream"
-    async with stream(url, messages, model=MODEL, qoe={"tds": 6.0}, max_tokens=128) as s:
+    # No url: $ANDES_URL, else http://127.0.0.1:8080 (where `andes serve` listens).
+    async with stream(messages=messages, model=MODEL, qoe={"tds": 6.0}, max_tokens=128) as s:
         async for text in s:
             print(text, end="", flush=True)
     print(f"\n[QoE {s.result.qoe:.3f}]")

@@ -12,14 +12,23 @@ import os
 import sys
 from typing import Any, TextIO
 
-from gateway.client import DEFAULT_URL, ClientError, stream_sync
+from gateway.client import (
+    DEFAULT_URL,
+    URL_ENV,
+    ClientError,
+    default_url,
+    stream_sync,
+    websocket_url,
+)
 
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=DEFAULT_URL,
-                        help=f"the gateway's WebSocket (default {DEFAULT_URL})")
+    parser.add_argument("--url", default=default_url(),
+                        help=f"the gateway: http://HOST:PORT as andes serve prints it (with or "
+                             f"without /v1), or its ws://HOST:PORT/v1/stream (default "
+                             f"${URL_ENV}, else {DEFAULT_URL})")
     parser.add_argument("--tds", type=float, default=5.0,
                         help="your reading pace, tokens/s (default 5)")
     parser.add_argument("--ttft", type=float, default=None, help="expected time to first token, s")
@@ -62,6 +71,11 @@ def _answer(args: argparse.Namespace, messages: list[dict[str, Any]], out: TextI
 def run(args: argparse.Namespace, stdin: TextIO | None = None, out: TextIO | None = None) -> int:
     stdin = stdin or sys.stdin
     out = out or sys.stdout
+    try:
+        args.url = websocket_url(args.url)
+    except ValueError as exc:
+        print(f"andes chat: {exc}", file=sys.stderr)
+        return 2
     messages: list[dict[str, Any]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})

@@ -19,6 +19,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from core.cli import add_deprecated_alias
 from gateway.config import ENV_PREFIX, ConfigError, GatewayConfig, load_config
 
 __all__ = ["add_arguments", "config_from_args", "run", "run_loop", "setup_logging"]
@@ -63,10 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--workers", type=int, metavar="N",
       help=f"gateway processes sharing the port (SO_REUSEPORT), e.g. one per core "
            f"(default {_D.workers})")
-    a("--ttft-s", type=float, metavar="S",
+    a("--ttft", dest="ttft_s", type=float, metavar="S",
       help=f"default expected time to first token, seconds (default {_D.ttft_s})")
-    a("--tds-tok-s", type=float, metavar="TOK_S",
+    add_deprecated_alias(parser, "--ttft-s", "--ttft", dest="ttft_s", type=float)
+    a("--tds", dest="tds_tok_s", type=float, metavar="TOK_S",
       help=f"default reading pace, tokens/s (default {_D.tds_tok_s})")
+    add_deprecated_alias(parser, "--tds-tok-s", "--tds", dest="tds_tok_s", type=float)
     a("--pacing", choices=("server", "client", "off"),
       help=f"default pacing: the gateway paces, the client paces and acks, or pass-through "
            f"(default {_D.pacing})")
@@ -74,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help=f"coalesce paced text into at most one write per frame (default {_D.frame_s})")
     a("--word-boundary", action=argparse.BooleanOptionalAction, default=None,
       help=f"do not end a paced write mid-word (default {_D.word_boundary})")
-    a("--model", dest="models", action="append", metavar="NAME",
+    a("--served-model-name", dest="models", action="append", metavar="NAME",
       help="serve only this model name (repeat); default: whatever the engines list")
+    add_deprecated_alias(parser, "--model", "--served-model-name", dest="models", append=True)
     a("--max-body-bytes", type=int, metavar="N",
       help=f"largest request body or WebSocket frame (default {_D.max_body_bytes})")
     a("--max-tokens", type=int, metavar="N",

@@ -5,7 +5,7 @@ It speaks the WebSocket protocol of ``docs/protocol.md`` (``websockets``), asks 
 and acknowledges what it has handed out (coalesced), so the gateway — and through it the engine's
 scheduler — knows how far the reader is::
 
-    async with stream("ws://127.0.0.1:8080/v1/stream", messages, qoe={"tds": 5}) as s:
+    async with stream("http://127.0.0.1:8080", messages, qoe={"tds": 5}) as s:
         async for text in s:
             print(text, end="", flush=True)
     print(s.result.qoe)
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import queue
 import threading
 import time
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
@@ -52,12 +54,52 @@ __all__ = [
     "StreamResult",
     "SyncTextStream",
     "TextStream",
+    "default_url",
     "split_tokens",
     "stream",
     "stream_sync",
+    "websocket_url",
 ]
 
-DEFAULT_URL = "ws://127.0.0.1:8080/v1/stream"
+DEFAULT_URL = "http://127.0.0.1:8080"
+"""Where ``andes serve`` and ``andes gateway`` listen by default; ``$ANDES_URL`` overrides it."""
+URL_ENV = "ANDES_URL"
+
+_SCHEMES = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}
+_ENDPOINT_SUFFIXES = ("/v1/stream", "/v1/chat/completions", "/v1/completions", "/v1/models",
+                      "/v1", "/stream")
+
+
+def default_url() -> str:
+    """``$ANDES_URL`` if set, else :data:`DEFAULT_URL`."""
+    return os.environ.get(URL_ENV) or DEFAULT_URL
+
+
+def websocket_url(url: str) -> str:
+    """The gateway's WebSocket endpoint, from its address as people type it.
+
+    ``http://host:port``, ``https://…``, ``ws://…``, ``wss://…`` or a bare ``host:port``; with or
+    without ``/v1``, ``/v1/stream`` or an OpenAI route, and a trailing slash; a path prefix in
+    front (a gateway behind a reverse proxy) and the query string (``?api_key=``) are kept. The
+    same rules as ``gatewayUrls`` of client_js. Raises :class:`ValueError` for anything else.
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = "http://" + text
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        parts = urlsplit("")
+    scheme = _SCHEMES.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"not a gateway URL: {url!r} (expected http://HOST:PORT or "
+                         "ws://HOST:PORT/v1/stream)")
+    path = parts.path.rstrip("/")
+    for suffix in _ENDPOINT_SUFFIXES:
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+            break
+    return urlunsplit((scheme, parts.netloc, path + "/v1/stream", parts.query, ""))
 
 
 class ClientError(Exception):
@@ -420,7 +462,7 @@ class TextStream:
         self._finished = True
 
 
-def stream(url: str = DEFAULT_URL, messages: Sequence[Mapping[str, Any]] = (), *,
+def stream(url: str | None = None, messages: Sequence[Mapping[str, Any]] = (), *,
            model: str | None = None, qoe: Mapping[str, float] | None = None,
            pacing: Literal["client", "server"] = "client", max_tokens: int | None = None,
            temperature: float | None = None, api_key: str | None = None,
@@ -429,8 +471,12 @@ def stream(url: str = DEFAULT_URL, messages: Sequence[Mapping[str, Any]] = (), *
            clock: Callable[[], float] = time.monotonic,
            extra_body: Mapping[str, Any] | None = None,
            on_delta: Callable[[float, int], None] | None = None) -> TextStream:
-    """A chat completion from the gateway at ``url`` (``ws://HOST:PORT/v1/stream``), paced for a
-    reader of ``qoe={"ttft": s, "tds": tokens/s}`` (the gateway's defaults where left out).
+    """A chat completion from the gateway at ``url``, paced for a reader of
+    ``qoe={"ttft": s, "tds": tokens/s}`` (the gateway's defaults where left out).
+
+    ``url`` is the gateway as you would type it — ``http://HOST:PORT``, with or without ``/v1``,
+    or its WebSocket ``ws://HOST:PORT/v1/stream`` (:func:`websocket_url`); default ``$ANDES_URL``,
+    else ``http://127.0.0.1:8080``. ``api_key`` defaults to ``$ANDES_API_KEY``.
 
     ``extra_body``: more engine request fields (``start.extra_body``, e.g. vLLM's
     ``{"ignore_eos": True}``). ``on_delta(now, count)`` is called as each ``delta`` frame arrives
@@ -451,7 +497,10 @@ def stream(url: str = DEFAULT_URL, messages: Sequence[Mapping[str, Any]] = (), *
     if subprotocol not in p.SUBPROTOCOLS:
         raise ValueError(f"subprotocol must be one of {p.SUBPROTOCOLS}, got {subprotocol!r}")
     assert isinstance(start, p.Start)
-    return TextStream(url, start, tds_tok_s=q.tds, api_key=api_key, subprotocol=subprotocol,
+    if api_key is None:
+        api_key = os.environ.get("ANDES_API_KEY") or None
+    ws_url = websocket_url(default_url() if url is None else url)
+    return TextStream(ws_url, start, tds_tok_s=q.tds, api_key=api_key, subprotocol=subprotocol,
                       ack_interval_s=ack_interval_s, frame_s=frame_s,
                       open_timeout_s=open_timeout_s, clock=clock, on_delta=on_delta)
 
@@ -527,7 +576,7 @@ class SyncTextStream:
             thread.join(0.05)
 
 
-def stream_sync(url: str = DEFAULT_URL, messages: Sequence[Mapping[str, Any]] = (),
+def stream_sync(url: str | None = None, messages: Sequence[Mapping[str, Any]] = (),
                 **kwargs: Any) -> SyncTextStream:
     """:func:`stream` for synchronous code; same arguments. Validates before connecting."""
     stream(url, messages, **kwargs)  # raise ValueError now, in the caller's thread

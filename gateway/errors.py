@@ -170,7 +170,8 @@ class UpstreamStatus(UpstreamError):
     def __init__(self, status: int, error: dict[str, Any],
                  retry_after_s: float | None = None) -> None:
         message = str(error.get("message") or f"upstream returned HTTP {status}")
-        super().__init__(message, param=error.get("param"), code=error.get("code"))
+        super().__init__(message, param=error.get("param"))
+        self.code = error.get("code")  # the engine's (gateway/engine_errors.py), none included
         self.status = status
         self.error_type = str(error.get("type") or self.error_type)
         if status == 429:

@@ -186,6 +186,24 @@ class Pacer:
         self._read = self._sent + count
         return self._release(count, now_s, due_s=due_s)
 
+    def release_until(self, index: int, now_s: float) -> list[Chunk]:
+        """Release every token before token ``index`` now, whatever its due time.
+
+        For what must not wait behind paced text and must not overtake it either: a tool-call or
+        reasoning delta that arrived after token ``index - 1`` goes out right after the text fed
+        before it (as smoothing libraries flush their buffer at a non-text part). The reader's
+        pace resumes from ``now_s`` for the text after it. Not mirrored in client_js (its
+        protocol carries text only).
+        """
+        count = min(index - self._sent, len(self._pending))
+        if count <= 0:
+            return []
+        chunks = self._release(count, now_s, due_s=now_s)
+        if self.config.mode == "server":  # else the reading model goes on estimating
+            self._read = max(self._read, float(self._sent))
+            self._next_s = max(self._next_s, now_s)
+        return chunks
+
     def next_due_s(self) -> float | None:
         """When :meth:`due` next has something to release; ``None`` until more is fed or resumed."""
         if not self._pending or (self._paused and self.config.mode == "server"):

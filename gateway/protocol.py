@@ -43,8 +43,10 @@ __all__ = [
     "decode",
     "encode",
     "loads",
+    "one_of",
     "parse_client_frame",
     "parse_server_frame",
+    "show",
     "to_dict",
 ]
 
@@ -232,7 +234,7 @@ def _opt_int(d: dict[str, Any], key: str, lo: int, hi: int | None = None) -> int
         return None
     if not _is_int(v) or v < lo or (hi is not None and v > hi):
         bound = f">= {lo}" if hi is None else f"within [{lo}, {hi}]"
-        raise _invalid(f"{key} must be an integer {bound}, got {v!r}")
+        raise _invalid(f"{key} must be an integer {bound}, got {show(v)}")
     return v
 
 
@@ -241,7 +243,7 @@ def _opt_num(d: dict[str, Any], key: str, lo: float, hi: float) -> float | None:
     if v is None:
         return None
     if not _is_num(v) or not lo <= v <= hi:
-        raise _invalid(f"{key} must be a number within [{lo}, {hi}], got {v!r}")
+        raise _invalid(f"{key} must be a number within [{lo}, {hi}], got {show(v)}")
     return float(v)
 
 
@@ -250,19 +252,21 @@ def parse_qoe(v: Any, where: str = "qoe") -> QoEFields:
     if v is None:
         return QoEFields()
     if not isinstance(v, dict):
-        raise _invalid(f"{where} must be an object {{ttft, tds}}, got {v!r}")
+        raise _invalid(f"{where} must be an object {{ttft, tds}}, got {show(v)}")
     ttft, tds = v.get("ttft"), v.get("tds")
     if ttft is not None and not (_is_num(ttft) and 0 <= ttft <= MAX_TTFT_S):
         raise _invalid(f"{where}.ttft must be a number of seconds within [0, {MAX_TTFT_S}], "
-                       f"got {ttft!r}")
+                       f"got {show(ttft)}")
     if tds is not None and not (_is_num(tds) and 0 < tds <= MAX_TDS_TOK_S):
         raise _invalid(f"{where}.tds must be a number of tokens/s within (0, {MAX_TDS_TOK_S}], "
-                       f"got {tds!r}")
+                       f"got {show(tds)}")
     return QoEFields(None if ttft is None else float(ttft), None if tds is None else float(tds))
 
 
 def parse_messages(v: Any) -> list[dict[str, Any]]:
     """Validate OpenAI chat messages: a non-empty list of ``{role, content}`` maps."""
+    if v is None:
+        raise _invalid("messages is required: a non-empty list of {role, content}")
     if not isinstance(v, list) or not v:
         raise _invalid(f"messages must be a non-empty list, got {_short(v)}")
     for i, m in enumerate(v):
@@ -270,7 +274,7 @@ def parse_messages(v: Any) -> list[dict[str, Any]]:
             raise _invalid(f"messages[{i}] must be an object, got {_short(m)}")
         role = m.get("role")
         if role not in ROLES:
-            raise _invalid(f"messages[{i}].role must be one of {ROLES}, got {role!r}")
+            raise _invalid(f"messages[{i}].role must be one of {one_of(ROLES)}, got {show(role)}")
         content = m.get("content")
         if content is not None and not isinstance(content, str | list):
             raise _invalid(f"messages[{i}].content must be a string or a list of parts, "
@@ -292,7 +296,7 @@ def parse_pacing(v: Any, where: str = "pacing") -> PacingName | None:
     if v is None:
         return None
     if v not in PACINGS:
-        raise _invalid(f"{where} must be one of {PACINGS}, got {_short(v)}")
+        raise _invalid(f"{where} must be one of {one_of(PACINGS)}, got {_short(v)}")
     return v
 
 
@@ -319,13 +323,31 @@ def parse_extra_body(v: Any) -> dict[str, Any] | None:
 def parse_vllm_xargs(v: Any, where: str = "vllm_xargs") -> dict[str, Any] | None:
     """vLLM's ``vllm_xargs``: an object (the gateway merges its own keys into it)."""
     if v is not None and not isinstance(v, dict):
-        raise _invalid(f"{where} must be an object, got {_short(v)}")
+        raise _invalid(f"{where} must be an object, got {show(v)}")
     return v
 
 
-def _short(v: Any, limit: int = 80) -> str:
-    text = repr(v)
+def show(v: Any, limit: int = 80) -> str:
+    """A value as a client wrote it, for error messages: JSON words (``null``, ``true``,
+    ``[1,2]``, ``{"a":1}``), strings in single quotes; never Python's (``None``, ``True``). Cut to
+    ``limit`` characters. The JS mirror is ``short`` in ``client_js/src/protocol.js``."""
+    if isinstance(v, str):
+        text = repr(v)
+    else:
+        try:
+            text = json.dumps(v, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        except (TypeError, ValueError):
+            text = repr(v)  # bytes, NaN: nothing JSON can say better
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_short = show
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """``'a', 'b' or 'c'`` for an error message."""
+    quoted = [repr(c) for c in choices]
+    return ", ".join(quoted[:-1]) + f" or {quoted[-1]}" if len(quoted) > 1 else quoted[0]
 
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -361,7 +383,7 @@ def parse_client_frame(obj: Any) -> ClientFrame:
         pacing = parse_pacing(obj.get("pacing"))
         seed = obj.get("seed")
         if seed is not None and not _is_int(seed):
-            raise _invalid(f"seed must be an integer, got {seed!r}")
+            raise _invalid(f"seed must be an integer, got {show(seed)}")
         return Start(
             messages=parse_messages(obj.get("messages")),
             model=model,

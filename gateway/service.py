@@ -16,7 +16,7 @@ from gateway.dispatch import Dispatcher
 from gateway.errors import GatewayError, InvalidRequest, UpstreamStatus
 from gateway.metrics import Metrics
 from gateway.pacer import PacerConfig, PacingMode
-from gateway.protocol import QoEFields
+from gateway.protocol import QoEFields, show
 from gateway.stream import Stream, StreamResult, StreamTable, new_stream_id
 from gateway.upstream import Endpoint, Upstream
 from gateway.usage import check_seams, count_prompt, fill_usage
@@ -39,6 +39,17 @@ class StreamRequest:
     owner: int | None = None  # the API key that opened it (its index); None: no keys
 
 
+def _choices(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+def _wants_logprobs(body: dict[str, Any]) -> bool:
+    # chat: logprobs true (top_logprobs needs it); completions: logprobs = a number, 0 included
+    value = body.get("logprobs")
+    return value is not None and value is not False
+
+
 class Gateway:
     """One gateway process's shared state (held in the aiohttp app under ``GATEWAY``)."""
 
@@ -48,7 +59,6 @@ class Gateway:
         self.table = StreamTable(config.max_concurrent_streams)
         self.metrics = Metrics(active=lambda: len(self.table),
                                buffered=self.table.buffered_tokens)
-        self._hooks = self.metrics.hooks()
         self.dispatch = Dispatcher(config, self.upstream, self.metrics.dispatch_hooks())
         self.metrics.watch(self.dispatch.scheduler.queue_length, self.upstream.replicas,
                            config.tds_tok_s)
@@ -62,7 +72,7 @@ class Gateway:
             if v is None:
                 continue
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise InvalidRequest(f"{key} must be an integer >= 1, got {v!r}", param=key)
+                raise InvalidRequest(f"{key} must be an integer >= 1, got {show(v)}", param=key)
             if v > self.config.max_tokens:
                 raise InvalidRequest(f"{key}={v} exceeds this gateway's limit of "
                                      f"{self.config.max_tokens}", param=key)
@@ -78,15 +88,21 @@ class Gateway:
             public, model = await self.upstream.resolve_model(req.model)
             spec = QoESpec(self.config.ttft_s if req.qoe.ttft is None else req.qoe.ttft,
                            self.config.tds_tok_s if req.qoe.tds is None else req.qoe.tds)
-            pacer = PacerConfig(tds_tok_s=spec.tds_tok_s, mode=req.pacing or self.config.pacing,
+            # n > 1: the choices' tokens are paced as one sequence at n times the pace, so each
+            # choice goes at about the reader's (the engine sends them interleaved); per-choice
+            # pace and metadata need each token's choice kept (rich), as logprobs need theirs.
+            n = _choices(req.body)
+            paced = QoESpec(spec.ttft_s, spec.tds_tok_s * n) if n > 1 else spec
+            pacer = PacerConfig(tds_tok_s=paced.tds_tok_s, mode=req.pacing or self.config.pacing,
                                 frame_s=self.config.frame_s,
                                 word_boundary=self.config.word_boundary,
                                 max_buffered_tokens=self.config.max_buffered_tokens,
                                 max_buffered_bytes=self.config.max_buffered_bytes)
-            stream = Stream(new_stream_id(), spec, pacer,
+            stream = Stream(new_stream_id(), paced, pacer,
                             slow_reader_timeout_s=self.config.slow_reader_timeout_s,
-                            hooks=self._hooks, model=public,
-                            stall_timeout_s=self.config.upstream_stall_timeout_s)
+                            hooks=self.metrics.hooks(public), model=public,
+                            stall_timeout_s=self.config.upstream_stall_timeout_s,
+                            rich=n > 1 or _wants_logprobs(req.body))
             stream.owner = req.owner
             body = dict(req.body, model=model)
             replica = await self.dispatch.acquire(stream, req.endpoint, body)
@@ -95,10 +111,10 @@ class Gateway:
                                                     qoe=spec, server=replica)
             except BaseException as exc:
                 self.dispatch.failed_to_open(stream)
-                if isinstance(exc, UpstreamStatus):
-                    self.metrics.upstream_errors.labels("status").inc()
-                elif isinstance(exc, GatewayError) and exc.status >= 500:
-                    self.metrics.upstream_errors.labels("connect").inc()
+                # The engine's 4xx is the client's error, relayed: not an engine failure.
+                if isinstance(exc, GatewayError) and exc.status >= 500:
+                    kind = "status" if isinstance(exc, UpstreamStatus) else "connect"
+                    self.metrics.upstream_error(public, kind)
                 raise
         except BaseException:
             self.table.release(None)
@@ -126,7 +142,7 @@ class Gateway:
                 lambda outcome: self.metrics.seams.labels(outcome).inc()))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-        self.metrics.stream_ended(stream.mode, result)
+        self.metrics.stream_ended(stream.mode, result, stream.model)
         record = {
             "event": "stream_end", "stream_id": stream.id, "transport": transport,
             "model": stream.model, "pacing": stream.mode, "reason": result.reason,

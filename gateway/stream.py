@@ -47,7 +47,8 @@ import itertools
 import math
 import secrets
 import weakref
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -66,8 +67,11 @@ from gateway.errors import (
 from gateway.pacer import Chunk, Pacer, PacerConfig, PacerOverflow, PacingMode
 from gateway.upstream import UpstreamError, UpstreamStream
 
-__all__ = ["Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "abort_transport",
-           "new_stream_id", "transport_backlog"]
+__all__ = ["Extra", "Sink", "Stream", "StreamHooks", "StreamResult", "StreamTable", "TokenMeta",
+           "abort_transport", "merge_logprobs", "new_stream_id", "transport_backlog"]
+
+
+_FLUSH_TOK_S = 1e6  # "at once": a pace no buffer outlasts a frame at
 
 
 def new_stream_id() -> str:
@@ -116,6 +120,10 @@ class Sink(Protocol):
     def abort(self) -> None:
         """Drop the connection now (a write blocked too long: the reader does not read)."""
 
+    # Optional: ``async def extra(self, extra: Extra) -> None`` writes a non-text delta (tool
+    # calls, reasoning) at once; a transport without it (the WebSocket protocol: text only) does
+    # not get them.
+
 
 @dataclass(slots=True)
 class StreamResult:
@@ -156,6 +164,26 @@ class StreamHooks:
 
     lateness: Callable[[float], None] = lambda s: None
     upstream_error: Callable[[str], None] = lambda kind: None
+    # Seconds per token between two writes to the reader: inter-token latency as delivered.
+    inter_token: Callable[[float], None] = lambda s: None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMeta:
+    """What a token carries beside its text, kept only for streams that need it (``rich``)."""
+
+    choice: int  # the choice it belongs to (requests with n > 1)
+    text: str  # the token's own text (a written chunk joins several choices' tokens)
+    logprobs: Any  # the engine's logprobs object for this token's delta, as it sent it
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """A non-text delta (tool calls, reasoning): written at once, after the text before it."""
+
+    position: int  # tokens fed before it: they are written first
+    choice: int
+    delta: dict[str, Any]  # the engine's delta without its content (tool_calls, reasoning_...)
 
 
 class Stream:
@@ -163,10 +191,20 @@ class Stream:
 
     def __init__(self, stream_id: str, spec: QoESpec, pacer_config: PacerConfig, *,
                  slow_reader_timeout_s: float, hooks: StreamHooks | None = None,
-                 model: str = "", stall_timeout_s: float = math.inf) -> None:
+                 model: str = "", stall_timeout_s: float = math.inf,
+                 rich: bool = False) -> None:  # fmt: skip
         self.id = stream_id
         self.spec = spec
         self.model = model
+        # rich: keep each token's choice and logprobs beside its text (n > 1, logprobs), for
+        # the transport to render with it (meta_for); else only the text is kept.
+        self.rich = rich
+        self._meta: deque[TokenMeta] = deque()
+        self._carried_logprobs: dict[int, Any] = {}  # by choice: of empty deltas, for the next
+        self._extras: deque[Extra] = deque()
+        self.finish_reasons: dict[int, str] = {}  # by choice
+        self._drain_by_s: float | None = None  # shutdown: everything fed is written by then
+        self._last_text_s: float | None = None  # the latest text write, for inter-token time
         self.mode: PacingMode = pacer_config.mode
         self.pacer = Pacer(pacer_config)
         self._loop = asyncio.get_running_loop()
@@ -271,11 +309,20 @@ class Stream:
             progress.text += event.text
             self.pacer.feed((event.text,), now)
             self.arrivals.add(now, 1)
+            if self.rich:
+                self._meta.append(TokenMeta(event.choice, event.text, self._logprobs(event)))
+        elif self.rich and event.logprobs is not None:
+            carried = self._carried_logprobs
+            carried[event.choice] = _merge_logprobs(carried.get(event.choice), event.logprobs)
 
     def _apply(self, event: Any, now: float) -> None:
         self._take(event, now)
+        if event.extra:
+            self._extras.append(Extra(self.pacer.fed, event.choice, event.extra))
         if event.finish_reason is not None:
-            self.finish_reason = event.finish_reason
+            self.finish_reasons[event.choice] = event.finish_reason
+            if event.choice == 0:
+                self.finish_reason = event.finish_reason
         if event.usage is not None:
             self._last_usage = event.usage
             self.usage = event.usage
@@ -307,6 +354,17 @@ class Stream:
                 if not self.pacer.closed:
                     self.pacer.close()
             self._wake()
+
+    def _logprobs(self, event: Any) -> Any:
+        """The event's logprobs, after those of its choice's empty deltas before it (a token
+        vLLM held back — a partial character, a possible stop string — comes out with the next)."""
+        carried = self._carried_logprobs.pop(event.choice, None)
+        return event.logprobs if carried is None else _merge_logprobs(carried, event.logprobs)
+
+    def meta_for(self, chunk: Chunk) -> list[TokenMeta]:
+        """The metadata of ``chunk``'s tokens (``rich`` streams; call once per written chunk, in
+        order)."""
+        return [self._meta.popleft() for _ in range(min(chunk.count, len(self._meta)))]
 
     def _stop_upstream(self) -> None:
         self._parking = False
@@ -354,6 +412,13 @@ class Stream:
         if self._end_reason is None:
             self._end_reason = reason
         self._stop_upstream()
+        self._wake()
+
+    def drain_by(self, deadline_s: float) -> None:
+        """Shutdown: write everything the engine has produced (and produces meanwhile) by
+        ``deadline_s`` on the event loop's clock, faster than the reader's pace if need be — the
+        text exists; dropping it would be worse than a reader seeing it sooner."""
+        self._drain_by_s = deadline_s
         self._wake()
 
     def abort(self, error: GatewayError) -> None:
@@ -479,8 +544,9 @@ class Stream:
         write at once; False if the writer itself must run (it is then woken)."""
         sink = self._sink
         if (sink is None or self.error is not None or self._end_reason is not None
+                or self._extras or self.rich or self._drain_by_s is not None
                 or not sink.ready_now()):
-            return False
+            return False  # non-text deltas, token metadata and a shutdown's hurry: the writer
         now = self._loop.time()
         if self._keepalive_due(sink, now):
             return False
@@ -503,6 +569,8 @@ class Stream:
             deadline = math.inf
         if sink.keepalive_s is not None:
             deadline = min(deadline, self._last_write_s + sink.keepalive_s)
+        if self._drain_by_s is not None and self.pacer.fed > self.pacer.sent:
+            deadline = min(deadline, self._drain_by_s)
         return deadline
 
     def _keepalive_due(self, sink: Sink, now_s: float) -> bool:
@@ -537,8 +605,10 @@ class Stream:
         try:
             reason = await self._write_loop(sink)
         except (ConnectionError, asyncio.CancelledError) as exc:
-            # An aborted slow reader's connection fails its write: that is the error's doing.
-            reason = "error" if self.error is not None else "disconnected"
+            # An aborted slow reader's connection fails its write: that is the error's doing; a
+            # reader who asked to stop and then closed the connection stopped; else it is gone.
+            reason = ("error" if self.error is not None
+                      else "cancelled" if self._end_reason == "cancelled" else "disconnected")
             self._stop_upstream()
             if isinstance(exc, asyncio.CancelledError):
                 self.finish(reason)
@@ -559,9 +629,8 @@ class Stream:
             if self._end_reason is not None:
                 return self._end_reason
             now = self._loop.time()
-            for chunk in self.pacer.due(now):
-                await self._write(sink, chunk, now)
-            if self.pacer.done and self._upstream_done:
+            await self._write_due(sink, now)
+            if self.pacer.done and self._upstream_done and not self._extras:
                 return "error" if self.error is not None else "finished"
             deadline = self._next_wake_s(sink)
             if deadline > now:
@@ -569,6 +638,36 @@ class Stream:
             if self._keepalive_due(sink, self._loop.time()):
                 await self._guarded(sink.keepalive(), sink)
                 self._last_write_s = self._loop.time()
+
+    async def _write_due(self, sink: Sink, now: float) -> None:
+        """Write what is due at ``now``: non-text deltas (after the text fed before them), then
+        the paced text."""
+        while self._extras:
+            extra = self._extras[0]
+            for chunk in self.pacer.release_until(extra.position, now):
+                await self._write(sink, chunk, now)
+            self._extras.popleft()
+            write_extra = getattr(sink, "extra", None)
+            if write_extra is not None:  # transports without non-text deltas drop them
+                await self._guarded(write_extra(extra), sink)
+                self._last_write_s = now
+        if self._drain_by_s is not None:
+            self._hurry(now)
+        for chunk in self.pacer.due(now):
+            await self._write(sink, chunk, now)
+
+    def _hurry(self, now: float) -> None:
+        """Shutdown: raise the pace so what is buffered is written by the drain deadline."""
+        assert self._drain_by_s is not None
+        backlog = self.pacer.fed - self.pacer.sent
+        if backlog <= 0:
+            return
+        if self.pacer.paused:
+            self.pacer.resume(now)
+        left_s = self._drain_by_s - now - self.pacer.config.frame_s
+        needed = backlog / left_s if left_s > 0 else math.inf
+        if needed > self.pacer.tds_tok_s:
+            self.pacer.set_pace(min(needed, _FLUSH_TOK_S), now)
 
     async def _guarded(self, write: Any, sink: Sink) -> None:
         # Every write is bounded, also one made with an empty backlog: one large chunk (pacing
@@ -586,6 +685,9 @@ class Stream:
 
     async def _write(self, sink: Sink, chunk: Chunk, now: float) -> None:
         await self._guarded(sink.delta(chunk), sink)
+        if self.rich:  # a sink that renders text only (the WebSocket) leaves the metadata
+            while len(self._meta) > self.pacer.fed - self.pacer.sent:
+                self._meta.popleft()
         self._record(chunk, now)
 
     def _record(self, chunk: Chunk, now: float) -> None:
@@ -594,6 +696,9 @@ class Stream:
             self._hooks.lateness(max(now - chunk.due_s, 0.0))
         if self.first_token_s is None:
             self.first_token_s = now
+        elif self._last_text_s is not None and chunk.count:
+            self._hooks.inter_token((now - self._last_text_s) / chunk.count)
+        self._last_text_s = now
         self._sent_qoe.add(now, chunk.count)
         self._last_write_s = now
 
@@ -619,6 +724,32 @@ class Stream:
         if self.on_end is not None:
             self.on_end(self)
         return self.result
+
+
+def _merge_logprobs(a: Any, b: Any) -> Any:
+    """Two logprobs objects of one choice as one, in order: chat's ``{"content": [...]}`` lists
+    are joined, as are the completions API's parallel lists (``tokens``, ``token_logprobs``,
+    ...); anything else keeps the later one."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = dict(a)
+        for key, value in b.items():
+            mine = out.get(key)
+            out[key] = mine + value if isinstance(mine, list) and isinstance(value, list) \
+                else value
+        return out
+    return b
+
+
+def merge_logprobs(items: Iterable[Any]) -> Any:
+    """The logprobs of consecutive tokens of one choice as one object (None if none had any)."""
+    out = None
+    for item in items:
+        out = _merge_logprobs(out, item)
+    return out
 
 
 class _Clock:
@@ -733,6 +864,7 @@ class StreamTable:
     streams: dict[str, Stream] = field(default_factory=dict)
     reserved: int = 0  # admitted, not yet registered (waiting for the engine to answer)
     draining: bool = False
+    drain_deadline_s: float | None = None  # shutdown: text written by then (loop clock)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
     # With several worker processes (gateway/workers.py) the limit is the gateway's: the
     # streams the other workers hold, and where this one publishes its own count.
@@ -753,6 +885,8 @@ class StreamTable:
     def register(self, stream: Stream) -> None:
         self.reserved -= 1
         self.streams[stream.id] = stream
+        if self.drain_deadline_s is not None:  # admitted just before the shutdown began
+            stream.drain_by(self.drain_deadline_s)
 
     def release(self, stream_id: str | None = None) -> None:
         """Free a slot: the registered stream ``stream_id``, or a reservation if ``None``."""
@@ -771,8 +905,17 @@ class StreamTable:
         return sum(s.buffered() for s in self.streams.values())
 
     async def drain(self, grace_s: float) -> None:
-        """Refuse new streams; give live ones ``grace_s`` to finish; then end the rest."""
+        """Refuse new streams; give live ones ``grace_s`` to finish; then end the rest.
+
+        Text the engine has produced is written within the grace, faster than the reader's pace
+        if need be (:meth:`Stream.drain_by`); a stream whose engine is not done by then is ended
+        with what it had."""
         self.draining = True
+        loop = asyncio.get_running_loop()
+        # A margin before the grace runs out, for the last writes to reach the client.
+        self.drain_deadline_s = loop.time() + max(grace_s - 0.5, grace_s * 0.5)
+        for stream in list(self.streams.values()):
+            stream.drain_by(self.drain_deadline_s)
         if len(self):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), grace_s)

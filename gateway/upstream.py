@@ -43,6 +43,7 @@ import aiohttp
 
 from core.qoe import QoESpec
 from gateway.config import GatewayConfig
+from gateway.engine_errors import relay_error
 from gateway.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -66,13 +67,20 @@ _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 @dataclass(frozen=True, slots=True)
 class UpstreamEvent:
-    """One content delta (``text``), and/or the end of the choice, and/or the usage."""
+    """One content delta (``text``), and/or the end of the choice, and/or the usage.
+
+    Beside the text, what the engine sent with it: ``logprobs`` (its object for this delta) and
+    ``extra``, the delta's non-text fields (``tool_calls``, ``reasoning_content``, ...), which
+    are not paced; ``choice`` is the choice's index (requests with ``n`` > 1)."""
 
     text: str | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     token_ids: tuple[int, ...] | None = None  # the generated ids in this chunk, where returned
     prompt_token_ids: tuple[int, ...] | None = None  # the prompt's ids (first chunk), if returned
+    choice: int = 0
+    logprobs: Any = None
+    extra: dict[str, Any] | None = None
 
 
 def _base(url: str) -> str:
@@ -271,7 +279,9 @@ class Upstream:
             raise UpstreamUnavailable(f"upstream {server.base} is out of service")
         payload = dict(body)
         payload["stream"] = True
-        payload["stream_options"] = {"include_usage": True}
+        # The usage always (the gateway's own accounting); running usage in every chunk only
+        # when the client asked for vLLM's continuous_usage_stats (http_api forwards it).
+        payload["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         xargs = self.config.send_vllm_xargs
         if xargs == "auto" and server.models_at_s < 0:
             with contextlib.suppress(UpstreamError):
@@ -310,7 +320,8 @@ class Upstream:
             finally:
                 resp.release()
                 server.closed()
-            raise UpstreamStatus(resp.status, _error_object(raw, resp.status),
+            raise UpstreamStatus(resp.status,
+                                 relay_error(resp.status, _error_object(raw, resp.status), body),
                                  _retry_after(resp.headers.get("Retry-After")))
         server.failures = 0
         server.last_token_s = time.monotonic()  # it answered: progress
@@ -362,7 +373,6 @@ class UpstreamStream:
         broken stream (an error event, a bad chunk, or the connection ending before the finish)."""
         parser = SSEParser()
         finished = False
-        capacity = self.server.capacity
         content = self._resp.content
         try:
             while True:
@@ -384,22 +394,11 @@ class UpstreamStream:
                             raise UpstreamError("the engine ended the stream before it finished "
                                                 "(interrupted upstream)")
                         return
-                    event = self._parse(sse.data)
-                    if event.finish_reason is not None:
-                        finished = True
-                    n = (len(event.token_ids) if event.token_ids is not None
-                         else int(event.text is not None))  # fmt: skip
-                    if n:
-                        now = time.monotonic()
-                        self.server.last_token_s = now
-                        if self.first_token_s is None:
-                            self.first_token_s = now
-                            capacity.first_token(now - self._opened_s, self._k_before,
-                                                 self.resumed)
-                            if self.on_first_token is not None:
-                                self.on_first_token(now - self._opened_s)
-                        capacity.tokens(n, now)
-                    yield event
+                    for event in self._parse(sse.data):
+                        if event.finish_reason is not None:
+                            finished = True
+                        self._count(event)
+                        yield event
             if not finished:
                 raise UpstreamError("the engine closed the stream before it finished")
         finally:
@@ -408,7 +407,23 @@ class UpstreamStream:
             else:
                 self.close()
 
-    def _parse(self, data: str) -> UpstreamEvent:
+    def _count(self, event: UpstreamEvent) -> None:
+        """Time the engine's tokens: its first token and its pace, for the capacity model."""
+        n = (len(event.token_ids) if event.token_ids is not None
+             else int(event.text is not None))  # fmt: skip
+        if not n:
+            return
+        now = time.monotonic()
+        capacity = self.server.capacity
+        self.server.last_token_s = now
+        if self.first_token_s is None:
+            self.first_token_s = now
+            capacity.first_token(now - self._opened_s, self._k_before, self.resumed)
+            if self.on_first_token is not None:
+                self.on_first_token(now - self._opened_s)
+        capacity.tokens(n, now)
+
+    def _parse(self, data: str) -> list[UpstreamEvent]:
         try:
             obj = json.loads(data)
         except ValueError:
@@ -420,23 +435,38 @@ class UpstreamStream:
             err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
             raise UpstreamError(str(err.get("message") or "the engine reported an error"))
         usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
-        choices = obj.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            return UpstreamEvent(usage=usage)
-        choice = choices[0]
+        choices = [c for c in obj.get("choices") or () if isinstance(c, dict)]
+        if not choices:
+            return [UpstreamEvent(usage=usage)]
+        # Usage goes with the last event of the chunk: it counts every choice in it.
+        prompt_ids = obj.get("prompt_token_ids")
+        return [self._choice(c, usage if i == len(choices) - 1 else None, prompt_ids)
+                for i, c in enumerate(choices)]
+
+    def _choice(self, choice: dict[str, Any], usage: dict[str, int] | None,
+                prompt_ids: Any = None) -> UpstreamEvent:  # fmt: skip
+        index = choice.get("index", 0)
+        extra = None
         if self._endpoint == "chat":
             delta = choice.get("delta") or {}
-            text = delta.get("content") if isinstance(delta, dict) else None
+            if not isinstance(delta, dict):
+                delta = {}
+            text = delta.get("content")
+            if not delta.keys() <= {"role", "content"}:
+                extra = {k: v for k, v in delta.items()
+                         if k not in ("role", "content") and v not in (None, "", [])} or None
         else:  # completions (a continuation is always one)
             text = choice.get("text")
-        prompt_ids = obj.get("prompt_token_ids") or choice.get("prompt_token_ids")
+        prompt_ids = prompt_ids or choice.get("prompt_token_ids")
         if not isinstance(text, str) or not text:
             text = None
         elif not text.isascii():
             text = _valid_text(text)
         return UpstreamEvent(text=text, finish_reason=choice.get("finish_reason"), usage=usage,
                              token_ids=_ids(choice.get("token_ids")),
-                             prompt_token_ids=_ids(prompt_ids))
+                             prompt_token_ids=_ids(prompt_ids),
+                             choice=index if isinstance(index, int) and index >= 0 else 0,
+                             logprobs=choice.get("logprobs"), extra=extra)
 
 
 def _ids(value: Any) -> tuple[int, ...] | None:

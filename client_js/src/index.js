@@ -7,3 +7,4 @@ export {
   parseClientFrame, parseServerFrame, startFrame, ackFrame, paceFrame,
 } from "./protocol.js";
 export { createParser, readEvents, openSSE } from "./sse.js";
+export { parseMarkdown, parseInline, renderMarkdown } from "./markdown.js";

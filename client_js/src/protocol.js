@@ -91,7 +91,8 @@ const isInt = (v) => Number.isInteger(v);
 function short(v) {
   let text;
   try {
-    text = typeof v === "string" ? `'${v}'` : v === undefined ? "None" : JSON.stringify(v);
+    // Strings quoted as gateway/protocol.py's show() quotes them; everything else in JSON's words.
+    text = typeof v === "string" ? `'${v}'` : v === undefined ? "null" : JSON.stringify(v);
   } catch {
     text = String(v);
   }
@@ -140,6 +141,7 @@ export function parseQoE(v, where = "qoe") {
 
 /** @param {unknown} v @returns {ChatMessage[]} */
 function parseMessages(v) {
+  if (v === undefined || v === null) throw invalid("messages is required: a non-empty list of {role, content}");
   if (!Array.isArray(v) || v.length === 0) {
     throw invalid(`messages must be a non-empty list, got ${short(v)}`);
   }

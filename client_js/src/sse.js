@@ -109,9 +109,10 @@ export async function readEvents(response, onEvent) {
 
 /**
  * The SSE transport, for networks that block WebSockets: the OpenAI-compatible
- * `POST /v1/chat/completions` with `pacing: "client"`, read through fetch, and the side channel
- * `POST /v1/streams/{id}/ack {consumed, tds?, paused?}` for acknowledgements, pace changes and
- * pauses. It presents the same frames as the WebSocket (started, delta, done, error), so
+ * `POST /v1/chat/completions` with `pacing: "client"`, read through fetch (without a model it
+ * asks `GET /v1/models` for the gateway's first, as the WebSocket's default), and the side
+ * channel `POST /v1/streams/{id}/ack {consumed, tds?, paused?}` for acknowledgements, pace
+ * changes and pauses, `POST /v1/streams/{id}/cancel` for a Stop. It presents the same frames as the WebSocket (started, delta, done, error), so
  * stream.js does not care which one runs.
  *
  * One limitation: an SSE chunk does not say how many tokens it carries; each is counted as one.
@@ -143,29 +144,46 @@ export function openSSE({ baseUrl, apiKey, fetch: fetchImpl, start }, on) {
     }).catch(() => {}); // best effort: the stream may have just ended
   }
 
+  /** The error a refused request stands for: the gateway's own code, "unauthorized" for a 401
+   * (as the WebSocket calls it). @param {Response} resp */
+  async function httpError(resp) {
+    let err = {};
+    try {
+      err = (await resp.json()).error ?? {};
+    } catch {
+      // not JSON: keep the status
+    }
+    const e = /** @type {{message?: string, code?: string}} */ (err);
+    const error = new Error(e.message ?? `HTTP ${resp.status}`);
+    Object.assign(error, { code: resp.status === 401 ? "unauthorized" : (e.code ?? "http_error"), status: resp.status });
+    return error;
+  }
+
+  /** The gateway's first model, as the WebSocket's `start` without a model gets it. */
+  async function defaultModel() {
+    const resp = await fetchImpl(`${baseUrl}/v1/models`, { headers, signal: abort.signal });
+    if (!resp.ok) throw await httpError(resp);
+    /** @type {any} */
+    const list = await resp.json();
+    const id = list?.data?.[0]?.id;
+    if (typeof id !== "string" || !id) throw Object.assign(new Error("the gateway serves no model"), { code: "upstream_error" });
+    return id;
+  }
+
   async function run() {
     // extra_body's fields are top-level request fields over HTTP (as the gateway's WebSocket
     // forwards them); none of them collides with the start frame's own (protocol.js refuses those).
     const { type: _type, extra_body: extra, ...fields } = start;
-    const body = { ...(extra ?? {}), ...fields, stream: true, stream_options: { include_usage: true } };
+    // The OpenAI API needs a model; the WebSocket fills in the gateway's default, so do we.
+    const model = fields.model ?? (await defaultModel());
+    const body = { ...(extra ?? {}), ...fields, model, stream: true, stream_options: { include_usage: true } };
     const resp = await fetchImpl(`${baseUrl}/v1/chat/completions`, {
       method: "POST",
       headers,
       body: JSON.stringify(body),
       signal: abort.signal,
     });
-    if (!resp.ok) {
-      let err = {};
-      try {
-        err = (await resp.json()).error ?? {};
-      } catch {
-        // not JSON: keep the status
-      }
-      const e = /** @type {{message?: string, code?: string}} */ (err);
-      const error = new Error(e.message ?? `HTTP ${resp.status}`);
-      Object.assign(error, { code: e.code ?? "http_error", status: resp.status });
-      throw error;
-    }
+    if (!resp.ok) throw await httpError(resp);
     streamId = resp.headers.get("X-Andes-Stream-Id");
     let index = 0;
     let finish = null;
@@ -217,6 +235,18 @@ export function openSSE({ baseUrl, apiKey, fetch: fetchImpl, start }, on) {
     });
   }
 
+  /** @type {Promise<unknown> | null} */
+  let cancelling = null;
+
+  /** The reader's Stop: say so before the connection closes, so the gateway counts a cancel,
+   * not a client gone away (docs/protocol.md). Bounded: a gateway that does not answer within
+   * a second is disconnected anyway. */
+  function cancelRemote() {
+    if (!streamId || closed || cancelling) return;
+    const sent = fetchImpl(`${baseUrl}/v1/streams/${encodeURIComponent(streamId)}/cancel`, { method: "POST", headers }).catch(() => {});
+    cancelling = Promise.race([sent, new Promise((res) => setTimeout(res, 1000))]);
+  }
+
   queueMicrotask(() => on.open());
   return {
     send(frame) {
@@ -234,12 +264,13 @@ export function openSSE({ baseUrl, apiKey, fetch: fetchImpl, start }, on) {
         case "pace": post({ tds: frame.tds }); break;
         case "pause": post({ paused: true }); break;
         case "resume": post({ paused: false }); break;
-        case "cancel": this.close(); break; // the gateway cancels the engine request on disconnect
+        case "cancel": cancelRemote(); break; // close() follows: the gateway ends the stream
       }
     },
     close() {
       closed = true;
-      abort.abort();
+      if (cancelling) cancelling.then(() => abort.abort());
+      else abort.abort();
     },
   };
 }

@@ -91,6 +91,17 @@ import { openSSE } from "./sse.js";
  * @property {Promise<StreamResult>} done
  * @property {() => string} text              what has been shown so far
  * @property {() => string | null} streamId
+ * @property {() => StreamStats} stats         live numbers, for a status line while streaming
+ *
+ * @typedef {object} StreamStats
+ * @property {number} tds        the reading pace now, tokens/s
+ * @property {number} shown      tokens shown
+ * @property {number} received   tokens received from the gateway
+ * @property {number} ahead      received and not yet shown: the text buffered here
+ * @property {number} aheadS     how long the reader can go on from it, seconds (ahead / tds)
+ * @property {number | null} qoe the QoE of what has been shown so far (null before any text)
+ * @property {number} elapsedS   since stream() was called
+ * @property {boolean} paused
  */
 
 /** An error that ended a stream. `code` is the gateway's error code or one of this module's. */
@@ -455,6 +466,17 @@ export class Session {
     this.wake();
   }
 
+  /** @returns {StreamStats} */
+  stats() {
+    const tds = this.pacer.tdsTokS;
+    const ahead = Math.max(this.received - this.shown, 0);
+    return {
+      tds, shown: this.shown, received: this.received, ahead, aheadS: ahead / tds,
+      qoe: this.shown > 0 ? this.qoe.qoe() : null, elapsedS: this.clock() - this.arrivalS,
+      paused: this.paused,
+    };
+  }
+
   cancel() {
     if (this.state === "finished") return;
     if (this.state === "streaming") this.transport?.send({ type: "cancel" });
@@ -525,5 +547,6 @@ export function stream(options) {
     done: s.done,
     text: () => s.text,
     streamId: () => s.started?.stream_id ?? null,
+    stats: () => s.stats(),
   };
 }

@@ -287,7 +287,12 @@ test("SSE transport: the same frames over fetch, acks and pauses on the side cha
   const body = new ReadableStream({ start(c) { push = c; } });
   const enc = new TextEncoder();
   const send = (obj) => push.enqueue(enc.encode(`data: ${typeof obj === "string" ? obj : JSON.stringify(obj)}\n\n`));
+  let listed = 0;
   const fakeFetch = async (url, init) => {
+    if (url.endsWith("/v1/models")) {
+      listed += 1;
+      return new Response(JSON.stringify({ object: "list", data: [{ id: "m1" }, { id: "m2" }] }));
+    }
     calls.push({ url, body: JSON.parse(init.body) });
     if (url.endsWith("/v1/chat/completions")) {
       return new Response(body, { headers: { "Content-Type": "text/event-stream", "X-Andes-Stream-Id": "abc" } });
@@ -299,10 +304,13 @@ test("SSE transport: the same frames over fetch, acks and pauses on the side cha
     url: "http://gw:1", transport: "sse", messages: MESSAGES, qoe: { tds: 5 }, fetch: fakeFetch,
     clock: time.clock, scheduler: time.scheduler, timers: time.timers, document: doc,
   });
-  await new Promise((r) => setTimeout(r, 0));
+  await new Promise((r) => setTimeout(r, 5));
   assert.equal(calls[0].url, "http://gw:1/v1/chat/completions");
   assert.equal(calls[0].body.pacing, "client");
   assert.equal(calls[0].body.stream, true);
+  // No model given: the gateway's first, as the WebSocket's start would get it.
+  assert.equal(listed, 1);
+  assert.equal(calls[0].body.model, "m1");
   const chunk = (content, extra = {}) => ({ id: "chatcmpl-abc", model: "m", choices: [{ index: 0, delta: content === null ? {} : { content }, finish_reason: null }], ...extra });
   send(chunk(""));
   for (const w of words(5)) send(chunk(w));
@@ -341,10 +349,54 @@ test("extraBody goes out as start.extra_body (WebSocket) and as top-level fields
     return new Response(JSON.stringify({ error: { message: "stop here", code: "x" } }), { status: 400 });
   };
   const ctl = stream({
-    url: "http://gw:1", transport: "sse", messages: MESSAGES, extraBody: { ignore_eos: true },
+    url: "http://gw:1", transport: "sse", messages: MESSAGES, model: "m", extraBody: { ignore_eos: true },
     fetch: fakeFetch, document: null,
   });
   await assert.rejects(ctl.done);
   assert.equal(calls[0].ignore_eos, true);
   assert.equal("extra_body" in calls[0], false);
+});
+
+test("SSE transport: a 401 is unauthorized, whether listing models or streaming", async () => {
+  const fakeFetch = async () => new Response(JSON.stringify({ error: { message: "Incorrect or missing API key", code: "invalid_api_key" } }), { status: 401 });
+  const ctl = stream({ url: "http://gw:1", transport: "sse", messages: MESSAGES, fetch: fakeFetch, document: null });
+  await assert.rejects(ctl.done, (e) => e.code === "unauthorized" && e.status === 401);
+});
+
+test("SSE transport: Stop tells the gateway before it closes the connection", async () => {
+  const order = [];
+  let push;
+  const body = new ReadableStream({ start(c) { push = c; } });
+  const fakeFetch = async (url, init) => {
+    if (url.endsWith("/v1/chat/completions")) {
+      init.signal.addEventListener("abort", () => order.push("abort"));
+      return new Response(body, { headers: { "X-Andes-Stream-Id": "s9" } });
+    }
+    order.push(url.replace("http://gw:1", ""));
+    return new Response(null, { status: 204 });
+  };
+  const ctl = stream({ url: "http://gw:1", transport: "sse", messages: MESSAGES, model: "m", fetch: fakeFetch, document: null });
+  await new Promise((r) => setTimeout(r, 5));
+  push.enqueue(new TextEncoder().encode('data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'));
+  await new Promise((r) => setTimeout(r, 5));
+  ctl.cancel();
+  await assert.rejects(ctl.done, (e) => e.code === "cancelled");
+  await new Promise((r) => setTimeout(r, 20));
+  assert.deepEqual(order, ["/v1/streams/s9/cancel", "abort"]);
+});
+
+test("stats(): the live numbers of a stream", () => {
+  const { ws, time, ctl } = setup({ qoe: { tds: 10 } });
+  assert.equal(ctl.stats().qoe, null);
+  ws.accept();
+  ws.reply({ type: "started", stream_id: "s1", model: "m", pacing: "client", qoe: { ttft: 1, tds: 10 } });
+  ws.reply({ type: "delta", index: 0, count: 6, text: words(6).join("") });
+  time.advance(0.25);
+  const st = ctl.stats();
+  assert.equal(st.tds, 10);
+  assert.equal(st.received, 6);
+  assert.ok(st.shown >= 2 && st.shown < 6, `shown ${st.shown}`);
+  assert.equal(st.ahead, 6 - st.shown);
+  assert.equal(st.aheadS, st.ahead / 10);
+  assert.ok(st.qoe > 0.9 && st.elapsedS > 0.2 && st.paused === false);
 });

@@ -14,19 +14,20 @@ import argparse
 import sys
 from pathlib import Path
 
+from core.cli import add_deprecated_alias
 from engine.sim.arrivals import ARRIVAL_KINDS, ArrivalSpec, arrival_times
 from engine.sim.errors import SimError
 from engine.sim.profile import PROFILES, get_profile
 from engine.sim.report import Summary, format_table, plot_qoe_vs_rate, summarize, to_json
 from engine.sim.simulator import PREEMPTION_MODES, SimConfig, simulate
-from engine.sim.workload import load_workload, synthetic_workload
+from engine.sim.workload import PAPER_TRACE, load_workload, synthetic_workload
 
 __all__ = ["DEFAULT_TRACE", "add_arguments", "run"]
 
-DEFAULT_TRACE = (
-    Path(__file__).resolve().parents[2].parent / "shared/data/andes_sharegpt_qoe_trace.json"
-)
-"""The paper's trace, read in place from ``<repo>/../shared/data/`` (never copied into the repo)."""
+DEFAULT_TRACE = PAPER_TRACE
+"""The paper's trace, shipped with the package (``engine/sim/data/``): the default workload."""
+
+SYNTHETIC = "synthetic"  # the --workload value of the seeded synthetic workload (as andes bench)
 
 
 def _rates(text: str) -> list[float]:
@@ -61,16 +62,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     w = parser.add_argument_group("workload")
     w.add_argument(
-        "--trace",
-        type=Path,
-        default=DEFAULT_TRACE,
-        help="workload file: the Andes paper's trace or ShareGPT-format JSON (auto-detected)",
+        "--workload",
+        default=str(DEFAULT_TRACE),
+        help="workload file: the Andes paper's trace (the default, shipped with Andes) or"
+        " ShareGPT-format JSON (auto-detected; .gz too), or 'synthetic' for a seeded workload"
+        " shaped like the paper's trace",
     )
-    w.add_argument(
-        "--synthetic",
-        action="store_true",
-        help="use a seeded synthetic workload shaped like the paper's trace instead of --trace",
-    )
+    add_deprecated_alias(w, "--trace", "--workload", dest="workload")
+    add_deprecated_alias(w, "--synthetic", "--workload synthetic", dest="workload", nargs=0,
+                         const=SYNTHETIC)
     w.add_argument(
         "--num-requests",
         type=_positive_int,
@@ -160,12 +160,12 @@ def _run(args: argparse.Namespace) -> int:
         names = available_policies()
     for name in names:
         get_policy(name)  # fail on a bad name before any simulation runs
-    if args.synthetic:
+    if args.workload == SYNTHETIC:
         workload = synthetic_workload(args.num_requests or 1000, seed=args.seed)
     else:
-        workload = load_workload(args.trace, limit=args.num_requests)
+        workload = load_workload(args.workload, limit=args.num_requests)
     if not workload:
-        raise ValueError(f"{args.trace}: the workload has no requests")
+        raise ValueError(f"{args.workload}: the workload has no requests")
     config = SimConfig(
         preemption=args.preemption,
         chunked_prefill_tokens=args.chunked_prefill_tokens,

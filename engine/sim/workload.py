@@ -4,7 +4,8 @@ Three sources, all producing a list of :class:`TraceRequest` (arrival times come
 :mod:`engine.sim.arrivals`):
 
 * the Andes paper's trace (``andes_sharegpt_qoe_trace.json``: a JSON list of records with ``id``,
-  ``prompt``, ``output_len``, ``ttft`` and ``latency`` = seconds per token = 1/TDS);
+  ``prompt``, ``output_len``, ``ttft`` and ``latency`` = seconds per token = 1/TDS), shipped in
+  this package as :data:`PAPER_TRACE` (gzipped; source and licence in ``engine/sim/data/``);
 * ShareGPT-format JSON (a list of ``{"id", "conversations": [{"from": "human"|"gpt", "value"}]}``):
   the first human turn followed by a gpt turn of each conversation becomes one request, as vLLM's
   ``benchmark_serving`` does; conversations without such a pair are skipped;
@@ -14,10 +15,13 @@ Token counts: the traces carry text only, so prompt (and ShareGPT output) length
 :data:`CHARS_PER_TOKEN` characters per token — the usual rule of thumb for English BPE tokenizers
 (OpenAI's tokenizer guide: "one token generally corresponds to ~4 characters of text"). No
 tokenizer is needed, and the estimate only affects KV footprint and prefill cost.
+
+Any workload file may be gzipped (a name ending in ``.gz``).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 from dataclasses import dataclass
@@ -31,16 +35,23 @@ from engine.sim.errors import WorkloadError
 
 __all__ = [
     "CHARS_PER_TOKEN",
+    "PAPER_TRACE",
     "TraceRequest",
     "estimate_tokens",
     "load_andes_trace",
     "load_sharegpt",
     "load_workload",
+    "read_workload_json",
     "synthetic_workload",
 ]
 
 CHARS_PER_TOKEN = 4.0
 """Characters per token used to estimate token counts from text (see the module docstring)."""
+
+PAPER_TRACE = Path(__file__).resolve().parent / "data" / "andes_sharegpt_qoe_trace.json.gz"
+"""The Andes paper's ShareGPT trace (3,000 requests), shipped with the package: the default
+workload of ``andes sim``, ``andes bench`` and the benchmarks. ``engine/sim/data/README.md`` says
+where it comes from (Apache-2.0) and which part is held out from tuning."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,17 +199,32 @@ def synthetic_workload(
     ]
 
 
-def _read_json_list(path: Path) -> list[Any]:
+def read_workload_json(path: str | Path) -> Any:
+    """The JSON in a workload file, gunzipped when its name ends in ``.gz``.
+
+    Raises :class:`WorkloadError` naming the file when it cannot be read or is not JSON."""
+    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WorkloadError(f"{path}: cannot read workload: {exc.strerror or exc}") from None
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                text = f.read()
+        else:
+            text = path.read_text(encoding="utf-8")
+    except (OSError, EOFError) as exc:
+        problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise WorkloadError(f"{path}: cannot read workload: {problem}") from None
+    except UnicodeDecodeError as exc:
+        raise WorkloadError(f"{path}: not UTF-8 text: {exc.reason}") from None
     try:
-        data = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise WorkloadError(
             f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
         ) from None
+
+
+def _read_json_list(path: Path) -> list[Any]:
+    data = read_workload_json(path)
     if not isinstance(data, list):
         raise WorkloadError(f"{path}: expected a JSON list of requests, got {type(data).__name__}")
     return data

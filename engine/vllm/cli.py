@@ -12,14 +12,17 @@ The process becomes vLLM's server (``exec``), so signals and the exit status are
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
+from collections.abc import Mapping
 
+from core.cli import add_deprecated_alias
 from engine.vllm.launch import EngineConfig
 from engine.vllm.model import BUNDLED_MODEL, prepare_bundled_model, resolve_model
 from engine.vllm.settings import SchedulerSettings
 
-__all__ = ["add_arguments", "config_from_args", "preflight", "run"]
+__all__ = ["add_arguments", "config_from_args", "preflight", "run", "scheduler_settings"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,9 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", default=None, help="the OpenAI model name")
     parser.add_argument(
         "--policy",
-        default="andes",
+        default=None,
         help="scheduling policy: andes, fcfs, lqf, round_robin, or pkg.module:name "
-        "(default: %(default)s)",
+        "(default: $ANDES_POLICY, else andes); its options: ANDES_POLICY_OPTIONS='{...}'",
     )
     parser.add_argument(
         "--stock", action="store_true", help="run vLLM's own scheduler untouched (no Andes plug-in)"
@@ -49,19 +52,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the policy's horizon Δt, seconds (default: the policy's)",
     )
     parser.add_argument(
-        "--default-ttft",
+        "--ttft",
+        dest="default_ttft",
         type=float,
         default=None,
         metavar="S",
-        help="expected time to first token for requests that set none, seconds",
+        help="expected time to first token for requests that set none, seconds (default 1.0)",
     )
+    add_deprecated_alias(parser, "--default-ttft", "--ttft", dest="default_ttft", type=float)
     parser.add_argument(
-        "--default-tds",
+        "--tds",
+        dest="default_tds",
         type=float,
         default=None,
         metavar="TOK_S",
-        help="reading pace for requests that set none, tokens/s",
+        help="reading pace for requests that set none, tokens/s (default 4.8)",
     )
+    add_deprecated_alias(parser, "--default-tds", "--tds", dest="default_tds", type=float)
     parser.add_argument(
         "--max-model-len", type=int, default=2048, help="tokens (default: %(default)s)"
     )
@@ -105,9 +112,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def scheduler_settings(env: Mapping[str, str], **flags: object) -> SchedulerSettings:
+    """The scheduler's settings: the ``ANDES_*`` environment, then the flags given over it.
+
+    The engine core reads the same environment; merging it here lets :func:`preflight` check
+    what the engine will run (``ANDES_POLICY_OPTIONS`` included) before it starts."""
+    return dataclasses.replace(SchedulerSettings.from_env(env), **flags)  # type: ignore[arg-type]
+
+
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
     """The :class:`EngineConfig` the options describe (validated)."""
-    scheduler_kwargs: dict[str, object] = {"policy": args.policy}
+    scheduler_kwargs: dict[str, object] = {}
+    if args.policy is not None:
+        scheduler_kwargs["policy"] = args.policy
     if args.delta_t is not None:
         scheduler_kwargs["delta_t_s"] = args.delta_t
     if args.default_ttft is not None:
@@ -122,7 +139,7 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
         host=args.host,
         port=args.port,
         stock=args.stock,
-        scheduler=SchedulerSettings(**scheduler_kwargs),  # type: ignore[arg-type]
+        scheduler=scheduler_settings(os.environ, **scheduler_kwargs),
         max_model_len=args.max_model_len,
         kv_cache_gb=args.kv_cache_gb,
         enforce_eager=args.enforce_eager,
@@ -134,13 +151,20 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
 
 
 def preflight(config: EngineConfig) -> None:
-    """Check the vLLM version and the policy here, with a clear message, rather than fail inside
-    vLLM's engine-core process. Raises ``RuntimeError``/``ValueError``."""
+    """Check the policy and the vLLM version here, in a second and with a clear message, rather
+    than fail inside vLLM's engine-core process after the model loaded. Neither check imports
+    vLLM (tens of seconds). Raises ``RuntimeError``/``ValueError``."""
     if not config.stock:
-        from engine.vllm.scheduler import check_vllm_version, load_policy
+        from engine.vllm.settings import load_policy
+        from engine.vllm.version import check_vllm_version
 
+        try:
+            load_policy(config.scheduler)
+        except (TypeError, ValueError) as exc:
+            if not config.scheduler.policy_options:
+                raise
+            raise ValueError(f"ANDES_POLICY_OPTIONS: {exc}") from None
         check_vllm_version()
-        load_policy(config.scheduler)
 
 
 def run(args: argparse.Namespace) -> int:

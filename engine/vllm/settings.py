@@ -23,6 +23,7 @@ variable                        meaning                                         
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Mapping
@@ -30,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.qoe import DEFAULT_TDS_TOK_S, DEFAULT_TTFT_S
+from engine.policy.base import Policy
+from engine.policy.registry import get_policy
 
-__all__ = ["SchedulerSettings"]
+__all__ = ["SchedulerSettings", "load_policy"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,25 @@ class SchedulerSettings:
         if self.delta_t_s is not None:
             options["horizon_s"] = self.delta_t_s  # the policies call Δt horizon_s
         return options
+
+
+def load_policy(settings: SchedulerSettings) -> Policy:
+    """Build the configured policy; ``pkg.module:name`` first imports ``pkg.module``.
+
+    Pure Python (no vLLM), so ``andes serve`` and ``andes engine`` build it once before starting
+    the engine: a bad ``ANDES_POLICY_OPTIONS`` is refused at once with the policy's own message
+    (naming the bad option), not 30–80 s later inside vLLM's engine core.
+    """
+    name = settings.policy
+    if ":" in name:
+        module, _, name = name.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ValueError(
+                f"ANDES_POLICY={settings.policy!r}: cannot import {module!r}: {exc}"
+            ) from exc
+    return get_policy(name, **settings.policy_kwargs())
 
 
 def _float(name: str, raw: str) -> float:

@@ -47,3 +47,57 @@ def test_serve_rejects_bad_values_in_one_line() -> None:
     result = _andes("serve", "--kv-cache-gb", "-1")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["andes serve: kv_cache_gb must be > 0, got -1.0"]
+
+
+def _parse(name: str, *argv: str) -> tuple[object, str]:
+    import argparse
+    import contextlib
+    import importlib
+    import io
+
+    parser = argparse.ArgumentParser(prog=f"andes {name}")
+    importlib.import_module(SUBCOMMANDS[name][0]).add_arguments(parser)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        args = parser.parse_args(list(argv))
+    return args, err.getvalue()
+
+
+@pytest.mark.parametrize("name", ["serve", "gateway", "engine", "chat"])
+def test_one_flag_name_per_setting(name: str) -> None:
+    # The reader's pace and expected TTFT are --tds and --ttft everywhere (the API's own names).
+    result = _andes(name, "--help")
+    assert "--tds " in result.stdout and "--ttft " in result.stdout
+    for old in ("--tds-tok-s", "--ttft-s", "--default-tds", "--default-ttft"):
+        assert old not in result.stdout
+
+
+@pytest.mark.parametrize(("name", "old", "new", "dest"), [
+    ("gateway", "--tds-tok-s", "--tds", "tds_tok_s"),
+    ("gateway", "--ttft-s", "--ttft", "ttft_s"),
+    ("serve", "--tds-tok-s", "--tds", "tds_tok_s"),
+    ("engine", "--default-tds", "--tds", "default_tds"),
+    ("engine", "--default-ttft", "--ttft", "default_ttft"),
+])
+def test_old_flag_spellings_still_work_and_say_so(name: str, old: str, new: str,
+                                                  dest: str) -> None:
+    args, err = _parse(name, old, "7.5")
+    assert getattr(args, dest) == 7.5
+    assert f"{old} is deprecated; use {new}" in err
+    args, err = _parse(name, new, "7.5")
+    assert getattr(args, dest) == 7.5 and not err
+
+
+def test_gateway_served_model_name_and_its_old_spelling() -> None:
+    args, err = _parse("gateway", "--served-model-name", "a", "--model", "b")
+    assert args.models == ["a", "b"]  # type: ignore[attr-defined]
+    assert "--model is deprecated; use --served-model-name" in err
+
+
+def test_bench_defaults_to_the_port_andes_serve_listens_on() -> None:
+    serve_args, _ = _parse("serve")
+    from gateway.config import GatewayConfig
+
+    port = serve_args.port or GatewayConfig().port  # type: ignore[attr-defined]
+    bench_args, _ = _parse("bench")
+    assert bench_args.url == f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import aiohttp
@@ -42,8 +43,11 @@ BAD_REQUESTS = [
     ("temperature string", {**GOOD, "temperature": "hot"}, None, {}, 400),
     ("max_tokens string", {**GOOD, "max_tokens": "10"}, None, {}, 400),
     ("max_tokens over the limit", {**GOOD, "max_tokens": 10_000}, None, {}, 400),
-    ("n = 2", {**GOOD, "n": 2}, None, {}, 400),
-    ("tools", {**GOOD, "tools": [{"type": "function"}]}, None, {}, 400),
+    ("n = 0", {**GOOD, "n": 0}, None, {}, 400),
+    ("n null-ish string", {**GOOD, "n": "2"}, None, {}, 400),
+    ("model null", {**GOOD, "model": None}, None, {}, 400),
+    ("stream null", {**GOOD, "stream": None}, None, {}, 400),
+    ("stream_options a list", {**GOOD, "stream_options": [True]}, None, {}, 400),
     ("qoe tds zero", {**GOOD, "qoe": {"tds": 0}}, None, {}, 400),
     ("qoe ttft negative", {**GOOD, "qoe": {"ttft": -1}}, None, {}, 400),
     ("qoe not an object", {**GOOD, "qoe": "fast"}, None, {}, 400),
@@ -66,6 +70,8 @@ async def test_bad_request_is_refused_before_the_engine(
     assert got == status, err
     assert set(err["error"]) == {"message", "type", "param", "code"}
     assert err["error"]["message"]
+    # Users read JSON's words, never Python's (the page once showed "got None").
+    assert not re.search(r"\b(None|True|False|NoneType)\b", err["error"]["message"]), err
     assert upstream.requests == 0
     # ... and the gateway keeps serving.
     got, ok = await _post(gw.url, GOOD)
@@ -184,7 +190,8 @@ async def test_client_disconnect_cancels_the_engine_request(gateway, upstream) -
 
         await until(freed, "no active stream in /metrics", poll_s=0.05)
     assert "andes_gateway_active_streams 0.0" in text
-    assert 'andes_gateway_streams_total{pacing="server",reason="disconnected"} 1.0' in text
+    assert ('andes_gateway_streams_total{model="test-model",pacing="server",'
+            'reason="disconnected"} 1.0') in text
 
 
 async def test_sse_client_pacing_with_acks(gateway, upstream) -> None:

@@ -22,7 +22,7 @@ async def test_metrics_and_health(gateway, upstream) -> None:
         async with s.post(gateway.url + "/v1/chat/completions",
                           json={**GOOD, "stream": True, "qoe": {"tds": 100}}) as resp:
             await resp.read()
-        async with s.post(gateway.url + "/v1/chat/completions", json={**GOOD, "n": 3}) as resp:
+        async with s.post(gateway.url + "/v1/chat/completions", json={**GOOD, "n": 0}) as resp:
             assert resp.status == 400
         async with s.get(gateway.url + "/metrics") as resp:
             assert resp.status == 200
@@ -30,13 +30,14 @@ async def test_metrics_and_health(gateway, upstream) -> None:
         async with s.get(gateway.url + "/health") as resp:
             assert resp.status == 200
             health = await resp.json()
-    assert "andes_gateway_stream_qoe_count 1.0" in text
-    assert "andes_gateway_ttft_seconds_count 1.0" in text
-    assert "andes_gateway_pacing_lateness_seconds_count" in text
+    assert 'andes_gateway_stream_qoe_count{model="test-model"} 1.0' in text
+    assert 'andes_gateway_ttft_seconds_count{model="test-model"} 1.0' in text
+    assert 'andes_gateway_pacing_lateness_seconds_count{model="test-model"}' in text
     assert "andes_gateway_active_streams 0.0" in text
     assert "andes_gateway_buffered_tokens 0.0" in text
     assert 'andes_gateway_requests_total{route="/v1/chat/completions",status="400"} 1.0' in text
-    assert 'andes_gateway_streams_total{pacing="server",reason="finished"} 1.0' in text
+    assert ('andes_gateway_streams_total{model="test-model",pacing="server",reason="finished"} '
+            '1.0') in text
     assert health["status"] == "ok"
     assert health["upstreams"][0]["reachable"] is True
     assert health["upstreams"][0]["models"] == ["test-model"]
@@ -50,7 +51,7 @@ async def test_upstream_errors_are_counted(gateway, upstream) -> None:
             await resp.read()
         async with s.get(gateway.url + "/metrics") as resp:
             text = await resp.text()
-    assert 'andes_gateway_upstream_errors_total{kind="mid_stream"} 1.0' in text
+    assert 'andes_gateway_upstream_errors_total{kind="mid_stream",model="test-model"} 1.0' in text
 
 
 async def test_buffer_overflow_ends_the_stream_and_cancels_the_engine(make_gateway,

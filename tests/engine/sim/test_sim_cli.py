@@ -34,7 +34,7 @@ def test_sweep_json_and_plot(
     rc = main(
         [
             "sim",
-            "--trace",
+            "--workload",
             str(trace),
             "--policy",
             "fcfs",
@@ -63,7 +63,8 @@ def test_table_and_synthetic(capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(
         [
             "sim",
-            "--synthetic",
+            "--workload",
+            "synthetic",
             "--num-requests",
             "20",
             "--rate",
@@ -85,7 +86,7 @@ def test_table_and_synthetic(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--trace", "/nonexistent/t.json"], "/nonexistent/t.json: cannot read workload"),
+        (["--workload", "/nonexistent/t.json"], "/nonexistent/t.json: cannot read workload"),
         (["--policy", "nope"], "unknown policy 'nope'"),
         (["--profile", "h100"], "unknown profile 'h100'"),
     ],
@@ -93,7 +94,7 @@ def test_table_and_synthetic(capsys: pytest.CaptureFixture[str]) -> None:
 def test_errors_are_one_line(
     trace: Path, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    base = ["sim", "--trace", str(trace), "--rate", "1", "--no-progress"]
+    base = ["sim", "--workload", str(trace), "--rate", "1", "--no-progress"]
     assert main(base + args) == 2
     err = capsys.readouterr().err
     assert err.startswith("andes sim: error: ") and needle in err and err.count("\n") == 1
@@ -112,8 +113,7 @@ def test_help_explains_every_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert info.value.code == 0
     text = capsys.readouterr().out
     for option in (
-        "--trace",
-        "--synthetic",
+        "--workload",
         "--num-requests",
         "--arrivals",
         "--rate",
@@ -137,3 +137,31 @@ def test_dump_profile_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[
     path.write_text(capsys.readouterr().out)
     assert main(["sim", "--profile", str(path), "--dump-profile"]) == 0
     assert json.loads(capsys.readouterr().out)["name"] == "opt-66b-4xa100-80gb"
+
+
+def test_defaults_run_the_shipped_paper_trace(capsys: pytest.CaptureFixture[str]) -> None:
+    # A fresh install has no ../shared/data: the default workload is the copy in the package.
+    assert main(["sim", "--num-requests", "40", "--rate", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "40 requests, poisson arrivals" in out and "avg QoE" in out
+
+
+def test_old_workload_spellings_still_work(
+    trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One spelling in both CLIs (--workload PATH|synthetic); the old ones are deprecated aliases.
+    base = ["sim", "--rate", "1", "--no-progress", "--json", "-", "--num-requests", "10"]
+    assert main([*base, "--trace", str(trace)]) == 0
+    captured = capsys.readouterr()
+    assert "--trace is deprecated; use --workload" in captured.err
+    assert json.loads(captured.out)[0]["num_requests"] == 10
+    assert main([*base, "--synthetic"]) == 0
+    captured = capsys.readouterr()
+    assert "--synthetic is deprecated; use --workload synthetic" in captured.err
+    assert "--trace" not in main_help(capsys) and "--synthetic" not in main_help(capsys)
+
+
+def main_help(capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit):
+        main(["sim", "--help"])
+    return capsys.readouterr().out

@@ -135,3 +135,35 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens("") == 1
     assert estimate_tokens("abcd") == 1
     assert estimate_tokens("abcde") == 2
+
+
+def test_the_paper_trace_ships_inside_the_package() -> None:
+    # A fresh install has no ../shared/data: the trace must be package data, gzipped.
+    import engine.sim
+    from bench.cli import DEFAULT_TRACE as BENCH_DEFAULT
+    from bench.plan import load_prompt_texts
+    from engine.sim.cli import DEFAULT_TRACE as SIM_DEFAULT
+    from engine.sim.workload import PAPER_TRACE
+
+    assert PAPER_TRACE.is_relative_to(Path(engine.sim.__file__).resolve().parent)
+    assert PAPER_TRACE.suffix == ".gz" and PAPER_TRACE.stat().st_size < 1_200_000
+    assert Path(BENCH_DEFAULT) == Path(SIM_DEFAULT) == PAPER_TRACE
+    readme = (PAPER_TRACE.parent / "README.md").read_text()
+    assert "Apache-2.0" in readme and "sharegpt_qoe_trace.json" in readme
+    requests = load_workload(PAPER_TRACE)
+    assert len(requests) == 3000
+    texts = load_prompt_texts(PAPER_TRACE)
+    assert set(texts) == {r.req_id for r in requests}
+
+
+def test_gzipped_workload_files_read_like_plain_ones(tmp_path: Path) -> None:
+    import gzip
+
+    records = [{"id": "a", "prompt": "hello there", "output_len": 7, "ttft": 1, "latency": 0.25}]
+    plain, packed = tmp_path / "w.json", tmp_path / "w.json.gz"
+    plain.write_text(json.dumps(records))
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert load_workload(packed) == load_workload(plain)
+    (tmp_path / "bad.json.gz").write_bytes(b"not gzip")
+    with pytest.raises(WorkloadError, match=r"bad\.json\.gz: cannot read workload"):
+        load_workload(tmp_path / "bad.json.gz")
