@@ -84,17 +84,6 @@ CONFIGS = {
 REPLICA_CONFIGS = {"least_busy": CONFIGS["pacing"], "qoe": CONFIGS["sched"]}
 
 
-def find_trace() -> Path:
-    """The paper's trace: ``shared/data/`` beside the checkout (or above it), as the workspace and
-    CI lay it out; bench's DEFAULT_TRACE otherwise."""
-    here = Path(__file__).resolve()
-    for folder in here.parents:
-        candidate = folder / "shared" / "data" / DEFAULT_TRACE.name
-        if candidate.is_file():
-            return candidate
-    return DEFAULT_TRACE
-
-
 @dataclass(frozen=True)
 class Settings:
     """What determines a run's measurements (a saved run is reused only if equal)."""
@@ -415,7 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=int, default=384)
     p.add_argument("--max-output-tokens", type=int, default=256)
     p.add_argument("--split", choices=("dev", "test"), default="test")
-    p.add_argument("--workload", type=Path, default=find_trace(), help="the paper's trace")
+    p.add_argument("--workload", type=Path, default=DEFAULT_TRACE,
+                   help="the paper's trace (the copy in the package)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-replicas", action="store_true", help="skip the two-replica part")
     p.add_argument("--quick", action="store_true",
