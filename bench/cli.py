@@ -33,6 +33,7 @@ from bench.plan import PlanConfig, PlannedRequest, build_plan, load_prompt_texts
 from bench.readers import Reader, ReaderConfig, draw_readers
 from bench.result import BenchRun, to_report_summary
 from bench.runner import RunConfig, run_load
+from core.cli import non_negative_int, positive_float, positive_int, share
 from engine.sim.arrivals import ArrivalSpec
 from engine.sim.errors import SimError
 from engine.sim.workload import PAPER_TRACE, TraceRequest, load_workload, synthetic_workload
@@ -46,46 +47,6 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 """Where ``andes serve`` (and ``andes gateway``) listen by default."""
 
 _ARRIVAL_KINDS = ("poisson", "gamma", "burst")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a share within [0, 1], got {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share within [0, 1], got {text!r}")
-    return value
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -110,7 +71,7 @@ def _rates(text: str) -> list[float]:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     if not parts:
         raise argparse.ArgumentTypeError(f"expected comma-separated rates, got {text!r}")
-    return [_positive_float(p) for p in parts]
+    return [positive_float(p) for p in parts]
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -180,29 +141,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          " trace)")  # fmt: skip
     wl.add_argument(
         "--skip",
-        type=_non_negative_int,
+        type=non_negative_int,
         default=0,
         help="start this many requests into the workload",
     )
     wl.add_argument(
         "--num-requests",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="requests per rate (default: as many as arrive within --duration)",
     )
-    wl.add_argument("--duration", type=_positive_float, default=None,
+    wl.add_argument("--duration", type=positive_float, default=None,
                     help="seconds of arrivals per rate (default 60 if --num-requests is not"
                          " given)")  # fmt: skip
-    wl.add_argument("--max-prompt-tokens", type=_positive_int, default=512,
+    wl.add_argument("--max-prompt-tokens", type=positive_int, default=512,
                     help="cut prompts to this many estimated tokens (4 characters each) so they"
                          " fit the model's context")  # fmt: skip
     wl.add_argument(
         "--max-output-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=512,
         help="force each output to min(its trace length, this) tokens",
     )
-    wl.add_argument("--tds-scale", type=_positive_float, default=1.0,
+    wl.add_argument("--tds-scale", type=positive_float, default=1.0,
                     help="multiply every reader's pace (tokens/s) by this; < 1 puts a small"
                          " engine in the paper's regime of generating several times faster than"
                          " people read (see bench/plan.py)")  # fmt: skip
@@ -210,13 +171,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "readers", "who reads each stream (bench/readers.py); QoE is scored on each"
         " reader's clock at its own pace, and over ws the reader's pace and pauses reach the"
         " gateway (over http they only change the score)")  # fmt: skip
-    rd.add_argument("--misdeclared-share", type=_share, default=None,
+    rd.add_argument("--misdeclared-share", type=share, default=None,
                     help="share of readers whose pace is not the declared one (default 0.3 with"
                          " --transport ws, 0 over http)")  # fmt: skip
     rd.add_argument("--read-pace-factor", type=_factor_pair, default=(0.5, 0.8), metavar="LO,HI",
                     help="their actual pace is the declared one times a factor uniform in"
                          " [LO, HI] (default 0.5,0.8: slower than declared)")  # fmt: skip
-    rd.add_argument("--pause-share", type=_share, default=None,
+    rd.add_argument("--pause-share", type=share, default=None,
                     help="share of readers who hide the tab once and come back (default 0.2 with"
                          " --transport ws, 0 over http)")  # fmt: skip
     rd.add_argument("--pause-after", type=_pair, default=(2.0, 20.0), metavar="LO,HI",
@@ -239,31 +200,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     arr.add_argument(
         "--cv",
-        type=_positive_float,
+        type=positive_float,
         default=1.0,
         help="gamma: coefficient of variation of the gaps (> 1 is bursty)",
     )
     arr.add_argument(
         "--burst-period",
-        type=_positive_float,
+        type=positive_float,
         default=1200.0,
         help="burst: cycle length in seconds (2x the mean rate for 35%% of it)",
     )
     arr.add_argument("--seed", type=int, default=0,
                      help="arrival, reader (and synthetic workload) seed")  # fmt: skip
     opts = parser.add_argument_group("run")
-    opts.add_argument("--max-concurrency", type=_positive_int, default=1024,
+    opts.add_argument("--max-concurrency", type=positive_int, default=1024,
                      help="requests in flight at once; a request waiting for a slot is still"
                           " timed from its due time")  # fmt: skip
     opts.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=900.0,
         help="seconds a request may take in all before it counts as failed",
     )
     opts.add_argument(
         "--read-timeout",
-        type=_positive_float,
+        type=positive_float,
         default=120.0,
         help="seconds without a byte before a request counts as failed",
     )

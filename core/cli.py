@@ -11,11 +11,12 @@ instead (once, on stderr), so scripts written against an older spelling do not b
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["add_deprecated_alias"]
+__all__ = ["add_deprecated_alias", "non_negative_int", "positive_float", "positive_int", "share"]
 
 
 class _DeprecatedAlias(argparse.Action):
@@ -48,3 +49,48 @@ def add_deprecated_alias(parser: argparse.ArgumentParser | Any, old: str, new: s
     """
     parser.add_argument(old, dest=dest, action=_DeprecatedAlias, new=new, append=append,
                         default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+# -- argparse value types: a bad value is one line from argparse, before anything starts --------
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def _integer(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _integer(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _integer(text, 0)
+
+
+def share(text: str) -> float:
+    """A number within [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share within [0, 1], got {text!r}")
+    return value

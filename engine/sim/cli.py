@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cli import add_deprecated_alias
+from core.cli import add_deprecated_alias, positive_int
 from engine.sim.arrivals import ARRIVAL_KINDS, ArrivalSpec, arrival_times
 from engine.sim.errors import SimError
 from engine.sim.profile import PROFILES, get_profile
@@ -42,16 +42,6 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``andes sim``'s options on ``parser``."""
     parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
@@ -73,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                          const=SYNTHETIC)
     w.add_argument(
         "--num-requests",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="use the first N requests of the trace, None = all (synthetic: N, None = 1000)",
     )
@@ -114,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     e.add_argument(
         "--chunked-prefill-tokens",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="per-iteration token budget for chunked prefill; None = whole prefills",
     )
