@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from cdp import Browser, Page, find_chromium, launch
+from cdp import Browser, Page, find_chromium
 from support.fixtures import Running
 from support.spy import StreamSpy
 from support.wait import until
@@ -37,14 +36,6 @@ pytestmark = [
 
 def words(n: int) -> list[str]:
     return [f"word{k} " for k in range(n)]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert CHROMIUM is not None
-    b = await launch(CHROMIUM)
-    yield b
-    await b.close()
 
 
 async def open_demo(browser: Browser, url: str) -> Page:

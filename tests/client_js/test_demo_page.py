@@ -7,13 +7,12 @@ The browser is driven over the DevTools protocol (tests/client_js/cdp.py)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from cdp import Browser, Page, find_chromium, launch
+from cdp import Browser, Page, find_chromium
 from support.fixtures import Running
 from support.wait import until
 
@@ -34,14 +33,6 @@ ENDED = "window.andesDemo.results.length + window.andesDemo.errors.length"
 
 def words(n: int) -> list[str]:
     return [f"word{k} " for k in range(n)]
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    assert CHROMIUM is not None
-    b = await launch(CHROMIUM)
-    yield b
-    await b.close()
 
 
 async def open_demo(browser: Browser, url: str, *, width: int = 1100, height: int = 760,
