@@ -242,3 +242,22 @@ class BenchRun:
     def load(cls, path: str | Path) -> BenchRun:
         """Read a file written by :meth:`save`."""
         return cls.from_json(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def load_finished(cls, path: Path, meta_key: str | None = None,
+                      expected: Any = None) -> BenchRun | None:  # fmt: skip
+        """A benchmark's saved run to resume from: the run at ``path`` if it exists, reads back,
+        was not interrupted and (``meta_key`` given) was made with ``expected`` there (a
+        dataclass, compared as it reads back from JSON); else None, to be run again."""
+        if not path.exists():
+            return None
+        try:
+            run = cls.load(path)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if run.interrupted:
+            return None
+        if meta_key is not None and run.meta.get(meta_key) != json.loads(json.dumps(
+                asdict(expected))):
+            return None
+        return run

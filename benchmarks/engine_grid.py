@@ -242,16 +242,7 @@ def run_path(runs_dir: Path, plan: Plan, policy: str) -> Path:
 
 
 def saved(runs_dir: Path, plan: Plan, policy: str) -> BenchRun | None:
-    path = run_path(runs_dir, plan, policy)
-    if not path.exists():
-        return None
-    try:
-        run = BenchRun.load(path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if run.interrupted or run.meta.get("plan") != json.loads(json.dumps(asdict(plan))):
-        return None
-    return run
+    return BenchRun.load_finished(run_path(runs_dir, plan, policy), "plan", plan)
 
 
 async def _warm_up(base_url: str) -> None:

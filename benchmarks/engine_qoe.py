@@ -111,18 +111,8 @@ def settings_key(settings: Any) -> Any:
 def load_run(policy: str, rate_rps: float, settings: Any = None,
              runs_dir: Path = RUNS_DIR) -> BenchRun | None:  # fmt: skip
     """A saved load, if it exists (and was made with ``settings`` when given)."""
-    path = run_path(policy, rate_rps, runs_dir)
-    if not path.exists():
-        return None
-    try:
-        run = BenchRun.load(path)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if run.interrupted or (
-        settings is not None and run.meta.get("settings") != settings_key(settings)
-    ):
-        return None
-    return run
+    return BenchRun.load_finished(run_path(policy, rate_rps, runs_dir),
+                                  None if settings is None else "settings", settings)
 
 
 def preemptions_total(base_url: str) -> float:

@@ -244,13 +244,10 @@ def run_path(runs_dir: Path, name: str, rate: float) -> Path:
 def measure(engine: Engine, name: str, args: Sequence[str], rate: float, settings: Settings,
             runs_dir: Path, progress: bool) -> BenchRun:
     path = run_path(runs_dir, name, rate)
-    key = json.loads(json.dumps(asdict(settings)))
-    if path.exists():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            run = BenchRun.load(path)
-            if not run.interrupted and run.meta.get("settings") == key:
-                print(f"[{name} @ {rate:.3g}/s] reusing {path.name}", flush=True)
-                return run
+    reused = BenchRun.load_finished(path, "settings", settings)
+    if reused is not None:
+        print(f"[{name} @ {rate:.3g}/s] reusing {path.name}", flush=True)
+        return reused
     plan = settings.plan(rate)
     with gateway(engine.base_urls, args, runs_dir / f"{name}_rate{rate:.4g}.gateway.log") as url:
         endpoint = EndpointConfig(url, model=engine.model, vllm_extras=engine.vllm_extras,
