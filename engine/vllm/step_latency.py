@@ -10,8 +10,12 @@ The scheduler times every step it sees and feeds :meth:`StepLatencyModel.observe
   decode line, divided by the prefill tokens it ran.
 
 Both start from priors (set by ``ANDES_TOKEN_LATENCY_S`` / ``ANDES_PREFILL_S_PER_TOKEN``) that
-weigh as a few observations, so the first steps are sensible and data soon dominates. Pure Python,
-O(1) per step.
+weigh as a few observations, so the first steps are sensible and data soon dominates. The decode
+prior is a *level* only, flat in the batch size: the slope comes from the observed steps alone.
+(Fitted as points at batch sizes 1 and 2, a prior whose level was off — 30 ms where this CPU takes
+90 ms a step — turned into a steep slope once steps at batch 16 came in: smaller batches looked
+twice as fast as they are, the latency trigger's batch pruning held streams that then fell behind
+their readers.) Pure Python, O(1) per step.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class StepLatencyModel:
     __slots__ = (
         "_decay",
         "_prefill_s_per_token",
+        "_prior_s",
+        "_prior_w",
         "_sw",
         "_swx",
         "_swxx",
@@ -49,10 +55,10 @@ class StepLatencyModel:
         if not half_life_steps > 0:
             raise ValueError(f"half_life_steps must be > 0, got {half_life_steps!r}")
         self._decay = 0.5 ** (1.0 / half_life_steps)
-        # The prior: a flat line at token_latency_s, as if seen at batch sizes 1 and 2.
+        # The prior: a flat line at token_latency_s, weighing as prior_weight steps (it decays as
+        # they do); the sums are the observed decode steps only.
+        self._prior_s, self._prior_w = token_latency_s, prior_weight
         self._sw = self._swx = self._swy = self._swxx = self._swxy = 0.0
-        for batch in (1.0, 2.0):
-            self._add(batch, token_latency_s, prior_weight / 2)
         self._prefill_s_per_token = prefill_s_per_token
 
     def observe(self, step_s: float, decode_seqs: int, prefill_tokens: int) -> None:
@@ -68,6 +74,7 @@ class StepLatencyModel:
             sample = max(beyond, 0.0) / prefill_tokens
             self._prefill_s_per_token += 0.1 * (sample - self._prefill_s_per_token)
         elif decode_seqs > 0:
+            self._prior_w *= self._decay
             self._sw *= self._decay
             self._swx *= self._decay
             self._swy *= self._decay
@@ -92,11 +99,16 @@ class StepLatencyModel:
         self._swxy += w * x * y
 
     def _line(self) -> tuple[float, float]:
+        """``(base, slope)``: the observed steps' line, its level blended with the prior's."""
+        if self._sw <= 0.0:
+            return self._prior_s, 0.0
         mean_x = self._swx / self._sw
         mean_y = self._swy / self._sw
         var_x = self._swxx / self._sw - mean_x * mean_x
-        if var_x < 1e-9:  # one batch size seen so far: no slope information
-            return mean_y, 0.0
-        # A latency that falls with batch size is noise; clamp the slope at zero.
-        slope = max((self._swxy / self._sw - mean_x * mean_y) / var_x, 0.0)
-        return mean_y - slope * mean_x, slope
+        slope = 0.0  # one batch size seen so far: no slope information
+        if var_x >= 1e-9:
+            # A latency that falls with batch size is noise; clamp the slope at zero.
+            slope = max((self._swxy / self._sw - mean_x * mean_y) / var_x, 0.0)
+        base = mean_y - slope * mean_x
+        w = self._sw / (self._sw + self._prior_w)
+        return w * base + (1.0 - w) * self._prior_s, w * slope
