@@ -297,6 +297,20 @@ def find_knee(setting: Setting, runs_dir: Path, duration_s: float, progress: boo
     return knee
 
 
+def _plans(setting: Setting, knee: float, points: Sequence[Point],
+           args: argparse.Namespace) -> list[Plan]:  # fmt: skip
+    part = HOLDOUT if args.holdout else EVAL
+    return [Plan(setting.name, ("holdout-" if args.holdout else "") + p.key, p.load * knee,
+                 p.arrivals, p.tds_scale, args.duration, part) for p in points]  # fmt: skip
+
+
+def saved_points(setting: Setting, knee: float, points: Sequence[Point], args: argparse.Namespace,
+                 policies: Sequence[str]) -> dict[tuple[str, str], BenchRun]:  # fmt: skip
+    """The runs of ``points`` already saved (a point not yet measured is left out)."""
+    return {(pl.point, pol): r for pl in _plans(setting, knee, points, args) for pol in policies
+            if (r := saved(args.runs_dir, pl, pol)) is not None}  # fmt: skip
+
+
 def run_setting(setting: Setting, knee: float, points: Sequence[Point], args: argparse.Namespace,
                 policies: Sequence[str]) -> dict[tuple[str, str], BenchRun]:  # fmt: skip
     """Every point of one setting, the policies side by side per point on engines kept up."""
@@ -304,11 +318,8 @@ def run_setting(setting: Setting, knee: float, points: Sequence[Point], args: ar
 
     from engine.vllm.launch import EngineProcess
 
-    part = HOLDOUT if args.holdout else EVAL
-    plans = [Plan(setting.name, ("holdout-" if args.holdout else "") + p.key, p.load * knee,
-                  p.arrivals, p.tds_scale, args.duration, part) for p in points]  # fmt: skip
-    done = {(pl.point, pol): r for pl in plans for pol in policies
-            if (r := saved(args.runs_dir, pl, pol)) is not None}  # fmt: skip
+    plans = _plans(setting, knee, points, args)
+    done = saved_points(setting, knee, points, args, policies)
     todo = [(pl, pol) for pl in plans for pol in policies if (pl.point, pol) not in done]
     if not todo:
         return done
@@ -444,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="30 s of arrivals, two points")
     p.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="report the saved runs of these settings and points; run nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     args = p.parse_args(argv)
     if args.quick:
@@ -461,6 +474,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     policies = [x for x in args.policies.split(",") if x]
     results = {}
+    if args.report_only:
+        for s in settings:
+            knee_file = args.runs_dir / s.name / "knee.json"
+            if s.name not in knees and knee_file.exists():
+                knees[s.name] = float(json.loads(knee_file.read_text())["knee_rps"])
+            if s.name in knees:
+                results[s.name] = saved_points(s, knees[s.name], points, args, policies)
+        report(results, knees, args)
+        return 0
     try:
         for s in settings:
             if s.name not in knees:
