@@ -186,6 +186,13 @@ class Scheduler:
             self.upstreams[ticket.upstream].discard(ticket)
         ticket.state = "done"
 
+    def release(self, ticket: Ticket) -> None:
+        """A running ticket's engine request ended: it holds no upstream slot any more, though
+        its reader reads on (it is neither queued nor parkable from now)."""
+        if ticket.state == "running" and ticket.upstream is not None:
+            self.upstreams[ticket.upstream].discard(ticket)
+            ticket.state = "done"
+
     def unpark(self, ticket: Ticket, now_s: float) -> None:
         """A park the plan asked for was not carried out: the ticket runs on."""
         if ticket.state == "parked" and ticket in self.parked and ticket.upstream is not None:

@@ -147,6 +147,7 @@ class Dispatcher:
         self._tickets[stream.id] = ticket
         self._requests[stream.id] = (endpoint, body)
         stream.on_end = self._ended
+        stream.on_upstream_end = self._upstream_ended
         self._sync()
         if not self.config.admission:
             index = self.scheduler.route(ticket)
@@ -201,6 +202,14 @@ class Dispatcher:
         if ticket is not None:
             self.scheduler.remove(ticket)
             self._forget(stream.id)
+            self._wake.set()
+
+    def _upstream_ended(self, stream: Stream) -> None:
+        """The engine request ended: its slot is free for the queue, whatever the reader still
+        has to read (a paced stream outlives its engine request by its buffer)."""
+        ticket = self._tickets.get(stream.id)
+        if ticket is not None and ticket.state == "running":
+            self.scheduler.release(ticket)
             self._wake.set()
 
     def _forget(self, stream_id: str) -> None:

@@ -239,6 +239,9 @@ class Stream:
         self.seam_defects = 0  # continuations whose engine-side prompt was not what was sent
         self.prompt_count: asyncio.Future[int | None] | None = None  # gateway/usage.py
         self.on_end: Callable[[Stream], None] | None = None  # the scheduler forgets it
+        # The engine request ended (done or failed, not parked): its upstream slot is free
+        # though the reader may read on for many seconds.
+        self.on_upstream_end: Callable[[Stream], None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._clock = _Clock.of(self._loop)
         self._wake_at_s: float | None = None  # the deadline of this stream's entry in the clock
@@ -353,6 +356,8 @@ class Stream:
                 self._upstream_done = True
                 if not self.pacer.closed:
                     self.pacer.close()
+                if self.on_upstream_end is not None:
+                    self.on_upstream_end(self)
             self._wake()
 
     def _logprobs(self, event: Any) -> Any:

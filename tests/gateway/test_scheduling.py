@@ -113,3 +113,21 @@ def test_scheduling_settings_from_flags_environment_and_their_errors() -> None:
         load_config({"parking": "sometimes"})
     with pytest.raises(ConfigError, match="queue_timeout_s"):
         load_config({"queue_timeout_s": 0.0})
+
+
+async def test_a_stream_whose_engine_request_ended_frees_its_slot(make_gateway, upstream) -> None:
+    """Server pacing makes a stream outlive its engine request by its buffer: the slot it held
+    upstream is free the moment that request ends, not when its reader is done."""
+    gw = await make_gateway(max_upstream_streams=1, parking="off")
+    upstream.script = Script(tokens=["a "] * 12, gap_s=0.01)
+    slow = dict(BODY, qoe={"tds": 2})  # 12 tokens at 2 tok/s: about 6 s of reading
+    async with aiohttp.ClientSession() as s:
+        first = await s.post(gw.url + "/v1/chat/completions", json=slow)
+        assert first.status == 200
+        await upstream.wait_for(lambda u: u.records and u.records[0].finished)
+        second = await asyncio.wait_for(s.post(gw.url + "/v1/chat/completions", json=BODY), 3)
+        assert second.status == 200
+        assert upstream.requests == 2  # sent while the first reader is still reading
+        await _events(second)
+        second.release()
+        first.close()
