@@ -21,6 +21,7 @@ one run's prompts to the next. Servers that are not vLLM may reject those fields
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -228,6 +229,8 @@ class _TokenCounter:
         self.api, self.record = api, record
         self.cumulative = 0  # usage.completion_tokens seen so far (continuous usage stats)
         self.continuous = False
+        self.text = hashlib.sha256()
+        self.any_text = False
 
     def add(self, data: str, now: float) -> bool:
         """One event's data, arrived at ``now``; False when it ends the stream with an error."""
@@ -256,17 +259,23 @@ class _TokenCounter:
     def _new_tokens(self, choice: dict[str, Any], usage: Any) -> int:
         if choice.get("finish_reason"):
             self.record.finish_reason = str(choice["finish_reason"])
+        text = _chunk_text(choice, self.api)
+        if text:
+            self.text.update(text.encode())
+            self.any_text = True
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
             self.continuous = True
             new = usage["completion_tokens"] - self.cumulative
             self.cumulative = usage["completion_tokens"]
             return int(new)
-        return 1 if _chunk_text(choice, self.api) else 0
+        return 1 if text else 0
 
     def finish(self) -> None:
         """The stream ended: without a final usage chunk, the running count stands for it."""
         if self.continuous and self.record.usage_completion_tokens is None:
             self.record.usage_completion_tokens = self.cumulative
+        if self.any_text:
+            self.record.text_sha = self.text.hexdigest()[:16]
 
 
 def _chunk_text(choice: dict[str, Any], api: str) -> str:

@@ -53,6 +53,9 @@ class RequestRecord:
     # The Andes gateway's own account of the stream (the ``andes`` field of its final chunk:
     # QoE measured at delivery, TTFT, tokens, parks, seams, queue wait); None from other servers.
     gateway: dict[str, Any] | None = None
+    # SHA-256 (hex, first 16 digits) of the whole text received: two runs of one greedy request
+    # (one parked and resumed, one not) must agree — the seam check end to end. None: no text.
+    text_sha: str | None = None
 
     @property
     def ok(self) -> bool:

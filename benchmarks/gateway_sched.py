@@ -6,12 +6,12 @@ One command, resumable::
     python benchmarks/gateway_sched.py --quick    # a smoke run (a few minutes)
 
 For each engine — llama.cpp's server (llama-cpp-python, one slot) and stock vLLM (no Andes
-plug-in), both on the bundled SmolLM2-135M — it starts the engine once, measures its saturated
-token throughput ``X`` (llama.cpp: one long request; vLLM: a burst of concurrent ones). At
-``X / mean output tokens`` requests/s the engine is saturated (utilization 1); the knee is put at
-half that, where first-come-first-served queueing starts to cost readers their first token (an
-estimate from the measured throughput, not a measured QoE curve: ``--load-factors`` moves the
-grid). Loads run from the knee to 2× it (utilization 0.5 to 1). At each load the *same*
+plug-in), both on the bundled SmolLM2-135M — it starts the engine once and measures its saturated
+service rate straight, on a burst of the workload's own requests from the development split,
+prompts and forced outputs included (llama.cpp: 4, served one at a time; vLLM: 32 at once). The
+knee is put at half that rate, where first-come-first-served queueing starts to cost readers their
+first token (an estimate from the measured rate, not a measured QoE curve: ``--load-factors`` moves
+the grid). Loads run from the knee to 2× it (utilization 0.5 to 1). At each load the *same*
 requests arrive at the *same* Poisson times (one seed), through an ``andes gateway`` process
 started for each configuration:
 
@@ -21,6 +21,14 @@ started for each configuration:
 
 Then two llama.cpp replicas behind one gateway: ``least_busy`` (pacing only, fewest in flight)
 vs ``qoe`` (scheduling with QoE routing), each replica at the heaviest load factor.
+
+Then the **seam stress**, per engine: ``--seam-requests`` short requests (prompts ≤ 96, outputs
+64 tokens, readers at half their pace) arriving over 30 s, first unparked, then time-sliced
+through a few upstream slots (``--max-upstream-streams``: 1 on llama.cpp, 4 on vLLM) with a low
+park threshold, so streams are parked and resumed by the hundred. Each parked stream's whole text
+is compared with the same request's unparked text (greedy: it must be identical); the unparked
+streams of the time-sliced run are compared too, as the control — a batching engine's greedy text
+can depend on its batch, and then a difference says nothing about the seam.
 
 The load generator is ``bench/``'s open loop: every request is sent when due (no concurrency cap
 below what the engine admits: ``max_concurrency`` 4,096). Outputs are forced to
@@ -48,6 +56,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -82,6 +91,13 @@ CONFIGS = {
     "sched": ("--admission", "--parking", "auto", "--routing", "qoe"),
 }
 REPLICA_CONFIGS = {"least_busy": CONFIGS["pacing"], "qoe": CONFIGS["sched"]}
+# The seam stress: few slots and a low park threshold, so streams are time-sliced — parked and
+# resumed over and over — against the same requests unparked.
+STRESS_CONFIGS = {
+    "unparked": CONFIGS["pacing"],
+    "time-sliced": ("--admission", "--parking", "auto", "--max-upstream-streams", "{slots}",
+                    "--park-min-slack-s", "1", "--park-min-run-s", "0.3"),
+}
 
 
 @dataclass(frozen=True)
@@ -156,28 +172,37 @@ def _post(url: str, body: dict[str, Any], timeout_s: float = 600) -> dict[str, A
         return json.loads(resp.read())  # type: ignore[no-any-return]
 
 
-def throughput_tok_s(engine: Engine) -> float:
-    """The engine's saturated production, tokens/s, measured straight (no gateway)."""
+def saturation_rps(engine: Engine, settings: Settings) -> tuple[float, float]:
+    """The engine's saturated service rate, requests/s, and its token rate, measured straight
+    (no gateway) on requests of the workload itself — prompts included, so the prefill a real
+    request costs counts (a one-line prompt would make a one-thread llama.cpp look several times
+    faster than it serves the trace). A burst of requests from the development split (never the
+    held-out one) sent at once; llama.cpp's server runs them one at a time, vLLM batches them."""
+    dev = dataclasses.replace(settings, split="dev")
+    n = 4 if engine.kind == "llama_cpp" else 32
+    sample = dev.plan(1.0)[:n]
     base = engine.base_urls[0] + "/v1/completions"
-    body: dict[str, Any] = {"model": engine.model, "prompt": "Tell me a long story.",
-                            "temperature": 0}
-    if engine.kind == "llama_cpp":
-        n, parallel = 128, 1
-        body.update(max_tokens=n, min_tokens=n, repeat_penalty=1.0)
-    else:
-        n, parallel = 64, 32
-        body.update(max_tokens=n, ignore_eos=True)
-    _post(base, dict(body, max_tokens=8, min_tokens=0) if engine.kind == "llama_cpp"
-          else dict(body, max_tokens=8))  # warm-up
+
+    def body(r: PlannedRequest) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": engine.model, "prompt": r.prompt, "temperature": 0,
+                               "max_tokens": r.max_tokens}
+        if engine.kind == "llama_cpp":
+            out.update(min_tokens=r.max_tokens, repeat_penalty=1.0)
+        else:
+            out.update(ignore_eos=True)
+        return out
+
+    _post(base, dict(body(sample[0]), max_tokens=8, min_tokens=0) if engine.kind == "llama_cpp"
+          else dict(body(sample[0]), max_tokens=8))  # warm-up
 
     async def burst() -> float:
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
-        await asyncio.gather(*(loop.run_in_executor(None, _post, base, body)
-                               for _ in range(parallel)))
-        return parallel * n / (time.perf_counter() - t0)
+        await asyncio.gather(*(loop.run_in_executor(None, _post, base, body(r)) for r in sample))
+        return time.perf_counter() - t0
 
-    return asyncio.run(burst())
+    elapsed = asyncio.run(burst())
+    return len(sample) / elapsed, sum(r.max_tokens for r in sample) / elapsed
 
 
 # -- one configuration at one load --
@@ -314,6 +339,12 @@ class Row:
     parks: int
     resumes: int
     seam_defects: int
+    # Parked streams whose whole text differs from the same request's unparked run (the
+    # pacing-only run of the same load), and, as the control, unparked streams that differ too
+    # (a batching engine's greedy text may depend on its batch: then a difference is not the seam).
+    parked_streams: int
+    parked_text_diff: int
+    control_text_diff: str
     resume_ttft_s: float
     queue_wait_mean_s: float
     queue_wait_p99_s: float
@@ -332,7 +363,27 @@ def _short(r: RequestRecord) -> bool:
     return bool(g.get("parks")) and r.error is None and g.get("tokens") != r.max_tokens
 
 
-def summarize(engine: str, config: str, load: str, run: BenchRun) -> Row:
+def text_diffs(run: BenchRun, unparked: BenchRun | None) -> tuple[int, int, str]:
+    """(parked streams, parked ones whose text differs from ``unparked``'s same request, the
+    control: unparked streams of ``run`` that differ, as "d/n")."""
+    if unparked is None:
+        return sum(bool((r.gateway or {}).get("parks")) for r in run.records), 0, "–"
+    ref = {r.req_id: r.text_sha for r in unparked.records if r.ok and r.text_sha}
+    parked = diff = ctl_n = ctl_diff = 0
+    for r in run.records:
+        if not r.ok or r.req_id not in ref:
+            continue
+        if (r.gateway or {}).get("parks"):
+            parked += 1
+            diff += r.text_sha != ref[r.req_id]
+        else:
+            ctl_n += 1
+            ctl_diff += r.text_sha != ref[r.req_id]
+    return parked, diff, f"{ctl_diff}/{ctl_n}"
+
+
+def summarize(engine: str, config: str, load: str, run: BenchRun,
+              unparked: BenchRun | None = None) -> Row:  # fmt: skip
     recs = run.records
     qoe = [float((r.gateway or {}).get("qoe", 0.0)) if r.error is None else 0.0 for r in recs]
     ttft = [float(r.gateway["ttft_s"]) for r in recs
@@ -350,20 +401,21 @@ def summarize(engine: str, config: str, load: str, run: BenchRun) -> Row:
                _pct(ttft, 0.5), _pct(ttft, 0.99), tokens / max(end - start, 1e-9),
                int(m.get("parks", 0)), int(m.get("resumes", 0)),
                int(m.get("seam_defects", 0) + m.get("seams_unchecked", 0))
-               + sum(_short(r) for r in recs), cost,
+               + sum(_short(r) for r in recs), *text_diffs(run, unparked), cost,
                statistics.fmean(waits) if waits else 0.0, _pct(waits, 0.99))
 
 
 def table(rows: Sequence[Row]) -> str:
     head = ("| engine | config | load | req/s | n | err | avg QoE | p10 QoE | TTFT p50 s |"
-            " TTFT p99 s | tok/s | parks | resumes | seam defects | resume TTFT s |"
-            " queue wait mean/p99 s |")
-    out = [head, "|" + "---|" * 16]
+            " TTFT p99 s | tok/s | parks | resumes | seam defects | parked streams: text ≠"
+            " unparked | control: unparked ≠ | resume TTFT s | queue wait mean/p99 s |")
+    out = [head, "|" + "---|" * 18]
     for r in rows:
         out.append(f"| {r.engine} | {r.config} | {r.load} | {r.rate:.3g} | {r.n} | {r.errors} |"
                    f" {r.avg_qoe:.3f} | {r.p10_qoe:.3f} | {r.ttft_p50_s:.2f} |"
                    f" {r.ttft_p99_s:.2f} | {r.throughput_tok_s:.1f} | {r.parks} | {r.resumes} |"
-                   f" {r.seam_defects} | {r.resume_ttft_s:.3f} |"
+                   f" {r.seam_defects} | {r.parked_text_diff}/{r.parked_streams} |"
+                   f" {r.control_text_diff} | {r.resume_ttft_s:.3f} |"
                    f" {r.queue_wait_mean_s:.2f}/{r.queue_wait_p99_s:.2f} |")
     return "\n".join(out)
 
@@ -382,11 +434,39 @@ def targets(rows: Sequence[Row], base: str, cand: str) -> list[str]:
         lines.append(f"- {engine} {load}: avg QoE {b.avg_qoe:.3f} → {c.avg_qoe:.3f}"
                      f" (**{ratio:.2f}×**, {qoe_t}); throughput {tput:.1%} of {base}"
                      f" (target ≥ 95%: {'met' if tput >= 0.95 else 'missed'})")
+    return lines
+
+
+def seam_lines(rows: Sequence[Row]) -> list[str]:
     parks = sum(r.parks for r in rows)
     defects = sum(r.seam_defects for r in rows)
-    lines.append(f"- Seam defects: **{defects}** over {parks} parks (target 0 over ≥ 1,000"
-                 f"{'' if parks >= 1000 else ': too few parks in this run to judge'})")
-    return lines
+    parked = sum(r.parked_streams for r in rows)
+    diff = sum(r.parked_text_diff for r in rows)
+    return [f"- Seam defects (the gateway's checks and forced lengths): **{defects}** over {parks}"
+            f" parks (target 0 over ≥ 1,000"
+            f"{'' if parks >= 1000 else ': too few parks in this run to judge'}); parked streams"
+            f" whose whole text differs from the same request unparked: **{diff}** of {parked}"
+            " (see the control column before reading a difference as a seam's)"]
+
+
+def seam_stress(kind: str, settings: Settings, n: int, runs_dir: Path, progress: bool,
+                eager: bool) -> list[Row]:
+    """``n`` short requests arriving over 30 s with readers at half their pace, unparked and
+    then time-sliced through a few upstream slots (parks by the hundred), text compared."""
+    stress = dataclasses.replace(settings, duration_s=30.0, tds_scale=settings.tds_scale * 0.5,
+                                 max_prompt_tokens=96, max_output_tokens=64)
+    slots = 1 if kind == "llama_cpp" else 4
+    rows = []
+    with start_engine(kind, 1, runs_dir / "logs" / f"{kind}-stress", eager=eager) as engine:
+        runs: dict[str, BenchRun] = {}
+        for name, cargs in STRESS_CONFIGS.items():
+            cargs = tuple(a.format(slots=slots) for a in cargs)
+            runs[name] = measure(engine, f"{kind}-stress-{name}", cargs, n / 30.0, stress,
+                                 runs_dir, progress)
+            rows.append(summarize(kind, f"seam stress: {name}", f"{n} req / 30 s", runs[name],
+                                  runs.get("unparked") if name != "unparked" else None))
+            print(table([rows[-1]]).splitlines()[-1], flush=True)
+    return rows
 
 
 # -- main --
@@ -405,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's trace (the copy in the package)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-replicas", action="store_true", help="skip the two-replica part")
+    p.add_argument("--seam-requests", type=int, default=150,
+                   help="requests per engine in the seam stress (0: skip it)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: dev split, load 1.5× the knee, 20 s, outputs ≤ 48 tokens")
     p.add_argument("--fresh", action="store_true")
@@ -426,46 +508,55 @@ def main(argv: list[str] | None = None) -> int:
         factors, runs_dir = [1.5], RESULTS / "quick"
         args.duration, args.split = min(args.duration, 20.0), "dev"
         args.max_output_tokens = min(args.max_output_tokens, 48)
+        args.seam_requests = min(args.seam_requests, 20)
     if args.fresh and runs_dir.exists():
         for path in runs_dir.glob("*.json"):
             path.unlink()
     settings = Settings(str(args.workload), args.split, args.seed, args.duration, args.tds_scale,
                         args.max_prompt_tokens, args.max_output_tokens)
-    mean_out = statistics.fmean(r.max_tokens for r in settings.plan(1.0)) or 1.0
     rows: list[Row] = []
     notes: list[str] = []
     try:
         for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
             # --quick: vLLM eager (no compilation: a start in under a minute, slower steps).
             with start_engine(kind, 1, runs_dir / "logs" / kind, eager=args.quick) as engine:
-                x = throughput_tok_s(engine)
-                knee = 0.5 * x / mean_out
-                notes.append(f"{kind}: saturated throughput {x:.0f} tok/s straight from the"
-                             f" engine, mean output {mean_out:.0f} tokens → saturation at"
-                             f" {2 * knee:.3g} req/s, knee (half) {knee:.3g} req/s")
+                sat, x = saturation_rps(engine, settings)
+                knee = 0.5 * sat
+                notes.append(f"{kind}: saturated straight from the engine at {sat:.3g} req/s"
+                             f" ({x:.0f} output tok/s) on development-split requests →"
+                             f" knee (half) {knee:.3g} req/s")
                 print(notes[-1], flush=True)
                 for f in factors:
+                    runs: dict[str, BenchRun] = {}
                     for name, cargs in CONFIGS.items():
-                        run = measure(engine, f"{kind}-{name}", cargs, knee * f, settings,
-                                      runs_dir, args.progress)
-                        rows.append(summarize(kind, name, f"{f:g}× knee", run))
+                        runs[name] = measure(engine, f"{kind}-{name}", cargs, knee * f, settings,
+                                             runs_dir, args.progress)
+                        rows.append(summarize(kind, name, f"{f:g}× knee", runs[name],
+                                              runs.get("pacing") if name != "pacing" else None))
                         print(table([rows[-1]]).splitlines()[-1], flush=True)
         if not args.no_replicas and "llama_cpp" in args.engines:
             with start_engine("llama_cpp", 2, runs_dir / "logs" / "replicas") as engine:
-                x = throughput_tok_s(engine)
+                sat, _ = saturation_rps(engine, settings)
                 # Both replicas at the utilization of the heaviest single-engine load.
-                rate = 2 * 0.5 * x / mean_out * factors[-1]
+                rate = 2 * 0.5 * sat * factors[-1]
+                runs = {}
                 for name, cargs in REPLICA_CONFIGS.items():
-                    run = measure(engine, f"replicas-{name}", cargs, rate, settings, runs_dir,
-                                  args.progress)
+                    runs[name] = measure(engine, f"replicas-{name}", cargs, rate, settings,
+                                         runs_dir, args.progress)
                     rows.append(summarize("2× llama_cpp", name, f"{factors[-1]:g}× knee each",
-                                          run))
+                                          runs[name], runs.get("least_busy")
+                                          if name != "least_busy" else None))
                     print(table([rows[-1]]).splitlines()[-1], flush=True)
+        if args.seam_requests:
+            for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
+                rows += seam_stress(kind, settings, args.seam_requests, runs_dir, args.progress,
+                                    eager=args.quick)
     except KeyboardInterrupt:
         print("interrupted: finished loads are saved; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    lines = targets(rows, "pacing", "sched") + targets(rows, "least_busy", "qoe")
+    lines = (targets(rows, "pacing", "sched") + targets(rows, "least_busy", "qoe")
+             + seam_lines(rows))
     text = "\n".join([
         "## Gateway scheduling in front of engines Andes does not control"
         + (" — QUICK SMOKE RUN, not a result" if args.quick else ""), "",
