@@ -37,12 +37,18 @@ process, base port + data-parallel rank, advertised for gateways by :mod:`slack.
 step reads the fresh reports of its requests by stream id. Reports older than
 ``ANDES_SLACK_STALE_S`` are ignored.
 
+Decision trace: with ``ANDES_DECISION_LOG`` set to a file path, every step the policy is asked
+about appends one JSON line (time, running / waiting / held counts, free KV blocks, what bound,
+the batch size chosen, the policy's parks and vLLM's own preemptions of that step) — to see, on
+a real load, which limit binds and what each decision cost. Off by default (no cost).
+
 If the policy raises, the error is logged and that step runs with vLLM's own decision — a policy
 bug must not take the engine and every stream on it down.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -108,6 +114,8 @@ class AndesSchedulerMixin:
     _policy_failures: int
     _max_tds: float
     slack_server: SlackServer | None
+    _decision_log: Any
+    _pending_trace: dict[str, Any] | None
 
     running: list[Request]
     waiting: Any
@@ -139,6 +147,9 @@ class AndesSchedulerMixin:
         self._last_output_s = -math.inf
         self._policy_failures = 0
         self._max_tds = 0.0  # the fastest declared reader seen (for the quick latency check)
+        trace_path = os.environ.get("ANDES_DECISION_LOG")
+        self._decision_log = open(trace_path, "a", buffering=1) if trace_path else None  # noqa: SIM115
+        self._pending_trace = None
         # The slack channel's receiver (slack/receiver.py): a WebSocket server in a thread of
         # this engine-core process, when ANDES_SLACK_PORT is set. One per data-parallel rank.
         dp_rank = getattr(getattr(self, "parallel_config", None), "data_parallel_rank", 0) or 0
@@ -163,6 +174,8 @@ class AndesSchedulerMixin:
             self.running.extend(held_running)
             self.waiting.extend(held_waiting)
         self._mark_step(output, now_s)
+        if self._pending_trace is not None:
+            self._write_trace(output)
         return output
 
     def update_from_output(
@@ -261,6 +274,8 @@ class AndesSchedulerMixin:
                     len(admittable),
                 )
             decision = None
+        if self._decision_log is not None:
+            self._pending_trace = self._trace(now_s, decision, len(admittable))
         states = {v.req_id: v.state for v in snap}
         max_batch = self.max_num_running_reqs  # type: ignore[attr-defined]
         if decision is None:
@@ -427,6 +442,26 @@ class AndesSchedulerMixin:
             return None
         return self.settings.offload_s_per_token
 
+    def _trace(self, now_s: float, decision: Any, waiting: int) -> dict[str, Any]:
+        last = getattr(self.andes_policy, "last", None)
+        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+        return {
+            "t": round(now_s, 4), "running": len(self.running), "waiting": waiting,
+            "held": len(self._held), "free_blocks": pool.get_num_free_blocks(),
+            "binds": list(getattr(last, "binds", ())), "batch": getattr(last, "batch", None),
+            "reused": getattr(last, "reused", None),
+            "run": None if decision is None else len(decision.run),
+            "park": 0 if decision is None else len(decision.preempt),
+        }  # fmt: skip
+
+    def _write_trace(self, output: SchedulerOutput) -> None:
+        trace, self._pending_trace = self._pending_trace, None
+        assert trace is not None
+        trace["vllm_preempt"] = len(output.preempted_req_ids or ())
+        trace["scheduled"] = len(output.num_scheduled_tokens)
+        trace["tokens"] = output.total_num_scheduled_tokens
+        self._decision_log.write(json.dumps(trace) + "\n")
+
     def _forget(self, req_id: str) -> None:
         self._snapshot.remove(req_id)
         self._held.discard(req_id)
@@ -437,6 +472,8 @@ class AndesSchedulerMixin:
     def shutdown(self) -> None:
         if self.slack_server is not None:
             self.slack_server.stop()
+        if self._decision_log is not None:
+            self._decision_log.close()
         super().shutdown()  # type: ignore[misc]
 
     # -- step timing, for the latency model ------------------------------------------------------
