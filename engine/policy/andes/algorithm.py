@@ -25,9 +25,13 @@ Liu et al., *Andes* (arXiv 2404.16283), §4. Read top to bottom, one step is:
    (host offload) draw nothing.
 5. **Work conservation.** A batch slot the plan leaves free is filled — by a held request (it
    costs nothing) or by a waiting one that fits — so choosing never shrinks the batch unless the
-   latency trigger asked for a smaller one. Admissions keep one block of headroom per running
-   request: the growth of the next ``block_size`` steps, which would otherwise make the engine
-   preempt the request it just admitted (vLLM's victim is the newest) and pay its prefill twice.
+   latency trigger asked for a smaller one. Admissions leave headroom for the running set's
+   growth until the policy next decides in full (:func:`growth`: the requests whose next token
+   opens a block within that many steps) — beyond it, growth is step 6's to handle, by value;
+   without it the engine would meet the growth first and preempt by its own rule (vLLM's victim
+   is the newest: the admission, whose prefill would be paid twice). Headroom for more than that
+   — a block per running request, the next ``block_size`` steps — would count growth that
+   finishing requests pay for many times over, and keep requests waiting while memory is free.
 6. **Memory pressure.** When the running set's own growth overflows the cache, the victims are
    the lowest in the order — the most slack, the least value per block — not the newest.
 
@@ -48,7 +52,7 @@ from engine.policy.andes.memory import Memory, StepState
 from engine.policy.base import Capacity, Decision
 from engine.policy.horizon import serve_gain
 
-__all__ = ["Frame", "Outcome", "batch_sizes", "decide", "refine"]
+__all__ = ["Frame", "Outcome", "batch_sizes", "decide", "growth", "lookahead_steps", "refine"]
 
 WAITING, PREEMPTED, RUNNING, HELD = range(4)
 NO_WAITING = 1 << 62  # the smallest waiting request's blocks when nothing waits
@@ -93,6 +97,7 @@ class Frame:
     first_delay: np.ndarray  # seconds before its next token once it takes a step, beyond the step
     protected: np.ndarray  # bool: the guards' protection
     starve: np.ndarray  # how long it has starved (-inf: not starving)
+    grow: np.ndarray  # blocks it opens before the next full decision once decoding (growth())
 
 
 def decide(
@@ -116,9 +121,11 @@ def decide(
         memory.remember(now_s, None, None)
         return Outcome(None)
     on_rows = [r for r in rows if r.on_device]
+    grow = growth(np.array([r.tokens for r in rows], dtype=np.int64),
+                  lookahead_steps(cap, cfg, len(on_rows)), cap.block_size, cfg)  # fmt: skip
     state = StepState(
         binds=tuple(binds), free=cap.kv_blocks - sum(r.blocks for r in on_rows),
-        reserve=sum(1 for r in on_rows if r.pending == 0) if cfg.admission_headroom else 0,
+        reserve=sum(int(grow[i]) for i, r in enumerate(rows) if r.on_device and r.pending == 0),
         smallest_wait=min((r.blocks for r in rows if not r.on_device), default=NO_WAITING),
         on_device=len(on_rows), max_batch=cap.max_batch,
     )  # fmt: skip
@@ -144,6 +151,7 @@ def decide(
         first_delay=np.array([_first_delay(r, cap) for r in rows]),
         protected=np.array(protected, dtype=bool),
         starve=np.array(starve),
+        grow=grow,
     )
 
     # 2–3. Value at each candidate batch size, and the knapsack.
@@ -230,8 +238,8 @@ class _Room:
         self.on, self.blocks, self.tokens = f.on.tolist(), f.blocks.tolist(), f.tokens.tolist()
         self.pending, self.gains = f.pending.tolist(), gain.tolist()
         self.free = cap.kv_blocks - int(f.blocks[f.on].sum())
-        self.step = 1 if cfg.admission_headroom else 0  # headroom per running request
-        self.reserve = int((f.on & (f.pending == 0)).sum()) * self.step
+        self.grow = f.grow.tolist()  # headroom per request once it decodes (growth())
+        self.reserve = int(f.grow[f.on & (f.pending == 0)].sum())
         self.loss_per_s = sum(self.gains[i] for i in chosen) / cfg.horizon_s  # batch value / s
         self.credit = credit
         self.priced = cfg.overhead_aware
@@ -241,7 +249,7 @@ class _Room:
 
     def grows(self, v: int) -> int:
         """The headroom a running request reserves (0 once parked)."""
-        return self.step if self.on[v] and self.pending[v] == 0 else 0
+        return self.grow[v] if self.on[v] and self.pending[v] == 0 else 0
 
     def price(self, v: int) -> float:
         """What parking ``v`` loses: its value, plus its recompute at the batch's value per s."""
@@ -288,7 +296,7 @@ class _Room:
                     self.park(v)
             admitted.append(j)
             self.free -= self.blocks[j]
-            self.reserve += self.step
+            self.reserve += self.grow[j]
         return admitted, False
 
     def _worth(self, j: int, found: list[int], starving: bool, memory: Memory,
@@ -314,9 +322,28 @@ class _Room:
                 continue
             out.append(j)
             self.free -= self.blocks[j]
-            self.reserve += self.step
+            self.reserve += self.grow[j]
             slots -= 1
         return out
+
+
+def lookahead_steps(cap: Capacity, cfg: AndesConfig, on_device: int) -> int:
+    """Engine steps until the policy next decides in full: its cadence (``decide_every_s``) at
+    the batch's step latency, at least the next step, at most ``block_size`` (by then every
+    decoding request has opened a block)."""
+    step_s = cap.token_latency_s(max(on_device, 1))
+    steps = math.ceil(cfg.decide_every_s / step_s) if step_s > 0 else 1
+    return max(1, min(steps, cap.block_size))
+
+
+def growth(tokens: np.ndarray, steps: int, block_size: int, cfg: AndesConfig) -> np.ndarray:
+    """The KV blocks each request opens within its next ``steps`` decode steps (0 or 1): a request
+    of ``t`` context tokens holds ``ceil(t / block_size)`` blocks and opens one more when its
+    context passes the last, in ``(-t) mod block_size + 1`` steps. All zero without
+    ``admission_headroom``."""
+    if not cfg.admission_headroom:
+        return np.zeros(tokens.shape, dtype=np.int64)
+    return ((-tokens) % block_size < steps).astype(np.int64)
 
 
 def _first_delay(row: Row, cap: Capacity) -> float:

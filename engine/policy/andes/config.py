@@ -26,7 +26,8 @@ class AndesConfig:
     starvation_s: float = 30.0
     # Share of engine time that recomputing parked requests may take (algorithm.py, step 4).
     park_budget: float = 0.05
-    # Admissions leave one block per running request for the next block_size steps' growth.
+    # Admissions leave headroom for the running set's growth until the next full decision
+    # (algorithm.py, step 5, growth()).
     admission_headroom: bool = True
     # A full decision at most this often while nothing it rests on changes (memory.py, "Cadence");
     # 0: every step.

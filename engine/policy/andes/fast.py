@@ -29,7 +29,15 @@ from dataclasses import fields
 
 import numpy as np
 
-from engine.policy.andes.algorithm import NO_WAITING, Frame, Outcome, batch_sizes, refine
+from engine.policy.andes.algorithm import (
+    NO_WAITING,
+    Frame,
+    Outcome,
+    batch_sizes,
+    growth,
+    lookahead_steps,
+    refine,
+)
 from engine.policy.andes.config import AndesConfig
 from engine.policy.andes.guards import Row, readers_at, row_of, starving_at
 from engine.policy.andes.memory import Memory, StepState
@@ -179,9 +187,11 @@ def decide_fast(
         memory.remember(now_s, None, None)
         return Outcome(None)
     waiting_blocks = blocks[~on]
+    grow = growth(c["tokens"].astype(np.int64), lookahead_steps(cap, cfg, int(on.sum())),
+                  cap.block_size, cfg)  # fmt: skip
     state = StepState(
         binds=tuple(binds), free=cap.kv_blocks - int(blocks[on].sum()),
-        reserve=int((on & (c["pending"] == 0)).sum()) if cfg.admission_headroom else 0,
+        reserve=int(grow[on & (c["pending"] == 0)].sum()),
         smallest_wait=int(waiting_blocks.min()) if waiting_blocks.size else NO_WAITING,
         on_device=int(on.sum()), max_batch=cap.max_batch,
     )  # fmt: skip
@@ -242,7 +252,7 @@ def decide_fast(
     frame = Frame(
         ids=cols.ids, on=on, blocks=blocks.astype(np.int64), tokens=c["tokens"].astype(np.int64),
         pending=c["pending"].astype(np.int64), arrival=c["arrival"], due=due,
-        first_delay=first_delay, protected=protected, starve=starve,
+        first_delay=first_delay, protected=protected, starve=starve, grow=grow,
     )  # fmt: skip
     order = sub[order_sub].tolist()
     chosen = set(sub[chosen_sub].tolist())

@@ -5,6 +5,7 @@ from policy_snapshots import BLOCK, capacity, make_request
 
 from core.slack import SlackRecord
 from engine.policy import Capacity, ReqState, get_policy
+from engine.policy.andes import AndesPolicy, AndesReference
 
 NOW = 100.0
 
@@ -182,6 +183,27 @@ def test_refiner_frees_only_the_room_due_admissions_need() -> None:
     d = andes.schedule(NOW, [*running, due, *soon], capacity(kv_blocks=9))
     assert len(d.preempt) == 1 and "due" in d.run
     assert not {"soon0", "soon1"} & set(d.run)
+
+
+@pytest.mark.parametrize("policy", [AndesPolicy, AndesReference])
+def test_admission_headroom_is_the_growth_until_the_next_decision(policy) -> None:
+    """Ten running streams fill 30 of 33 blocks; a 2-block newcomer fits in the 3 free ones.
+    Mid-block (42 tokens: 7 steps to the next block) nobody opens a block before the policy's
+    next full decision, so it is admitted at once; at a block boundary (48 tokens) all ten open
+    one at their next token, so it waits (it is not due: nobody is parked for it)."""
+    def run(n: int):
+        running = [make_request(f"r{i}", NOW - 10 + i * 0.1, ReqState.RUNNING,
+                                delivered_at=[NOW - 9 + i * 0.1 + k * 0.2 for k in range(n)])
+                   for i in range(10)]  # fmt: skip
+        waiting = [make_request(f"w{i}", NOW - 0.1) for i in range(2)]
+        return policy(min_run_steps=0).schedule(NOW, [*running, *waiting],
+                                                capacity(kv_blocks=33))  # fmt: skip
+
+    mid_block = run(10)
+    assert mid_block.run[-1] == "w0" and len(mid_block.run) == 11 and not mid_block.preempt
+    at_boundary = run(16)
+    assert len(at_boundary.run) == 10 and not {"w0", "w1"} & set(at_boundary.run)
+    assert not at_boundary.preempt
 
 
 def test_starvation_floor_admits_a_starving_request_one_at_a_time() -> None:
