@@ -74,12 +74,22 @@ def batch_sizes(
     n_live: int, capacity: Capacity, config: AndesConfig, binds: Sequence[str]
 ) -> list[int]:
     """The batch sizes the knapsack tries: the largest possible, and, when the batch is too slow
-    for its readers (the latency trigger), a few fractions of it (§4.3's pruning) — a smaller
-    batch is only worth its lost throughput when it makes tokens come in time."""
+    for its readers (the latency trigger), a few fractions of it (§4.3's pruning) — those that
+    keep ``min_throughput_share`` of the largest batch's token rate by the latency model.
+
+    Why the floor: a smaller batch makes its tokens come sooner, and the horizon's valuation sees
+    that; the tokens it does not produce now must still be produced, later, by an engine that is
+    still loaded — the valuation does not see those (a held stream's reader loses nothing within
+    the horizon). Where the step latency hardly grows with the batch (a GPU below saturation) no
+    smaller batch passes, and none would make tokens come sooner either; where it grows nearly in
+    proportion (compute-bound), holding costs little throughput and the knapsack may use it."""
     b_max = min(capacity.max_batch, n_live)
     if "latency" not in binds:
         return [b_max]
-    return sorted({max(1, round(f * b_max)) for f in config.batch_fractions})
+    lat = capacity.token_latency_s
+    floor = config.min_throughput_share * b_max / lat(b_max)
+    sizes = {max(1, round(f * b_max)) for f in config.batch_fractions}
+    return sorted({b for b in sizes if b / lat(b) >= floor} | {b_max})
 
 
 @dataclass(slots=True)

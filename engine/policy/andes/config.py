@@ -15,6 +15,9 @@ class AndesConfig:
 
     horizon_s: float = 5.0  # look-ahead Δt over which Q_serve and Q_wait are compared
     batch_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)  # of the largest batch, to try
+    # A smaller batch is tried only if it keeps this share of the largest one's token rate
+    # (algorithm.py, batch_sizes: the work a smaller batch defers is invisible to the horizon).
+    min_throughput_share: float = 0.98
     slack_staleness_s: float = 1.0  # slack reports older than this are ignored
     # A paused reader is served until this much reading is buffered, then yields (guards.py).
     resume_cushion_s: float = 5.0
@@ -39,6 +42,7 @@ class AndesConfig:
         for name in ("min_run_s", "resume_cushion_s", "decide_every_s"):
             _number(name, getattr(self, name), low=0.0)
         _number("park_budget", self.park_budget, low=0.0, high=1.0)
+        _number("min_throughput_share", self.min_throughput_share, low=0.0, high=1.0)
         fr = self.batch_fractions
         if not (
             isinstance(fr, tuple)

@@ -288,3 +288,23 @@ def test_a_decision_is_reused_while_nothing_it_rests_on_changes() -> None:
     andes.schedule(NOW + 0.07, [relaxed, waiting], cap)
     andes.schedule(NOW + 0.2, [relaxed, waiting], cap)
     assert not andes.last.reused
+
+
+def test_a_smaller_batch_is_tried_only_where_it_keeps_the_token_rate() -> None:
+    from engine.policy.andes.algorithm import batch_sizes
+    from engine.policy.andes.config import AndesConfig
+
+    def cap(latency):  # type: ignore[no-untyped-def]
+        return Capacity(kv_blocks=10_000, block_size=BLOCK, max_batch=100, token_latency_s=latency)
+
+    cfg = AndesConfig()
+    # Compute-bound (latency in proportion to the batch): every fraction keeps the token rate.
+    assert batch_sizes(100, cap(lambda b: 0.002 * b), cfg, ("latency",)) == [25, 50, 75, 100]
+    # A fixed cost per step (GPU-like): a smaller batch would just make fewer tokens.
+    assert batch_sizes(100, cap(lambda b: 0.1 + 0.001 * b), cfg, ("latency",)) == [100]
+    # The floor is the operator's: 0 lets the knapsack weigh every fraction.
+    every = AndesConfig(min_throughput_share=0.0)
+    assert batch_sizes(100, cap(lambda b: 0.1 + 0.001 * b), every, ("latency",)) == [25, 50, 75,
+                                                                                      100]
+    # Without the latency trigger there is one size, the largest.
+    assert batch_sizes(100, cap(lambda b: 0.002 * b), cfg, ("kv",)) == [100]
