@@ -4,10 +4,11 @@ millisecond for hundreds of running and thousands of waiting requests.
 Three things make it fast, none of which changes a decision:
 
 * **Columns kept between steps.** Every request's :class:`~engine.policy.andes.guards.Row` lives
-  in numpy columns. Given a :class:`~engine.policy.snapshot.Snapshot`, only the rows the adapter
-  touched are re-read, and a step's deliveries (one token each, the common case) are applied to
-  the columns in one vectorised pass with the tracker's own arithmetic. Any other sequence of
-  views is re-read whole.
+  in numpy columns (the rows of one matrix, so a request leaving or coming is one operation,
+  not one per field). Given a :class:`~engine.policy.snapshot.Snapshot`, only the rows the
+  adapter touched are re-read, and a step's deliveries (one token each, the common case) are
+  applied to the columns in one vectorised pass with the tracker's own arithmetic. Any other
+  sequence of views is re-read whole.
 * **Arrays instead of loops** for the readers, the guards, the values and the packing.
 * **Fewer values.** Every on-device request is valued exactly; of the waiting ones only the
   ``K`` with the highest *upper bound* on value density (their gain with no first-token delay at
@@ -24,6 +25,7 @@ the few requests it concerns.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -48,6 +50,14 @@ from engine.policy.snapshot import Snapshot
 __all__ = ["Columns", "decide_fast"]
 
 _FIELDS = [f.name for f in fields(Row) if f.name != "req_id"]
+_VALUES = operator.attrgetter(*_FIELDS)  # a row's fields, in _FIELDS order
+
+
+def _matrix(rows: Sequence[Row]) -> np.ndarray:
+    """``rows`` as a (field, request) matrix."""
+    if not rows:
+        return np.empty((len(_FIELDS), 0))
+    return np.ascontiguousarray(np.array([_VALUES(r) for r in rows], dtype=float).T)
 _MIN_CANDIDATES = 64  # waiting requests valued exactly on a first try
 
 
@@ -57,7 +67,9 @@ class Columns:
     def __init__(self) -> None:
         self.ids: list[str] = []
         self.pos: dict[str, int] = {}
-        self.c: dict[str, np.ndarray] = {name: np.empty(0) for name in _FIELDS}
+        self.m = _matrix([])  # one row per field, one column per request
+        self.c: dict[str, np.ndarray] = {}  # the fields by name: views of ``m``'s rows
+        self._name_columns()
         self._source: Snapshot | None = None
         self._block_size = 0
 
@@ -93,33 +105,25 @@ class Columns:
     def _rebuild(self, rows: list[Row]) -> None:
         self.ids = [r.req_id for r in rows]
         self.pos = {r: i for i, r in enumerate(self.ids)}
-        self.c = {
-            name: np.array([getattr(r, name) for r in rows], dtype=float) for name in _FIELDS
-        }
+        self.m = _matrix(rows)
+        self._name_columns()
+
+    def _name_columns(self) -> None:
+        self.c = {name: self.m[k] for k, name in enumerate(_FIELDS)}
 
     def _apply(self, snap: Snapshot, changes, block_size: int) -> tuple[list[str], list[str]]:  # type: ignore[no-untyped-def]
-        removed = [r for r in changes.removed if r in self.pos]
+        pos = self.pos
+        removed = [r for r in changes.removed if r in pos]
         if removed:
-            keep = np.ones(len(self.ids), dtype=bool)
-            keep[[self.pos[r] for r in removed]] = False
-            self.ids = [r for r, k in zip(self.ids, keep.tolist(), strict=True) if k]
-            self.c = {name: col[keep] for name, col in self.c.items()}
-            self.pos = {r: i for i, r in enumerate(self.ids)}
+            self._remove(removed)
         added = [r for r in changes.added if r not in changes.removed and r in snap]
         if added:
-            rows = [row_of(snap.get(r), block_size) for r in added]  # type: ignore[arg-type]
-            start = len(self.ids)
-            self.ids.extend(added)
-            for k, r in enumerate(added):
-                self.pos[r] = start + k
-            for name in _FIELDS:
-                extra = np.array([getattr(row, name) for row in rows], dtype=float)
-                self.c[name] = np.concatenate([self.c[name], extra])
+            self._add(snap, added, block_size)
         fresh = set(added)
-        touched = {r for r in changes.touched if r in self.pos and r not in fresh}
+        touched = {r for r in changes.touched if r in pos and r not in fresh}
         once: dict[str, tuple[float, int]] = {}
         for req_id, now_s, count in changes.delivered:
-            if req_id in touched or req_id in fresh or req_id not in self.pos:
+            if req_id in touched or req_id in fresh or req_id not in pos:
                 continue
             if req_id in once or count != 1:
                 touched.add(req_id)
@@ -130,17 +134,42 @@ class Columns:
             self._deliver_one(once, block_size)
         came_on = []
         state = self.c["state"]
+        where, rows = [], []
         for req_id in touched:
             view = snap.get(req_id)
             if view is None:
                 continue
             row = row_of(view, block_size)
-            i = self.pos[req_id]
+            i = pos[req_id]
             if row.on_device and state[i] < 2:
                 came_on.append(req_id)
-            for name in _FIELDS:
-                self.c[name][i] = getattr(row, name)
+            where.append(i)
+            rows.append(row)
+        if rows:
+            self.m[:, where] = _matrix(rows)
         return removed, came_on
+
+    def _remove(self, removed: list[str]) -> None:
+        pos, ids = self.pos, self.ids
+        at = sorted(pos[r] for r in removed)
+        keep = np.ones(len(ids), dtype=bool)
+        keep[at] = False
+        self.m = self.m[:, keep]
+        for i in reversed(at):
+            del ids[i]
+        for r in removed:
+            del pos[r]
+        first = at[0]  # those after the first removed moved up
+        pos.update(zip(ids[first:], range(first, len(ids)), strict=True))
+        self._name_columns()
+
+    def _add(self, snap: Snapshot, added: list[str], block_size: int) -> None:
+        start = len(self.ids)
+        self.ids.extend(added)
+        self.pos.update(zip(added, range(start, start + len(added)), strict=True))
+        rows = [row_of(snap.get(r), block_size) for r in added]  # type: ignore[arg-type]
+        self.m = np.concatenate([self.m, _matrix(rows)], axis=1)
+        self._name_columns()
 
     def _deliver_one(self, once: dict[str, tuple[float, int]], block_size: int) -> None:
         """One token delivered to each of ``once`` (id -> (at, 1)): the tracker's recurrence
