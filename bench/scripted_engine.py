@@ -105,7 +105,8 @@ class ScriptedEngine:
 
     def __init__(self, script: ScriptSource | None = None, *,
                  models: tuple[str, ...] = ("test-model",), owned_by: str = "vllm",
-                 keep_records: bool = True, backlog: int = 128) -> None:
+                 keep_records: bool = True, backlog: int = 128,
+                 models_between_generations: bool = False) -> None:
         self.script: ScriptSource = script if script is not None else Script()
         self.queue: list[Script] = []
         self.models = models
@@ -114,6 +115,9 @@ class ScriptedEngine:
         self.url = ""
         self._keep_records = keep_records  # benchmarks turn it off: memory stays flat
         self._backlog = backlog
+        # As llama-cpp-python's server: GET /v1/models waits while any stream is generating.
+        self.models_between_generations = models_between_generations
+        self._generating = 0
         self._changed = asyncio.Event()  # set whenever a record changes
         self._runner: web.AppRunner | None = None
 
@@ -172,6 +176,9 @@ class ScriptedEngine:
     # -- handlers -------------------------------------------------------------------------------
 
     async def _models(self, _request: web.Request) -> web.Response:
+        while self.models_between_generations and self._generating:
+            self._changed.clear()
+            await self._changed.wait()
         return web.json_response({"object": "list", "data": [
             {"id": m, "object": "model", "created": 0, "owned_by": self.owned_by}
             for m in self.models]})  # fmt: skip
@@ -199,6 +206,7 @@ class ScriptedEngine:
                                      "param": None, "code": script.status}  # fmt: skip
             return web.json_response({"error": error}, status=script.status)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        self._generating += 1
         try:
             await resp.prepare(request)
             await _Stream(request, resp, script, record, self._changed).run()
@@ -206,6 +214,7 @@ class ScriptedEngine:
             record.cancelled = True
             raise
         finally:
+            self._generating -= 1
             self._changed.set()
         return resp
 

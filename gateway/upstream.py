@@ -153,10 +153,11 @@ class Upstream:
         if server.refreshing is None:
             server.refreshing = asyncio.ensure_future(self.refresh(server))
             server.refreshing.add_done_callback(server.refreshed)
-        if server.models and server.reachable:
+        if server.models and (server.reachable or server.busy_not_dead(time.monotonic())):
             # A stale list is good enough meanwhile: llama-cpp-python answers GET /v1/models
             # only between generations (it waits for its one slot), so waiting would hold every
-            # new request behind the stream being generated.
+            # new request behind the stream being generated — and a refresh that timed out
+            # while it kept generating says it is busy, not gone.
             return
         await asyncio.shield(server.refreshing)
 

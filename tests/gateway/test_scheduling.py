@@ -131,3 +131,28 @@ async def test_a_stream_whose_engine_request_ended_frees_its_slot(make_gateway, 
         await _events(second)
         second.release()
         first.close()
+
+
+async def test_a_busy_one_slot_engine_is_not_taken_for_a_dead_one(make_gateway, upstream,
+                                                                  monkeypatch) -> None:
+    """llama-cpp-python answers GET /v1/models only between generations: a model-list refresh
+    that times out while it streams must not turn the requests that follow into 502s."""
+    import gateway.upstream
+
+    gw = await make_gateway(upstream_connect_timeout_s=0.3, parking="off", admission=False)
+    upstream.models_between_generations = True
+    upstream.queue.append(Script(tokens=["a "] * 40, gap_s=0.1))  # the first: 4 s generating
+    upstream.script = Script(tokens=["b "] * 3)  # the others: short
+    async with aiohttp.ClientSession() as s:
+        first = await s.post(gw.url + "/v1/chat/completions", json=BODY)
+        assert first.status == 200
+        monkeypatch.setattr(gateway.upstream, "MODELS_TTL_S", 0.0)  # every request refreshes
+        statuses = []
+        for _ in range(3):  # the first starts a refresh that times out; the others follow it
+            async with s.post(gw.url + "/v1/chat/completions", json=BODY) as resp:
+                statuses.append(resp.status)
+                await _events(resp)
+            await asyncio.sleep(0.2)
+        await _events(first)
+        first.release()
+    assert statuses == [200, 200, 200]
