@@ -8,7 +8,8 @@ One command, resumable::
 For each engine — llama.cpp's server (llama-cpp-python, one slot) and stock vLLM (no Andes
 plug-in), both on the bundled SmolLM2-135M — it starts the engine once and measures its saturated
 service rate straight, on a burst of the workload's own requests from the development split,
-prompts and forced outputs included (llama.cpp: 4, served one at a time; vLLM: 32 at once). The
+prompts and forced outputs included (llama.cpp: 12 drawn at random, served one at a time;
+vLLM: 48 at once). The
 knee is put at half that rate, where first-come-first-served queueing starts to cost readers their
 first token (an estimate from the measured rate, not a measured QoE curve: ``--load-factors`` moves
 the grid). Loads run from the knee to 2× it (utilization 0.5 to 1). At each load the *same*
@@ -60,6 +61,7 @@ import dataclasses
 import json
 import math
 import os
+import random
 import re
 import signal
 import statistics
@@ -179,8 +181,9 @@ def saturation_rps(engine: Engine, settings: Settings) -> tuple[float, float]:
     faster than it serves the trace). A burst of requests from the development split (never the
     held-out one) sent at once; llama.cpp's server runs them one at a time, vLLM batches them."""
     dev = dataclasses.replace(settings, split="dev")
-    n = 4 if engine.kind == "llama_cpp" else 32
-    sample = dev.plan(1.0)[:n]
+    n = 12 if engine.kind == "llama_cpp" else 48
+    pool = dataclasses.replace(dev, duration_s=max(dev.duration_s, 120.0)).plan(1.0)
+    sample = random.Random(settings.seed).sample(pool, min(n, len(pool)))
     base = engine.base_urls[0] + "/v1/completions"
 
     def body(r: PlannedRequest) -> dict[str, Any]:
