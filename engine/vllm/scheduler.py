@@ -39,7 +39,8 @@ step reads the fresh reports of its requests by stream id. Reports older than
 
 Decision trace: with ``ANDES_DECISION_LOG`` set to a file path, every step the policy is asked
 about appends one JSON line (time, running / waiting / held counts, free KV blocks, what bound,
-the batch size chosen, the policy's parks and vLLM's own preemptions of that step) — to see, on
+the batch size chosen, the policy's parks, and every preemption of the step — the parks and
+any vLLM made itself under memory pressure) — to see, on
 a real load, which limit binds and what each decision cost. Off by default (no cost).
 
 If the policy raises, the error is logged and that step runs with vLLM's own decision — a policy
@@ -457,7 +458,8 @@ class AndesSchedulerMixin:
     def _write_trace(self, output: SchedulerOutput) -> None:
         trace, self._pending_trace = self._pending_trace, None
         assert trace is not None
-        trace["vllm_preempt"] = len(output.preempted_req_ids or ())
+        # Every preemption of the step: the policy's parks and any vLLM made itself.
+        trace["preempted"] = len(output.preempted_req_ids or ())
         trace["scheduled"] = len(output.num_scheduled_tokens)
         trace["tokens"] = output.total_num_scheduled_tokens
         self._decision_log.write(json.dumps(trace) + "\n")
