@@ -46,9 +46,15 @@ def vllm_engine_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ob
         max_num_seqs=ENGINE_MAX_NUM_SEQS,
         enforce_eager=True,
     )
-    log_path = Path(tmp_path_factory.mktemp("engine")) / "engine.log"
-    engine = EngineProcess(config, log_path=log_path)
-    engine.start()
+    log_dir = Path(tmp_path_factory.mktemp("engine"))
+    engine = EngineProcess(config, log_path=log_dir / "engine.log")
+    # The scheduler's decision trace (a JSON line per step), read by a test.
+    engine.decision_log = log_dir / "decisions.jsonl"  # type: ignore[attr-defined]
+    os.environ["ANDES_DECISION_LOG"] = str(engine.decision_log)  # type: ignore[attr-defined]
+    try:
+        engine.start()
+    finally:
+        del os.environ["ANDES_DECISION_LOG"]
     try:
         engine.wait_ready(timeout_s=600)
         yield engine

@@ -115,12 +115,20 @@ async def test_engine_serves_the_bundled_model_with_the_andes_scheduler(
     )
 
 
-async def test_concurrent_streams_under_contention_finish_intact(vllm_engine: str) -> None:
+def _trace(engine: Any) -> list[dict[str, Any]]:
+    path = engine.decision_log
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_concurrent_streams_under_contention_finish_intact(
+    vllm_engine: str, vllm_engine_process: Any
+) -> None:
     async with aiohttp.ClientSession() as session:
         solo = []
         for i, prompt in enumerate(PROMPTS):
             solo.append(await _stream(session, vllm_engine, prompt, MAX_TOKENS, f"alone-{i}"))
         before = await _metrics(session, vllm_engine)
+        traced = len(_trace(vllm_engine_process))
         together = await asyncio.gather(
             *(
                 _stream(session, vllm_engine, p, MAX_TOKENS, f"together-{i}")
@@ -131,6 +139,11 @@ async def test_concurrent_streams_under_contention_finish_intact(vllm_engine: st
     preemptions = after["vllm:num_preemptions_total"] - before["vllm:num_preemptions_total"]
     print(f"\n{len(PROMPTS)} concurrent streams: {preemptions:.0f} preemptions")
     assert preemptions > 0, "the test engine is sized so these streams must contend for KV"
+    # ANDES_DECISION_LOG: a line per step the policy was asked about (fcfs: every step), and
+    # the preemptions it records are the ones vLLM counted.
+    steps = _trace(vllm_engine_process)[traced:]
+    assert steps and {"running", "waiting", "free_blocks", "preempted", "tokens"} <= set(steps[0])
+    assert sum(s["preempted"] for s in steps) == preemptions
     for (solo_text, solo_tokens, _), (text, tokens, _) in zip(solo, together, strict=True):
         assert solo_tokens == tokens == MAX_TOKENS
         assert text == solo_text  # greedy: a preempted and resumed stream continues exactly
