@@ -478,7 +478,12 @@ def seam_stress(kind: str, settings: Settings, n: int, runs_dir: Path, progress:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--engines", default="llama_cpp,stock_vllm")
-    p.add_argument("--load-factors", default="1,1.5,2", help="loads as multiples of the knee")
+    p.add_argument("--load-factors", default="1,1.5,2",
+                   help="loads as multiples of the knee: '1,1.5,2' for every engine, or per engine"
+                        " as 'llama_cpp=1,1.5,2;stock_vllm=1,2,4'")
+    p.add_argument("--knee", default="",
+                   help="knees given instead of measured, req/s: 'llama_cpp=0.07,stock_vllm=0.19'"
+                        " (a run resumed after the measurement)")
     p.add_argument("--duration", type=float, default=180.0, help="seconds of arrivals per load")
     p.add_argument("--tds-scale", type=float, default=1.0)
     p.add_argument("--max-prompt-tokens", type=int, default=384)
@@ -488,14 +493,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the paper's trace (the copy in the package)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-replicas", action="store_true", help="skip the two-replica part")
-    p.add_argument("--seam-requests", type=int, default=150,
-                   help="requests per engine in the seam stress (0: skip it)")
+    p.add_argument("--seam-requests", default="150",
+                   help="requests per engine in the seam stress: N, or per engine as"
+                        " 'llama_cpp=80;stock_vllm=300' (0: skip it)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: dev split, load 1.5× the knee, 20 s, outputs ≤ 48 tokens")
     p.add_argument("--fresh", action="store_true")
     p.add_argument("--no-record", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
+
+
+def _per_engine(text: str, engines: Sequence[str], sep: str) -> dict[str, list[float]]:
+    """'1,2' (every engine) or 'kind=1,2;kind=3' (``sep`` between engines) → numbers per engine."""
+    if "=" not in text:
+        values = [float(x) for x in text.split(",") if x.strip()]
+        return {kind: list(values) for kind in engines}
+    out: dict[str, list[float]] = {}
+    for part in filter(None, (p.strip() for p in text.split(sep))):
+        kind, _, values = part.partition("=")
+        if kind.strip() not in engines:
+            raise ValueError(f"{kind.strip()!r} is not one of the engines run"
+                             f" ({', '.join(engines)})")
+        out[kind.strip()] = [float(x) for x in values.split(",") if x.strip()]
+    missing = [e for e in engines if e not in out]
+    if missing and sep == ";":
+        raise ValueError(f"no load factors for {', '.join(missing)}")
+    return out
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -505,13 +529,20 @@ def _interrupt(signum: int, frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    factors = [float(x) for x in args.load_factors.split(",")]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    try:
+        factors_of = _per_engine(args.load_factors, engines, ";")
+        knees = {k: v[0] for k, v in _per_engine(args.knee, engines, ",").items()} \
+            if args.knee else {}
+        seam_n = {k: int(v[0]) for k, v in _per_engine(args.seam_requests, engines, ";").items()}
+    except ValueError as exc:
+        build_parser().error(str(exc))
     runs_dir = RESULTS
     if args.quick:
-        factors, runs_dir = [1.5], RESULTS / "quick"
+        factors_of, runs_dir = {kind: [1.5] for kind in engines}, RESULTS / "quick"
         args.duration, args.split = min(args.duration, 20.0), "dev"
         args.max_output_tokens = min(args.max_output_tokens, 48)
-        args.seam_requests = min(args.seam_requests, 20)
+        args.seam_requests = "20"
     if args.fresh and runs_dir.exists():
         for path in runs_dir.glob("*.json"):
             path.unlink()
@@ -520,14 +551,19 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     notes: list[str] = []
     try:
-        for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
+        for kind in engines:
+            factors = factors_of[kind]
             # --quick: vLLM eager (no compilation: a start in under a minute, slower steps).
             with start_engine(kind, 1, runs_dir / "logs" / kind, eager=args.quick) as engine:
-                sat, x = saturation_rps(engine, settings)
-                knee = 0.5 * sat
-                notes.append(f"{kind}: saturated straight from the engine at {sat:.3g} req/s"
-                             f" ({x:.0f} output tok/s) on development-split requests →"
-                             f" knee (half) {knee:.3g} req/s")
+                if kind in knees:
+                    knee = knees[kind]
+                    notes.append(f"{kind}: knee {knee:.4g} req/s (given: --knee)")
+                else:
+                    sat, x = saturation_rps(engine, settings)
+                    knee = knees[kind] = 0.5 * sat
+                    notes.append(f"{kind}: saturated straight from the engine at {sat:.3g} req/s"
+                                 f" ({x:.0f} output tok/s) on development-split requests →"
+                                 f" knee (half) {knee:.4g} req/s")
                 print(notes[-1], flush=True)
                 for f in factors:
                     runs: dict[str, BenchRun] = {}
@@ -537,11 +573,11 @@ def main(argv: list[str] | None = None) -> int:
                         rows.append(summarize(kind, name, f"{f:g}× knee", runs[name],
                                               runs.get("pacing") if name != "pacing" else None))
                         print(table([rows[-1]]).splitlines()[-1], flush=True)
-        if not args.no_replicas and "llama_cpp" in args.engines:
+        if not args.no_replicas and "llama_cpp" in engines:
             with start_engine("llama_cpp", 2, runs_dir / "logs" / "replicas") as engine:
-                sat, _ = saturation_rps(engine, settings)
                 # Both replicas at the utilization of the heaviest single-engine load.
-                rate = 2 * 0.5 * sat * factors[-1]
+                factors = factors_of["llama_cpp"]
+                rate = 2 * knees["llama_cpp"] * factors[-1]
                 runs = {}
                 for name, cargs in REPLICA_CONFIGS.items():
                     runs[name] = measure(engine, f"replicas-{name}", cargs, rate, settings,
@@ -550,9 +586,9 @@ def main(argv: list[str] | None = None) -> int:
                                           runs[name], runs.get("least_busy")
                                           if name != "least_busy" else None))
                     print(table([rows[-1]]).splitlines()[-1], flush=True)
-        if args.seam_requests:
-            for kind in [e.strip() for e in args.engines.split(",") if e.strip()]:
-                rows += seam_stress(kind, settings, args.seam_requests, runs_dir, args.progress,
+        for kind in engines:
+            if seam_n.get(kind):
+                rows += seam_stress(kind, settings, seam_n[kind], runs_dir, args.progress,
                                     eager=args.quick)
     except KeyboardInterrupt:
         print("interrupted: finished loads are saved; rerun the same command to resume",
