@@ -140,8 +140,14 @@ class Engine:
     extra_fields: tuple[tuple[str, Any], ...]
 
 
+REPORT_ONLY = False  # --report-only: saved runs only, no engine started
+
+
 @contextlib.contextmanager
 def start_engine(kind: str, replicas: int, log_dir: Path, eager: bool = False) -> Iterator[Engine]:
+    if REPORT_ONLY:
+        yield Engine(kind, [], "", kind != "llama_cpp", ())
+        return
     log_dir.mkdir(parents=True, exist_ok=True)
     if kind == "llama_cpp":
         from engine.llamacpp.launch import LlamaCppConfig, LlamaCppProcess
@@ -276,6 +282,8 @@ def measure(engine: Engine, name: str, args: Sequence[str], rate: float, setting
     if reused is not None:
         print(f"[{name} @ {rate:.3g}/s] reusing {path.name}", flush=True)
         return reused
+    if REPORT_ONLY:
+        raise SystemExit(f"--report-only: no saved run {path.name} with these settings")
     plan = settings.plan(rate)
     with gateway(engine.base_urls, args, runs_dir / f"{name}_rate{rate:.4g}.gateway.log") as url:
         endpoint = EndpointConfig(url, model=engine.model, vllm_extras=engine.vllm_extras,
@@ -361,9 +369,12 @@ def _pct(values: Sequence[float], q: float) -> float:
 
 
 def _short(r: RequestRecord) -> bool:
-    """A parked stream that did not get exactly its forced length (a token lost or repeated)."""
+    """A parked stream whose usage is not exactly its forced length (a segment cut short or run
+    long). The usage, not the gateway's delivered count: that counts text deltas, and vLLM sends
+    an empty delta for a token that ends inside a character (an unparked stream shows it too)."""
     g = r.gateway or {}
-    return bool(g.get("parks")) and r.error is None and g.get("tokens") != r.max_tokens
+    return (bool(g.get("parks")) and r.error is None
+            and r.usage_completion_tokens != r.max_tokens)
 
 
 def text_diffs(run: BenchRun, unparked: BenchRun | None) -> tuple[int, int, str]:
@@ -499,9 +510,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: dev split, load 1.5× the knee, 20 s, outputs ≤ 48 tokens")
     p.add_argument("--fresh", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="report the saved runs of these settings (give --knee); start nothing")
     p.add_argument("--no-record", action="store_true")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
+
+
+def report(rows: Sequence[Row], notes: Sequence[str], settings: Settings, quick: bool) -> str:
+    lines = (targets(rows, "pacing", "sched") + targets(rows, "least_busy", "qoe")
+             + seam_lines(rows))
+    return "\n".join([
+        "## Gateway scheduling in front of engines Andes does not control"
+        + (" — QUICK SMOKE RUN, not a result" if quick else ""), "",
+        f"Command: `{command_line()}`  ", f"Machine: {machine_line()}", "",
+        f"Workload: the paper's trace, {settings.split} split"
+        f" ({'held out' if settings.split == 'test' else 'development'}), Poisson arrivals"
+        f" (seed {settings.seed}), {settings.duration_s:g} s per load, prompts ≤"
+        f" {settings.max_prompt_tokens} estimated tokens, outputs forced to min(trace,"
+        f" {settings.max_output_tokens}) tokens, reader pace × {settings.tds_scale:g}."
+        " QoE, TTFT and tokens as the gateway measured them at delivery.", "",
+        *[f"- {n}" for n in notes], "", table(rows), "", *lines])
+
+
+def _options(args: argparse.Namespace, engines: Sequence[str]) -> tuple[
+        dict[str, list[float]], dict[str, float], dict[str, int]]:  # fmt: skip
+    """Load factors, given knees and seam-stress sizes, per engine (a one-line error if bad)."""
+    try:
+        factors = _per_engine(args.load_factors, engines, ";")
+        knees = ({k: v[0] for k, v in _per_engine(args.knee, engines, ",").items()}
+                 if args.knee else {})  # fmt: skip
+        seams = {k: int(v[0]) for k, v in _per_engine(args.seam_requests, engines, ";").items()}
+    except ValueError as exc:
+        build_parser().error(str(exc))
+    return factors, knees, seams
 
 
 def _per_engine(text: str, engines: Sequence[str], sep: str) -> dict[str, list[float]]:
@@ -527,22 +569,20 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global REPORT_ONLY
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
+    REPORT_ONLY = args.report_only
+    if REPORT_ONLY and not args.knee:
+        build_parser().error("--report-only needs --knee (the knees the runs were made at)")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    try:
-        factors_of = _per_engine(args.load_factors, engines, ";")
-        knees = {k: v[0] for k, v in _per_engine(args.knee, engines, ",").items()} \
-            if args.knee else {}
-        seam_n = {k: int(v[0]) for k, v in _per_engine(args.seam_requests, engines, ";").items()}
-    except ValueError as exc:
-        build_parser().error(str(exc))
     runs_dir = RESULTS
     if args.quick:
-        factors_of, runs_dir = {kind: [1.5] for kind in engines}, RESULTS / "quick"
+        args.load_factors, runs_dir = "1.5", RESULTS / "quick"
         args.duration, args.split = min(args.duration, 20.0), "dev"
         args.max_output_tokens = min(args.max_output_tokens, 48)
         args.seam_requests = "20"
+    factors_of, knees, seam_n = _options(args, engines)
     if args.fresh and runs_dir.exists():
         for path in runs_dir.glob("*.json"):
             path.unlink()
@@ -594,19 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished loads are saved; rerun the same command to resume",
               file=sys.stderr)
         return 130
-    lines = (targets(rows, "pacing", "sched") + targets(rows, "least_busy", "qoe")
-             + seam_lines(rows))
-    text = "\n".join([
-        "## Gateway scheduling in front of engines Andes does not control"
-        + (" — QUICK SMOKE RUN, not a result" if args.quick else ""), "",
-        f"Command: `{command_line()}`  ", f"Machine: {machine_line()}", "",
-        f"Workload: the paper's trace, {settings.split} split"
-        f" ({'held out' if settings.split == 'test' else 'development'}), Poisson arrivals"
-        f" (seed {settings.seed}), {settings.duration_s:g} s per load, prompts ≤"
-        f" {settings.max_prompt_tokens} estimated tokens, outputs forced to min(trace,"
-        f" {settings.max_output_tokens}) tokens, reader pace × {settings.tds_scale:g}."
-        " QoE, TTFT and tokens as the gateway measured them at delivery.", "",
-        *[f"- {n}" for n in notes], "", table(rows), "", *lines])
+    text = report(rows, notes, settings, args.quick)
     print(text)
     if not args.no_record:
         record(SECTION, text)

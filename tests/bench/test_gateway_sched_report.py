@@ -1,0 +1,34 @@
+"""benchmarks/gateway_sched.py's own rules: options per engine, and what counts as a seam defect."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.result import RequestRecord
+from benchmarks.gateway_sched import _per_engine, _short
+from core.qoe import QoESpec
+
+
+def test_options_for_every_engine_or_per_engine() -> None:
+    engines = ["llama_cpp", "stock_vllm"]
+    assert _per_engine("1,2", engines, ";") == {"llama_cpp": [1.0, 2.0], "stock_vllm": [1.0, 2.0]}
+    assert _per_engine("llama_cpp=1;stock_vllm=2,4", engines, ";") == {
+        "llama_cpp": [1.0], "stock_vllm": [2.0, 4.0]}
+    with pytest.raises(ValueError, match="not one of the engines"):
+        _per_engine("sglang=1", engines, ";")
+    with pytest.raises(ValueError, match="no load factors for stock_vllm"):
+        _per_engine("llama_cpp=1", engines, ";")
+
+
+def _record(parks: int, delivered: int, usage: int | None) -> RequestRecord:
+    return RequestRecord("r", 0.0, QoESpec(1.0, 5.0), 10, 64, usage_completion_tokens=usage,
+                         end_s=1.0, gateway={"parks": parks, "tokens": delivered})
+
+
+def test_a_seam_defect_is_a_parked_stream_whose_usage_is_not_its_forced_length() -> None:
+    # vLLM sends an empty delta for a token that ends inside a character: fewer deltas than
+    # tokens, with or without a park — not a defect.
+    assert not _short(_record(parks=2, delivered=62, usage=64))
+    assert _short(_record(parks=2, delivered=63, usage=63))  # a token lost at a seam
+    assert _short(_record(parks=1, delivered=65, usage=65))  # or repeated
+    assert not _short(_record(parks=0, delivered=63, usage=63))  # never parked: not a seam's
