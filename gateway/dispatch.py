@@ -263,7 +263,10 @@ class Dispatcher:
     def _park(self, ticket: Ticket, now: float) -> None:
         stream = self._stream(ticket)
         replica = stream.replica
-        ok = stream.seam_ok and replica is not None and replica.continuation is not None
+        # A stream whose engine already sent its finish (the rest of its response in flight)
+        # has nothing left to continue: a continuation would generate past its end.
+        ok = (stream.seam_ok and stream.finish_reason is None and replica is not None
+              and replica.continuation is not None)
         if ok and replica.continuation == "token_ids":
             ok = stream.progress.prompt_token_ids is not None
         if not ok:
@@ -279,31 +282,54 @@ class Dispatcher:
         task.add_done_callback(self._resuming.discard)
 
     async def _resume(self, ticket: Ticket, index: int) -> None:
+        """Open ``ticket``'s continuation on upstream ``index`` (the plan already counts it as
+        running there). Whatever happens, the stream either runs again or ends: a parked stream
+        nobody resumes would leave its reader waiting for ever, and its ticket holding a slot."""
         stream = self._stream(ticket)
-        endpoint, body = self._requests[stream.id]
-        replica = self.upstream.replicas[index]
         try:
-            kind = replica.continuation
-            if kind is None:
-                raise UpstreamUnavailable("the upstream lost its exact continuation")
-            cont = continuation_body(endpoint, body, stream.progress, kind,
-                                     replica.max_model_len(ticket.model))
-            if cont["max_tokens"] <= 0:  # parked after its last token, before the finish
-                stream.end_parked("length")
-                return
-            up = await self.upstream.open("completions", cont, stream_id=stream.id,
-                                          qoe=stream.spec, server=replica, resumed=True)
-            up.on_first_token = self.hooks.resume_cost
-        except GatewayError as exc:
-            stream.abort(exc)
-            return
+            if not await self._open_continuation(ticket, stream, index):
+                self._release(ticket)
         except asyncio.CancelledError:
             raise
+        except GatewayError as exc:
+            self._release(ticket)
+            stream.abort(exc)
+        except Exception as exc:  # a gateway bug: end this stream, keep the others going
+            log.exception("resuming stream %s failed", stream.id)
+            self._release(ticket)
+            stream.abort(GatewayError(f"internal error while resuming the stream: {exc!r}"))
+
+    def _release(self, ticket: Ticket) -> None:
+        self.scheduler.release(ticket)
+        self._wake.set()
+
+    async def _open_continuation(self, ticket: Ticket, stream: Stream, index: int) -> bool:
+        """Resume ``stream``: True when it runs again, False when it ended instead."""
+        request = self._requests.get(stream.id)
+        if request is None or stream.result is not None:  # it ended meanwhile
+            return False
+        if stream.finish_reason is not None:  # its finish came before the park took effect
+            stream.end_parked(stream.finish_reason)
+            return False
+        endpoint, body = request
+        replica = self.upstream.replicas[index]
+        kind = replica.continuation
+        if kind is None:
+            raise UpstreamUnavailable("the upstream lost its exact continuation")
+        cont = continuation_body(endpoint, body, stream.progress, kind,
+                                 replica.max_model_len(ticket.model))
+        if cont["max_tokens"] <= 0:  # parked after its last token, before the finish
+            stream.end_parked("length")
+            return False
+        up = await self.upstream.open("completions", cont, stream_id=stream.id,
+                                      qoe=stream.spec, server=replica, resumed=True)
+        up.on_first_token = self.hooks.resume_cost
         if stream.result is not None:  # it ended while the continuation was being opened
             up.close()
-            return
+            return False
         stream.attach(up, cont["prompt"] if kind == "token_ids" else None)
         self.hooks.resumed()
+        return True
 
     # -- health ---------------------------------------------------------------------------------
 

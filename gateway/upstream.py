@@ -222,7 +222,10 @@ class Upstream:
                     "latency_ms": round((time.monotonic() - t0) * 1000, 1),
                     "models": [m["id"] for m in server.models], "active": server.active,
                     "continuation": server.continuation, "probe": server.probe_note,
-                    "token_latency_s": {"a": round(a, 5), "b": round(b, 5)}}
+                    "failures": server.failures,
+                    "token_latency_s": {"a": round(a, 5), "b": round(b, 5)},
+                    "token_rate_tok_s": {str(k): round(r, 2)
+                                         for k, r in server.capacity.rates().items()}}
         return list(await asyncio.gather(*(probe(s) for s in self.replicas)))
 
     # -- token counts ---------------------------------------------------------------------------
@@ -382,7 +385,8 @@ class UpstreamStream:
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     if self._failure is not None:
                         raise UpstreamUnavailable(self._failure) from None
-                    self.server.failed()
+                    if not self._closed:  # our own close (a park, a cancel) is no engine fault
+                        self.server.failed()
                     raise UpstreamError(
                         f"the engine's stream broke: {type(exc).__name__}") from None
                 if not chunk:

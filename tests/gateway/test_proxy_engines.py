@@ -288,6 +288,10 @@ async def test_park_and_resume_is_seamless(engine: Engine, make_gateway: Any,
     assert _metric_sum(metrics, "andes_gateway_resumes_total") >= 1
     assert _text(events) == reference, "the parked stream reads exactly as the unparked one"
     assert _text(other)
+    # A park closes the engine's stream itself: that is no engine failure (counted as one, a few
+    # parks in a row took a healthy upstream out of routing and stranded its parked streams).
+    (up,) = await _wait_probed(url)
+    assert up["healthy"] and up["failures"] == 0, up
 
 
 async def test_client_disconnect_cancels_the_engine_request(engine: Engine,

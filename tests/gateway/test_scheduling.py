@@ -10,6 +10,11 @@ from typing import Any
 import aiohttp
 
 from bench.scripted_engine import Script
+from core.qoe import QoESpec
+from gateway.config import GatewayConfig
+from gateway.errors import UpstreamError
+from gateway.replica import HEALTH_FAILURES
+from gateway.upstream import Upstream
 
 BODY = {"model": "test-model", "messages": [{"role": "user", "content": "hi there"}],
         "stream": True, "stream_options": {"include_usage": True}}
@@ -156,3 +161,31 @@ async def test_a_busy_one_slot_engine_is_not_taken_for_a_dead_one(make_gateway, 
         await _events(first)
         first.release()
     assert statuses == [200, 200, 200]
+
+
+async def test_closing_a_stream_ourselves_is_no_engine_failure(upstream) -> None:
+    # A park (or a client leaving) closes the engine's stream while it is being read; counted as
+    # engine failures, a few in a row took a healthy upstream out of routing, stranding the
+    # streams parked on it.
+    upstream.script = Script(tokens=["a "] * 200, gap_s=0.02)
+    up = Upstream(GatewayConfig(upstreams=(upstream.url,)))
+    await up.start()
+    try:
+        replica = up.replicas[0]
+        for i in range(HEALTH_FAILURES + 1):
+            stream = await up.open("chat", dict(BODY, model="test-model"), stream_id=f"s{i}",
+                                   qoe=QoESpec(1.0, 5.0), server=replica)
+            events = stream.events()
+            await anext(events)
+            reading = asyncio.ensure_future(anext(events))
+            await asyncio.sleep(0)
+            stream.close()
+            try:
+                while True:
+                    await asyncio.wait_for(reading, 5)
+                    reading = asyncio.ensure_future(anext(events))
+            except (UpstreamError, StopAsyncIteration):
+                pass
+        assert replica.failures == 0 and replica.healthy
+    finally:
+        await up.close()
