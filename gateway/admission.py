@@ -6,9 +6,15 @@ Each stream is a :class:`Ticket` in one of three states: ``queued`` (never sent 
 reader living off the buffer, resumable by a continuation — :mod:`gateway.continuation`).
 
 **Admission.** A new request goes straight upstream when it pushes nobody below their reader's
-pace: on some upstream ``L(k+1)`` (the learned per-stream token latency with one more in flight,
-:mod:`gateway.capacity`) is at most ``1/pace`` of every stream there. This fast path costs no
-prediction, so an unloaded gateway adds nothing. Otherwise it waits in the gateway's queue.
+pace — on some upstream ``L(k+1)`` (the learned per-stream token latency with one more in flight,
+:mod:`gateway.capacity`) is at most ``1/pace`` of every stream there — or when that upstream's
+token rate is not yet saturated (:meth:`CapacityModel.saturated`: more in flight would still
+raise its throughput by more than ``1 − min_throughput_share``). This fast path costs no
+prediction, so an unloaded gateway adds nothing. Otherwise it waits in the gateway's queue. The
+second rule is the engine policy's throughput floor at the gateway's granularity: holding a
+stream is worth it only where the engine would not have served more tokens with it — on a
+batching engine, once its own batch or KV limit binds and the rest would wait in its queue
+anyway, which then becomes the gateway's QoE-ordered queue instead of the engine's FCFS one.
 
 **Planning** (:meth:`Scheduler.plan`, every tick while anything waits). The paper's valuation
 (§4.2) at the gateway's granularity: a stream's value on upstream ``u`` is
@@ -27,7 +33,8 @@ starve one already late — and each goes where its *marginal* value is highest:
   reader) and run the candidate in its place; the parked stream's loss over the horizon is
   subtracted. On a one-slot engine this is time slicing; on a batching one it frees KV cache.
 
-An idle upstream takes any candidate (work-conserving). Queued tickets past ``queue_timeout_s``
+An idle upstream, or one whose token rate is not saturated, takes any candidate
+(work-conserving; the best-valued candidate first). Queued tickets past ``queue_timeout_s``
 are returned as expired; the queue holds at most ``queue_max`` (:meth:`Scheduler.add` refuses
 beyond).
 
@@ -136,6 +143,10 @@ class SchedulerConfig:
     # A ticket queued this long goes before any valued one (oldest first): the valuation favours
     # requests it can still make whole, which on its own could starve an already-late one.
     starvation_s: float = 10.0
+    # Hold a stream only where the upstream already gives this share of the best token rate
+    # measured on it (the engine policy's ``min_throughput_share``): QoE is not bought with
+    # throughput.
+    min_throughput_share: float = 0.98
 
 
 @dataclass(slots=True)
@@ -244,7 +255,8 @@ class Scheduler:
             u = self.upstreams[i]
             pace = max(ticket.reader.pace_tok_s, u.max_pace())
             if (not u.controlled and u.in_flight
-                    and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace):
+                    and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace
+                    and self._saturated(u)):
                 continue
             key = (self._ttft_s(u, u.in_flight), u.in_flight, i)
             if best is None or key < best:
@@ -265,6 +277,10 @@ class Scheduler:
         ups = self.upstreams
         return min(eligible,
                    key=lambda i: (self._ttft_s(ups[i], ups[i].in_flight), ups[i].in_flight))
+
+    def _saturated(self, u: UpstreamView) -> bool:
+        """More in flight on ``u`` would not raise its token rate (holding costs no throughput)."""
+        return u.capacity.saturated(u.in_flight, self.config.min_throughput_share)
 
     # -- valuation ------------------------------------------------------------------------------
 
@@ -390,11 +406,19 @@ class Scheduler:
         """Where ``t`` adds the most QoE: (upstream, ticket to park there or None), or None."""
         best: tuple[float, int, Ticket | None] | None = None
         limit = self.config.max_in_flight
-        for i in self._where(t):
+        where = self._where(t)
+        # An idle or unsaturated upstream (or one that schedules itself) takes any work, the
+        # lowest TTFT first.
+        ups = self.upstreams
+        open_ = [(self._ttft_s(ups[i], ups[i].in_flight), i) for i in where
+                 if ups[i].in_flight == 0
+                 or ((limit <= 0 or ups[i].in_flight < limit)
+                     and (ups[i].controlled or not self._saturated(ups[i])))]  # fmt: skip
+        if open_:
+            return min(open_)[1], None
+        for i in where:
             u = self.upstreams[i]
             k = u.in_flight
-            if k == 0:
-                return i, None  # an idle upstream takes any work
             options: list[tuple[float, Ticket | None]] = []
             if limit <= 0 or k < limit:
                 gain = self._candidate_gain(t, u, k, u.capacity.token_latency_s(k + 1), now_s)

@@ -20,6 +20,15 @@ Until the data pin ``b`` down (every window at one concurrency), ``b`` is assume
 stream and measures what it costs (the only way to learn a curve online); a k never observed
 takes the TTFT of the highest k below it that was, scaled by ``(k + 1)`` (pessimistic there:
 routing must not prefer a busy replica's guess to an idle one's measurement).
+
+It also keeps the **token rate at each concurrency** as measured (tokens over time, per rounded
+``k̄``, decayed like the line), because one line cannot tell where an engine's throughput stops
+growing: a continuous-batching engine's rate rises with ``k`` up to its batch or KV limit and is
+flat beyond (the rest wait in its own queue), a one-slot server's is flat from ``k = 1``.
+:meth:`saturated` answers whether more in flight would still raise the rate — the gateway holds
+a stream only where it would not, so holding never costs token throughput. Unmeasured
+concurrencies are explored by doubling the highest one measured: holding is believed only once
+a higher concurrency has been seen to give no more.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ class CapacityConfig:
     ttft_alpha: float = 0.3  # EWMA weight of a new time-to-first-token sample
     default_latency_s: float = 0.05  # per-token latency before any measurement
     default_ttft_s: float = 0.2  # time to first token before any measurement
+    min_rate_time_s: float = 1.0  # a concurrency's token rate counts once measured this long
 
 
 class CapacityModel:
@@ -57,6 +67,8 @@ class CapacityModel:
         self._updated_s = now_s
         self._ttft: dict[int, float] = {}
         self._resume_ttft_s: float | None = None
+        # Token rate by rounded concurrency: decayed (tokens, seconds, last update).
+        self._rate: dict[int, list[float]] = {}
         self.samples = 0
 
     # -- inputs ---------------------------------------------------------------------------------
@@ -95,6 +107,7 @@ class CapacityModel:
             latency = (k_mean * span / self._tokens if self._tokens
                        else cfg.max_latency_s)  # fmt: skip
             self._add(k_mean, min(latency, cfg.max_latency_s), now_s)
+            self._add_rate(round(k_mean), self._tokens, span, now_s)
         self._window_start_s = now_s
         self._k_area = 0.0
         self._tokens = 0
@@ -108,6 +121,13 @@ class CapacityModel:
         self._wl = self._wl * decay + latency_s
         self._wkl = self._wkl * decay + k * latency_s
         self.samples += 1
+
+    def _add_rate(self, k: int, tokens: int, span_s: float, now_s: float) -> None:
+        entry = self._rate.setdefault(k, [0.0, 0.0, now_s])
+        decay = 0.5 ** ((now_s - entry[2]) / self.config.half_life_s)
+        entry[0] = entry[0] * decay + tokens
+        entry[1] = entry[1] * decay + span_s
+        entry[2] = now_s
 
     # -- estimates ------------------------------------------------------------------------------
 
@@ -162,6 +182,27 @@ class CapacityModel:
         if self._resume_ttft_s is not None:
             return max(self._resume_ttft_s, self.ttft_s(k_before))
         return self.ttft_s(k_before)
+
+    def rates(self) -> dict[int, float]:
+        """Measured token rate (all streams, tokens/s) by concurrency."""
+        least = self.config.min_rate_time_s
+        return {k: tok / t for k, (tok, t, _) in sorted(self._rate.items()) if t >= least}
+
+    def saturated(self, k: int, share: float) -> bool:
+        """Whether ``k`` in flight already get ``share`` of the best token rate measured here,
+        with a higher concurrency seen to give no more — one more stream would add (almost)
+        nothing to the engine's throughput. False while that is not known: below a concurrency
+        at which the rate was seen to flatten, or up to twice the highest one measured (so the
+        curve is explored, not guessed)."""
+        rates = self.rates()
+        if not rates:
+            return False
+        best = max(rates.values())
+        top = max(rates)
+        for j, rate in rates.items():  # ascending
+            if j < top and rate >= share * best:
+                return k >= j  # flat from j on: the first concurrency near the best rate
+        return k >= 2 * top
 
     def capacity(self, tds_tok_s: float) -> int:
         """The most requests in flight at which each still gets ``tds_tok_s`` tokens/s."""

@@ -151,3 +151,32 @@ def test_an_untimed_idle_replica_is_not_worse_than_a_busy_timed_one() -> None:
     s = Scheduler(SchedulerConfig(), [busy, idle])
     assert s.add(_ticket("x", 0.0), 0.0) == 1
     assert Scheduler(SchedulerConfig(), [busy, idle]).route(_ticket("y", 0.0)) == 1
+
+
+def test_a_batching_engine_below_its_throughput_plateau_is_not_held_back() -> None:
+    # Every stream is already below its reader's pace (an overloaded engine) — but the engine's
+    # token rate still grows with concurrency, so holding a newcomer would cost throughput.
+    m = CapacityModel(CapacityConfig(window_s=1.0), now_s=0.0)
+    t = 0.0
+    for k in (4, 8, 4, 8):
+        m.in_flight(k, t)
+        n = round(k / 0.5)  # half a second per token per stream, whatever k: rate ∝ k
+        for i in range(n):
+            m.tokens(1, t + (i + 1) / n * 0.999)
+        t += 1.0
+    m.first_token(0.05, 0)
+    up = UpstreamView(m, in_flight=8)
+    s = Scheduler(SchedulerConfig(), [up])
+    assert not m.saturated(8, 0.98)
+    assert s.add(_ticket("a", t), t) == 0  # straight in, though L(9) > 1/pace
+    up.in_flight = 16
+    assert m.saturated(16, 0.98)  # twice the highest concurrency measured: explore no further
+    b = _ticket("b", t)
+    assert s.add(b, t) is None and b in s.queue
+    # Once 16 in flight is measured at the same per-stream latency (rate still rising), the
+    # plan lets the queued one in.
+    m.in_flight(16, t)
+    for i in range(32):
+        m.tokens(1, t + (i + 1) / 32 * 0.999)
+    m.tokens(0, t + 1.0)
+    assert s.plan(t + 1.0).admit == [(b, 0)]

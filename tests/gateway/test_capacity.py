@@ -57,3 +57,27 @@ def test_ttft_is_learned_per_concurrency_and_a_stall_reads_as_slow() -> None:
     m.in_flight(1, 10.0)
     m.tokens(0, 12.0)  # nothing for two seconds
     assert m.token_latency_s(1) == m.config.max_latency_s
+
+
+def test_the_token_rate_is_saturated_only_where_more_streams_were_seen_to_add_nothing() -> None:
+    # A batching engine whose own batch limit is 4: each stream gets a token per 30 ms up to 4
+    # in flight; beyond, the rest wait in its queue and the total stays 4 / 30 ms.
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    t = _drive(m, 1, 0.030, 3.0, 0.0)
+    assert not m.saturated(1, 0.98)  # one concurrency seen: explore up to twice it
+    assert m.saturated(2, 0.98)
+    t = _drive(m, 2, 0.030, 3.0, t)
+    t = _drive(m, 4, 0.030, 3.0, t)
+    assert not m.saturated(3, 0.98) and not m.saturated(7, 0.98)  # still rising at the top
+    assert m.saturated(8, 0.98)
+    t = _drive(m, 6, 0.045, 3.0, t)  # 6 in flight, 4 served: the rate is flat from 4 on
+    assert not m.saturated(3, 0.98)
+    assert m.saturated(4, 0.98) and m.saturated(6, 0.98) and m.saturated(20, 0.98)
+
+
+def test_a_one_slot_server_is_saturated_from_one_stream() -> None:
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    t = _drive(m, 1, 0.030, 3.0, 0.0)
+    _drive(m, 2, 0.060, 3.0, t)
+    assert m.saturated(1, 0.98) and not m.saturated(0, 0.98)
+    assert m.rates()[1] == pytest.approx(33.3, rel=0.05)
