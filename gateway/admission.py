@@ -18,29 +18,36 @@ anyway, which then becomes the gateway's QoE-ordered queue instead of the engine
 
 **Planning** (:meth:`Scheduler.plan`, every tick while anything waits). The paper's valuation
 (§4.2) at the gateway's granularity: a stream's value on upstream ``u`` is
-``predict_serve_gain`` over the horizon — the QoE it gains by being served at ``u``'s per-token
-latency rather than waiting — with its first token after ``u``'s learned TTFT (resume TTFT for a
-parked stream) and its reader where the gateway measures it (slack, pace). Candidates (parked,
-then queued) are taken by value — except that a ticket queued longer than ``starvation_s`` goes
-first, oldest first: the valuation favours requests it can still make whole, and would otherwise
-starve one already late — and each goes where its *marginal* value is highest:
+``predict_serve_gain`` — the QoE it gains by being served at ``u``'s per-token latency rather
+than waiting — over a window of ``horizon_s`` *after its first token*, which comes after ``u``'s
+learned TTFT (resume TTFT for a parked stream): at the engine a first token takes one step, at
+the gateway it can take seconds (a prompt's prefill on a one-slot CPU server), and a window
+that ended before it would value every waiting stream at nothing. The reader is where the
+gateway measures it (slack, pace). Candidates (parked, then queued) are taken by value — except
+that a ticket queued longer than ``starvation_s`` goes first, oldest first: the valuation
+favours requests it can still make whole, and would otherwise starve one already late — and
+each is placed where it does the most good:
 
-* **add** — its value at ``L(k+1)`` minus what the ``k`` streams running there lose when their
-  latency goes from ``L(k)`` to ``L(k+1)``: a newcomer is held exactly when it would cost the
-  admitted streams more QoE than it gains (they would fall below their readers' pace);
+* **add** — onto an upstream where admission would let it in (above: an idle one, one whose
+  token rate still grows, or one where everyone keeps pace with it), the lowest TTFT first;
+  else onto a saturated one where its value over ``horizon_s`` (from now: the engine's TTFT at
+  that load included) exceeds what the ``k`` streams running there lose when their latency goes
+  from ``L(k)`` to ``L(k+1)``. An engine that shares its throughput among more streams serves a
+  newcomer within the horizon, at the cost of streams whose readers have text buffered; one that
+  queues it behind the others (a one-slot server, a batch at its limit) does not, and there it
+  waits in the gateway's queue, where a swap can serve it sooner;
 * **swap** — park the running stream with the most slack there (only where the continuation is
   exact, after ``min_run_s`` of running, with at least ``park_min_slack_s`` buffered for its
-  reader) and run the candidate in its place; the parked stream's loss over the horizon is
-  subtracted. On a one-slot engine this is time slicing; on a batching one it frees KV cache.
+  reader) and run the candidate in its place, where the candidate's value exceeds what the
+  parked stream loses over the same window. On a one-slot engine this is time slicing; on a
+  batching one it frees KV cache and a batch slot.
 
-An idle upstream, or one whose token rate is not saturated, takes any candidate
-(work-conserving; the best-valued candidate first). Queued tickets past ``queue_timeout_s``
-are returned as expired; the queue holds at most ``queue_max`` (:meth:`Scheduler.add` refuses
-beyond).
+Queued tickets past ``queue_timeout_s`` are returned as expired; the queue holds at most
+``queue_max`` (:meth:`Scheduler.add` refuses beyond).
 
-**Routing** falls out of the same valuation: the upstream with the best marginal value (its
-learned TTFT at its load, and what its streams' slack can absorb). ``least_busy`` routing (fewest
-in flight) is kept for comparison and for when admission is off.
+**Routing** falls out of the same rules: among the upstreams that admit, the lowest learned TTFT
+at its load; among swaps, the best value (what the parked stream's slack can absorb).
+``least_busy`` routing (fewest in flight) is kept for comparison and for when admission is off.
 """
 
 from __future__ import annotations
@@ -253,15 +260,22 @@ class Scheduler:
         best: tuple[float, int, int] | None = None
         for i in eligible:
             u = self.upstreams[i]
-            pace = max(ticket.reader.pace_tok_s, u.max_pace())
-            if (not u.controlled and u.in_flight
-                    and u.capacity.token_latency_s(u.in_flight + 1) > 1.0 / pace
-                    and self._saturated(u)):
+            if not self._admits(u, ticket):
                 continue
             key = (self._ttft_s(u, u.in_flight), u.in_flight, i)
             if best is None or key < best:
                 best = key
         return None if best is None else best[2]
+
+    def _admits(self, u: UpstreamView, ticket: Ticket) -> bool:
+        """Whether one more stream goes onto ``u`` now (the module docstring's admission): it is
+        idle or schedules itself, its token rate still grows, or everyone keeps pace with one
+        more."""
+        k = u.in_flight
+        if k == 0 or u.controlled or not self._saturated(u):
+            return True
+        pace = max(ticket.reader.pace_tok_s, u.max_pace())
+        return u.capacity.token_latency_s(k + 1) <= 1.0 / pace
 
     def route(self, ticket: Ticket) -> int | None:
         """Without admission: the upstream for a request that goes at once (None: none is up)."""
@@ -284,21 +298,29 @@ class Scheduler:
 
     # -- valuation ------------------------------------------------------------------------------
 
-    def _gain(self, t: Ticket, now_s: float, latency_s: float, first_delay_s: float) -> float:
+    def _gain(self, t: Ticket, now_s: float, latency_s: float, first_delay_s: float,
+              window_s: float) -> float:  # fmt: skip
         # No token yet: the reader takes the first one when it comes (the tracker's inference).
         no_token = t.state == "queued" or t.tracker.num_tokens == 0
         horizon = None if no_token else now_s + t.reader.slack_s(now_s)
         return predict_serve_gain(
-            t.tracker, now_s, self.config.horizon_s, latency_s, first_delay_s,
+            t.tracker, now_s, window_s, latency_s, first_delay_s,
             reader_horizon_s=horizon, reader_tds_tok_s=t.reader.pace_tok_s,
             max_new_tokens=t.left(),
         )  # fmt: skip
 
+    def _first_s(self, t: Ticket, u: UpstreamView, k_before: int) -> float:
+        """Seconds until ``t``'s next token if ``u`` takes it now with ``k_before`` in flight."""
+        return (u.capacity.resume_ttft_s(k_before) if t.state == "parked"
+                else self._ttft_s(u, k_before))  # fmt: skip
+
     def _candidate_gain(self, t: Ticket, u: UpstreamView, k_before: int, latency_s: float,
-                        now_s: float) -> float:  # fmt: skip
-        first = (u.capacity.resume_ttft_s(k_before) if t.state == "parked"
-                 else self._ttft_s(u, k_before))  # fmt: skip
-        return self._gain(t, now_s, latency_s, first + latency_s)
+                        now_s: float) -> tuple[float, float]:  # fmt: skip
+        """``t``'s value on ``u`` and the window it was valued over (``horizon_s`` after its
+        first token)."""
+        first = self._first_s(t, u, k_before) + latency_s
+        window = first + self.config.horizon_s
+        return self._gain(t, now_s, latency_s, first, window), window
 
     def _ttft_s(self, u: UpstreamView, k_before: int) -> float:
         """``u``'s expected TTFT with ``k_before`` in flight. One not yet timed is taken to be as
@@ -313,13 +335,13 @@ class Scheduler:
         """What ``u``'s running streams lose over the horizon if one more joins them."""
         if index in cache:
             return cache[index]
-        k = u.in_flight
+        k, h = u.in_flight, self.config.horizon_s
         now_l, next_l = u.capacity.token_latency_s(k), u.capacity.token_latency_s(k + 1)
         loss = 0.0
         if next_l > now_l:
             for r in u.running:
-                loss += (self._gain(r, now_s, now_l, now_l)
-                         - self._gain(r, now_s, next_l, next_l))  # fmt: skip
+                loss += (self._gain(r, now_s, now_l, now_l, h)
+                         - self._gain(r, now_s, next_l, next_l, h))  # fmt: skip
         cache[index] = loss
         return loss
 
@@ -390,8 +412,9 @@ class Scheduler:
                 best = 0.0
                 for i in self._where(t):
                     u = self.upstreams[i]
-                    best = max(best, self._candidate_gain(
-                        t, u, u.in_flight, u.capacity.token_latency_s(u.in_flight + 1), now_s))
+                    gain, _ = self._candidate_gain(
+                        t, u, u.in_flight, u.capacity.token_latency_s(u.in_flight + 1), now_s)
+                    best = max(best, gain)
                 scored.append((-best, rank, t.queued_at_s, t))
         scored.sort(key=lambda s: s[:3])
         return [s[3] for s in scored]
@@ -403,31 +426,29 @@ class Scheduler:
 
     def _place(self, t: Ticket, now_s: float,
                losses: dict[int, float]) -> tuple[int, Ticket | None] | None:  # fmt: skip
-        """Where ``t`` adds the most QoE: (upstream, ticket to park there or None), or None."""
-        best: tuple[float, int, Ticket | None] | None = None
+        """Where ``t`` goes now: (upstream, ticket to park there or None), or None (it waits)."""
         limit = self.config.max_in_flight
         where = self._where(t)
-        # An idle or unsaturated upstream (or one that schedules itself) takes any work, the
-        # lowest TTFT first.
         ups = self.upstreams
         open_ = [(self._ttft_s(ups[i], ups[i].in_flight), i) for i in where
-                 if ups[i].in_flight == 0
-                 or ((limit <= 0 or ups[i].in_flight < limit)
-                     and (ups[i].controlled or not self._saturated(ups[i])))]  # fmt: skip
+                 if (limit <= 0 or ups[i].in_flight < limit) and self._admits(ups[i], t)]
         if open_:
             return min(open_)[1], None
+        best: tuple[float, int, Ticket | None] | None = None
         for i in where:
-            u = self.upstreams[i]
+            u = ups[i]
             k = u.in_flight
             options: list[tuple[float, Ticket | None]] = []
-            if limit <= 0 or k < limit:
-                gain = self._candidate_gain(t, u, k, u.capacity.token_latency_s(k + 1), now_s)
+            if limit <= 0 or k < limit:  # add onto a saturated upstream: over the horizon
+                lat = u.capacity.token_latency_s(k + 1)
+                first = self._first_s(t, u, k) + lat
+                gain = self._gain(t, now_s, lat, first, self.config.horizon_s)
                 options.append((gain - self._loss(u, now_s, losses, i), None))
             victim = self._victim(u, now_s)
-            if victim is not None:
+            if victim is not None:  # swap: over the window after the candidate's first token
                 lat = u.capacity.token_latency_s(k)
-                gain = self._candidate_gain(t, u, k - 1, lat, now_s)
-                options.append((gain - self._gain(victim, now_s, lat, lat), victim))
+                gain, window = self._candidate_gain(t, u, k - 1, lat, now_s)
+                options.append((gain - self._gain(victim, now_s, lat, lat, window), victim))
             for value, v in options:
                 if value > _EPS and (best is None or value > best[0]):
                     best = (value, i, v)

@@ -109,6 +109,25 @@ def test_a_stream_with_seconds_buffered_yields_its_slot() -> None:
     assert plan.resume == [(rich, 0)]
 
 
+def test_a_newcomer_whose_first_token_takes_longer_than_the_horizon_still_gets_the_slot() -> None:
+    # A one-slot CPU server: a prompt's prefill takes 5 s, longer than the 3 s horizon. A window
+    # ending before the first token would value the newcomer at nothing and it would wait behind
+    # a stream whose reader has a minute of text buffered.
+    up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
+    for _ in range(30):
+        up.capacity.first_token(5.0, 0)
+    assert up.capacity.ttft_s(0) == pytest.approx(5.0, abs=0.01)
+    rich = _ticket("rich", 0.0, FakeReader(buffered=300.0, pace_tok_s=12.0), tokens=300,
+                   parkable=True)
+    rich.state, rich.upstream, rich.run_since_s = "running", 0, 0.0
+    up.add(rich)
+    s = Scheduler(SchedulerConfig(horizon_s=3.0), [up])
+    waiting = _ticket("waiting", 10.0, FakeReader(pace_tok_s=12.0))
+    assert s.add(waiting, 10.0) is None  # one slot, saturated, 10 tok/s each for two: queued
+    plan = s.plan(10.1)
+    assert plan.park == [rich] and plan.admit == [(waiting, 0)]
+
+
 def test_no_park_when_the_continuation_is_not_exact_or_too_soon() -> None:
     up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
     rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=False)
