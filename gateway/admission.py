@@ -7,14 +7,21 @@ reader living off the buffer, resumable by a continuation — :mod:`gateway.cont
 
 **Admission.** A new request goes straight upstream when it pushes nobody below their reader's
 pace — on some upstream ``L(k+1)`` (the learned per-stream token latency with one more in flight,
-:mod:`gateway.capacity`) is at most ``1/pace`` of every stream there — or when that upstream's
-token rate is not yet saturated (:meth:`CapacityModel.saturated`: more in flight would still
-raise its throughput by more than ``1 − min_throughput_share``). This fast path costs no
-prediction, so an unloaded gateway adds nothing. Otherwise it waits in the gateway's queue. The
+:mod:`gateway.capacity`) is at most ``1/pace`` of every stream there, and the newcomer's own
+first token is not measured to wait behind the others by more than its reader's TTFT allowance
+— or when that upstream's token rate is not yet saturated (:meth:`CapacityModel.saturated`: more
+in flight would still raise its throughput by more than ``1 − min_throughput_share``). The
 second rule is the engine policy's throughput floor at the gateway's granularity: holding a
 stream is worth it only where the engine would not have served more tokens with it — on a
 batching engine, once its own batch or KV limit binds and the rest would wait in its queue
 anyway, which then becomes the gateway's QoE-ordered queue instead of the engine's FCFS one.
+The first token is in the first rule because a one-slot server (llama-cpp-python) takes
+requests in turn: its *average* per-stream latency says two streams share it, but the newcomer
+gets nothing until the other ends — such an engine is time-sliced by swaps, not queued into.
+Over both: while a request on the upstream waits in the engine's *own* queue (no first token,
+well past what an idle upstream takes), one more would only join that queue, adding no
+throughput and leaving the order to the engine — it waits in the gateway's instead. This fast
+path costs no prediction, so an unloaded gateway adds nothing.
 
 **Planning** (:meth:`Scheduler.plan`, every tick while anything waits). The paper's valuation
 (§4.2) at the gateway's granularity: a stream's value on upstream ``u`` is
@@ -184,7 +191,7 @@ class Scheduler:
         """A new request: the upstream to send it to now, or None (queued). Raises
         :class:`OverflowError` when the queue is full."""
         if not self.queue:
-            u = self._fast_path(ticket)
+            u = self._fast_path(ticket, now_s)
             if u is not None:
                 self.start(ticket, u, now_s)
                 return u
@@ -250,7 +257,7 @@ class Scheduler:
                 if u.healthy and u.serves(ticket.model)
                 and (limit <= 0 or u.in_flight < limit)]  # fmt: skip
 
-    def _fast_path(self, ticket: Ticket) -> int | None:
+    def _fast_path(self, ticket: Ticket, now_s: float) -> int | None:
         """An upstream where one more stream keeps everyone at their reader's pace."""
         eligible = self._eligible(ticket)
         if not eligible:
@@ -260,24 +267,44 @@ class Scheduler:
         best: tuple[float, int, int] | None = None
         for i in eligible:
             u = self.upstreams[i]
-            if not self._admits(u, ticket):
+            if not self._admits(u, ticket, now_s):
                 continue
             key = (self._ttft_s(u, u.in_flight), u.in_flight, i)
             if best is None or key < best:
                 best = key
         return None if best is None else best[2]
 
-    def _admits(self, u: UpstreamView, ticket: Ticket) -> bool:
+    def _admits(self, u: UpstreamView, ticket: Ticket, now_s: float,
+                queues: bool | None = None) -> bool:  # fmt: skip
         """Whether one more stream goes onto ``u`` now (the module docstring's admission): it is
-        idle or schedules itself, its token rate still grows, or everyone keeps pace with one
-        more."""
+        idle or schedules itself; else not while a request waits in ``u``'s own queue
+        (``queues``: :meth:`_engine_queues`, computed here when not given); else if its token
+        rate still grows, or everyone keeps pace with one more — the newcomer's first token
+        included."""
         k = u.in_flight
-        if k == 0 or u.controlled or not self._saturated(u):
+        if k == 0 or u.controlled:
+            return True
+        if self._engine_queues(u, now_s) if queues is None else queues:
+            return False
+        if not self._saturated(u):
             return True
         pace = max(ticket.reader.pace_tok_s, u.max_pace())
-        return u.capacity.token_latency_s(k + 1) <= 1.0 / pace
+        return (u.capacity.token_latency_s(k + 1) <= 1.0 / pace
+                and u.capacity.queueing_s(k) <= ticket.spec.ttft_s)  # fmt: skip
 
-    def route(self, ticket: Ticket) -> int | None:
+    def _engine_queues(self, u: UpstreamView, now_s: float) -> bool:
+        """Whether a request on ``u`` has waited for its first token longer than an idle ``u``
+        takes plus its reader's TTFT allowance: the engine holds it in a queue of its own (its
+        one slot, batch or KV cache is full), so one more request would only join that queue —
+        adding nothing to the engine's throughput and leaving the order to the engine's FCFS
+        instead of the gateway's QoE queue. Live, so it clears as soon as the engine takes it."""
+        if not u.capacity.ttft_measured:
+            return False
+        idle = u.capacity.ttft_s(0)
+        return any(r.tracker.num_tokens == 0 and now_s - r.run_since_s > idle + r.spec.ttft_s
+                   for r in u.running)  # fmt: skip
+
+    def route(self, ticket: Ticket, now_s: float) -> int | None:
         """Without admission: the upstream for a request that goes at once (None: none is up)."""
         eligible = self._eligible(ticket) or [i for i, u in enumerate(self.upstreams)
                                               if u.serves(ticket.model)]  # fmt: skip
@@ -285,7 +312,7 @@ class Scheduler:
             return None
         if self.config.routing == "least_busy":
             return min(eligible, key=lambda i: self.upstreams[i].in_flight)
-        fast = self._fast_path(ticket)
+        fast = self._fast_path(ticket, now_s)
         if fast is not None:
             return fast
         ups = self.upstreams
@@ -375,11 +402,12 @@ class Scheduler:
         self.queue = keep
         candidates = self._ordered(now_s)
         losses: dict[int, float] = {}
+        queues: dict[int, bool] = {}
         rejects = 0
         for t in candidates:
             if rejects >= self.config.max_rejects:
                 break
-            choice = self._place(t, now_s, losses)
+            choice = self._place(t, now_s, losses, queues)
             if choice is None:
                 rejects += 1
                 continue
@@ -424,14 +452,20 @@ class Scheduler:
             return [t.upstream]  # its prefix is cached there
         return [i for i, u in enumerate(self.upstreams) if u.healthy and u.serves(t.model)]
 
-    def _place(self, t: Ticket, now_s: float,
-               losses: dict[int, float]) -> tuple[int, Ticket | None] | None:  # fmt: skip
-        """Where ``t`` goes now: (upstream, ticket to park there or None), or None (it waits)."""
+    def _place(self, t: Ticket, now_s: float, losses: dict[int, float],
+               queues: dict[int, bool]) -> tuple[int, Ticket | None] | None:  # fmt: skip
+        """Where ``t`` goes now: (upstream, ticket to park there or None), or None (it waits).
+        ``losses`` and ``queues`` cache :meth:`_loss` and :meth:`_engine_queues` per upstream
+        for one plan."""
         limit = self.config.max_in_flight
         where = self._where(t)
         ups = self.upstreams
+        for i in where:
+            if i not in queues:
+                queues[i] = self._engine_queues(ups[i], now_s)
         open_ = [(self._ttft_s(ups[i], ups[i].in_flight), i) for i in where
-                 if (limit <= 0 or ups[i].in_flight < limit) and self._admits(ups[i], t)]
+                 if (limit <= 0 or ups[i].in_flight < limit)
+                 and self._admits(ups[i], t, now_s, queues[i])]  # fmt: skip
         if open_:
             return min(open_)[1], None
         best: tuple[float, int, Ticket | None] | None = None
@@ -439,7 +473,9 @@ class Scheduler:
             u = ups[i]
             k = u.in_flight
             options: list[tuple[float, Ticket | None]] = []
-            if limit <= 0 or k < limit:  # add onto a saturated upstream: over the horizon
+            # Add onto a saturated upstream (not one whose own queue holds a request: it would
+            # only join it), valued over the horizon.
+            if (limit <= 0 or k < limit) and not queues[i]:
                 lat = u.capacity.token_latency_s(k + 1)
                 first = self._first_s(t, u, k) + lat
                 gain = self._gain(t, now_s, lat, first, self.config.horizon_s)

@@ -177,6 +177,17 @@ class CapacityModel:
         above = [k for k in self._ttft if k > k_before]
         return self._ttft[min(above)] if above else self.config.default_ttft_s
 
+    def queueing_s(self, k_before: int) -> float:
+        """How much longer than on an idle upstream a request opened with ``k_before`` in flight
+        was measured to wait for its first token: the TTFT at the highest concurrency timed at or
+        below ``k_before``, less the idle one (0 where none is timed). Measured only, never
+        scaled: it tells an engine that queues newcomers behind the streams it serves (a one-slot
+        server) from one that shares its steps among them, and a guess must not decide that."""
+        if 0 not in self._ttft:
+            return 0.0
+        below = [k for k in self._ttft if k <= k_before]
+        return max(self._ttft[max(below)] - self._ttft[0], 0.0)
+
     def resume_ttft_s(self, k_before: int) -> float:
         """Expected seconds to the first token of a continuation (a resumed stream)."""
         if self._resume_ttft_s is not None:

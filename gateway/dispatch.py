@@ -150,7 +150,7 @@ class Dispatcher:
         stream.on_upstream_end = self._upstream_ended
         self._sync()
         if not self.config.admission:
-            index = self.scheduler.route(ticket)
+            index = self.scheduler.route(ticket, now)
             if index is None:
                 raise UpstreamUnavailable("no upstream serves this model")
             self.scheduler.start(ticket, index, now)

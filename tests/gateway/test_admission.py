@@ -158,7 +158,7 @@ def test_routing_prefers_the_replica_with_the_shorter_predicted_ttft() -> None:
     s = Scheduler(SchedulerConfig(), [busy, idle])
     assert s.add(_ticket("x", 0.0), 0.0) == 1
     s2 = Scheduler(SchedulerConfig(routing="least_busy"), [busy, idle])
-    assert s2.route(_ticket("y", 0.0)) == 1
+    assert s2.route(_ticket("y", 0.0), 0.0) == 1
 
 
 def test_an_untimed_idle_replica_is_not_worse_than_a_busy_timed_one() -> None:
@@ -169,7 +169,7 @@ def test_an_untimed_idle_replica_is_not_worse_than_a_busy_timed_one() -> None:
     assert not idle.capacity.ttft_measured
     s = Scheduler(SchedulerConfig(), [busy, idle])
     assert s.add(_ticket("x", 0.0), 0.0) == 1
-    assert Scheduler(SchedulerConfig(), [busy, idle]).route(_ticket("y", 0.0)) == 1
+    assert Scheduler(SchedulerConfig(), [busy, idle]).route(_ticket("y", 0.0), 0.0) == 1
 
 
 def test_a_batching_engine_below_its_throughput_plateau_is_not_held_back() -> None:
@@ -199,3 +199,48 @@ def test_a_batching_engine_below_its_throughput_plateau_is_not_held_back() -> No
         m.tokens(1, t + (i + 1) / 32 * 0.999)
     m.tokens(0, t + 1.0)
     assert s.plan(t + 1.0).admit == [(b, 0)]
+
+
+def test_a_one_slot_server_that_queues_newcomers_is_time_sliced_not_queued_into() -> None:
+    # llama-cpp-python's server takes requests in turn: a second one waits inside it for the
+    # first to end (measured: 20 s to its first token with one ahead). The average per-stream
+    # latency (k in flight sharing one slot's tokens) would say two readers at 5 tok/s keep
+    # pace at 0.1 s per token each; they do not — the newcomer gets nothing for 20 s.
+    m = _capacity(0.0, 0.05)
+    for _ in range(10):
+        m.first_token(0.5, 0)
+        m.first_token(20.0, 1)
+    m._rate = {1: [200.0, 10.0, 4.0], 2: [200.0, 10.0, 4.0]}  # flat from one: saturated at 1
+    assert m.saturated(1, 0.98) and m.token_latency_s(2) <= 1 / 5.0
+    up = UpstreamView(m, in_flight=1)
+    rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=True)
+    rich.state, rich.upstream, rich.run_since_s = "running", 0, 0.0
+    up.add(rich)
+    s = Scheduler(SchedulerConfig(), [up])
+    waiting = _ticket("waiting", 10.0)
+    assert s.add(waiting, 10.0) is None  # not sent behind it into the engine's own queue
+    plan = s.plan(10.1)  # the slot is time-sliced instead: the rich reader has 12 s buffered
+    assert plan.park == [rich] and plan.admit == [(waiting, 0)]
+
+
+def test_nothing_more_is_sent_while_a_request_waits_in_the_engines_own_queue() -> None:
+    # Below its throughput plateau by the rates measured so far — but one request has had no
+    # first token for 5 s where an idle engine answers in 0.05 s: the engine's batch or cache is
+    # full and it queues. One more would only join that queue, in the engine's order.
+    up = UpstreamView(_capacity(0.02, 0.002), in_flight=2)
+    streaming = _ticket("streaming", 0.0, tokens=10)
+    stuck = _ticket("stuck", 0.0)
+    for t in (streaming, stuck):
+        t.state, t.upstream, t.run_since_s = "running", 0, 0.0
+        up.add(t)
+    s = Scheduler(SchedulerConfig(), [up])
+    assert not up.capacity.saturated(2, 0.98)
+    early = _ticket("early", 0.5)
+    assert s.add(early, 0.5) == 0  # 0.5 s: still within its TTFT allowance
+    up.in_flight += 1
+    early.tracker.add(0.6)
+    late = _ticket("late", 5.0)
+    assert s.add(late, 5.0) is None and late in s.queue
+    assert not s.plan(5.1).admit
+    stuck.tracker.add(5.2)  # the engine took it: the queue is gone, the held one goes
+    assert s.plan(5.3).admit == [(late, 0)]
