@@ -7,21 +7,21 @@ reader living off the buffer, resumable by a continuation — :mod:`gateway.cont
 
 **Admission.** A new request goes straight upstream when it pushes nobody below their reader's
 pace — on some upstream ``L(k+1)`` (the learned per-stream token latency with one more in flight,
-:mod:`gateway.capacity`) is at most ``1/pace`` of every stream there, and the newcomer's own
-first token is not measured to wait behind the others by more than its reader's TTFT allowance
-— or when that upstream's token rate is not yet saturated (:meth:`CapacityModel.saturated`: more
-in flight would still raise its throughput by more than ``1 − min_throughput_share``). The
-second rule is the engine policy's throughput floor at the gateway's granularity: holding a
-stream is worth it only where the engine would not have served more tokens with it — on a
-batching engine, once its own batch or KV limit binds and the rest would wait in its queue
-anyway, which then becomes the gateway's QoE-ordered queue instead of the engine's FCFS one.
-The first token is in the first rule because a one-slot server (llama-cpp-python) takes
-requests in turn: its *average* per-stream latency says two streams share it, but the newcomer
-gets nothing until the other ends — such an engine is time-sliced by swaps, not queued into.
-Over both: while a request on the upstream waits in the engine's *own* queue (no first token,
-well past what an idle upstream takes), one more would only join that queue, adding no
-throughput and leaving the order to the engine — it waits in the gateway's instead. This fast
-path costs no prediction, so an unloaded gateway adds nothing.
+:mod:`gateway.capacity`) is at most ``1/pace`` of every stream there — or when that upstream's
+token rate is not yet saturated (:meth:`CapacityModel.saturated`: more in flight would still
+raise its throughput by more than ``1 − min_throughput_share``). The second rule is the engine
+policy's throughput floor at the gateway's granularity: holding a stream is worth it only where
+the engine would not have served more tokens with it — on a batching engine, once its own batch
+or KV limit binds and the rest would wait in its queue anyway, which then becomes the gateway's
+QoE-ordered queue instead of the engine's FCFS one. Over both, the gateway never sends a
+request into an engine's *own* queue, where it would add no throughput and the engine's order
+would decide: not while a request open there has had no first token for longer than an idle
+upstream takes plus its reader's TTFT allowance (live: the engine's slot, batch or KV cache is
+full), and not at a concurrency where a newcomer was measured to wait behind the others by more
+than that allowance (:meth:`CapacityModel.queueing_s`) — a one-slot server (llama-cpp-python)
+takes requests in turn, and though its *average* per-stream latency says two streams share it,
+the second gets nothing until the first ends; such an engine is time-sliced by swaps, not
+queued into. This fast path costs no prediction, so an unloaded gateway adds nothing.
 
 **Planning** (:meth:`Scheduler.plan`, every tick while anything waits). The paper's valuation
 (§4.2) at the gateway's granularity: a stream's value on upstream ``u`` is
@@ -279,18 +279,21 @@ class Scheduler:
         """Whether one more stream goes onto ``u`` now (the module docstring's admission): it is
         idle or schedules itself; else not while a request waits in ``u``'s own queue
         (``queues``: :meth:`_engine_queues`, computed here when not given); else if its token
-        rate still grows, or everyone keeps pace with one more — the newcomer's first token
-        included."""
+        rate still grows, or everyone keeps pace with one more — and not where a newcomer was
+        measured to wait behind the others for its first token."""
         k = u.in_flight
         if k == 0 or u.controlled:
             return True
         if self._engine_queues(u, now_s) if queues is None else queues:
             return False
+        # Measured: a newcomer at this concurrency waits behind the others (one request more
+        # would wait, adding nothing to the throughput either).
+        if u.capacity.queueing_s(k, now_s) > ticket.spec.ttft_s:
+            return False
         if not self._saturated(u):
             return True
         pace = max(ticket.reader.pace_tok_s, u.max_pace())
-        return (u.capacity.token_latency_s(k + 1) <= 1.0 / pace
-                and u.capacity.queueing_s(k) <= ticket.spec.ttft_s)  # fmt: skip
+        return u.capacity.token_latency_s(k + 1) <= 1.0 / pace
 
     def _engine_queues(self, u: UpstreamView, now_s: float) -> bool:
         """Whether a request on ``u`` has waited for its first token longer than an idle ``u``

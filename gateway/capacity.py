@@ -49,6 +49,9 @@ class CapacityConfig:
     default_latency_s: float = 0.05  # per-token latency before any measurement
     default_ttft_s: float = 0.2  # time to first token before any measurement
     min_rate_time_s: float = 1.0  # a concurrency's token rate counts once measured this long
+    # A queue delay measured at a concurrency stops the gateway sending more there for this long;
+    # then one request tests it again (what an engine holds changes with the requests' lengths).
+    queueing_memory_s: float = 120.0
 
 
 class CapacityModel:
@@ -66,6 +69,7 @@ class CapacityModel:
         self._w = self._wk = self._wkk = self._wl = self._wkl = 0.0
         self._updated_s = now_s
         self._ttft: dict[int, float] = {}
+        self._ttft_at: dict[int, float | None] = {}  # when each was last timed (None: unknown)
         self._resume_ttft_s: float | None = None
         # Token rate by rounded concurrency: decayed (tokens, seconds, last update).
         self._rate: dict[int, list[float]] = {}
@@ -83,9 +87,10 @@ class CapacityModel:
         self._advance(now_s)
         self._tokens += n
 
-    def first_token(self, delay_s: float, k_before: int, resumed: bool = False) -> None:
+    def first_token(self, delay_s: float, k_before: int, resumed: bool = False,
+                    now_s: float | None = None) -> None:  # fmt: skip
         """A request opened with ``k_before`` others in flight got its first token after
-        ``delay_s`` (``resumed``: a parked stream's continuation)."""
+        ``delay_s`` (``resumed``: a parked stream's continuation), at ``now_s`` if given."""
         alpha = self.config.ttft_alpha
         if resumed:
             prev = self._resume_ttft_s
@@ -93,6 +98,7 @@ class CapacityModel:
             return
         prev = self._ttft.get(k_before)
         self._ttft[k_before] = delay_s if prev is None else prev + alpha * (delay_s - prev)
+        self._ttft_at[k_before] = now_s
 
     def _advance(self, now_s: float) -> None:
         cfg = self.config
@@ -177,15 +183,18 @@ class CapacityModel:
         above = [k for k in self._ttft if k > k_before]
         return self._ttft[min(above)] if above else self.config.default_ttft_s
 
-    def queueing_s(self, k_before: int) -> float:
+    def queueing_s(self, k_before: int, now_s: float | None = None) -> float:
         """How much longer than on an idle upstream a request opened with ``k_before`` in flight
         was measured to wait for its first token: the TTFT at the highest concurrency timed at or
-        below ``k_before``, less the idle one (0 where none is timed). Measured only, never
-        scaled: it tells an engine that queues newcomers behind the streams it serves (a one-slot
-        server) from one that shares its steps among them, and a guess must not decide that."""
+        below ``k_before`` (within ``queueing_memory_s`` of ``now_s``), less the idle one (0
+        where none is timed). Measured only, never scaled: it tells an engine that queues
+        newcomers behind the streams it serves (a one-slot server) from one that shares its
+        steps among them, and a guess must not decide that."""
         if 0 not in self._ttft:
             return 0.0
-        below = [k for k in self._ttft if k <= k_before]
+        memory = self.config.queueing_memory_s
+        below = [k for k, at in self._ttft_at.items() if k <= k_before and (
+            k == 0 or now_s is None or at is None or now_s - at <= memory)]
         return max(self._ttft[max(below)] - self._ttft[0], 0.0)
 
     def resume_ttft_s(self, k_before: int) -> float:

@@ -423,7 +423,7 @@ class UpstreamStream:
         self.server.last_token_s = now
         if self.first_token_s is None:
             self.first_token_s = now
-            capacity.first_token(now - self._opened_s, self._k_before, self.resumed)
+            capacity.first_token(now - self._opened_s, self._k_before, self.resumed, now)
             if self.on_first_token is not None:
                 self.on_first_token(now - self._opened_s)
         capacity.tokens(n, now)

@@ -208,10 +208,9 @@ def test_a_one_slot_server_that_queues_newcomers_is_time_sliced_not_queued_into(
     # pace at 0.1 s per token each; they do not — the newcomer gets nothing for 20 s.
     m = _capacity(0.0, 0.05)
     for _ in range(10):
-        m.first_token(0.5, 0)
-        m.first_token(20.0, 1)
-    m._rate = {1: [200.0, 10.0, 4.0], 2: [200.0, 10.0, 4.0]}  # flat from one: saturated at 1
-    assert m.saturated(1, 0.98) and m.token_latency_s(2) <= 1 / 5.0
+        m.first_token(0.5, 0, now_s=8.0)
+        m.first_token(20.0, 1, now_s=8.0)
+    assert m.token_latency_s(2) <= 1 / 5.0  # by the average, everyone "keeps pace"
     up = UpstreamView(m, in_flight=1)
     rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=True)
     rich.state, rich.upstream, rich.run_since_s = "running", 0, 0.0
@@ -221,6 +220,25 @@ def test_a_one_slot_server_that_queues_newcomers_is_time_sliced_not_queued_into(
     assert s.add(waiting, 10.0) is None  # not sent behind it into the engine's own queue
     plan = s.plan(10.1)  # the slot is time-sliced instead: the rich reader has 12 s buffered
     assert plan.park == [rich] and plan.admit == [(waiting, 0)]
+    # A queue delay measured long ago is tested again: what an engine holds changes.
+    later = 8.0 + m.config.queueing_memory_s + 1.0
+    assert m.queueing_s(1, 10.0) == pytest.approx(19.5, abs=0.1) and m.queueing_s(1, later) == 0.0
+
+
+def test_a_measured_engine_queue_stops_exploration_too() -> None:
+    # The token rate is known only at one concurrency, so the rate rule would explore one more;
+    # but a newcomer there was measured to wait 15 s behind the others for its first token.
+    m = _capacity(0.0, 0.05)
+    m._rate.clear()  # no rate known: the rule explores
+    m.first_token(0.5, 0, now_s=1.0)
+    assert not m.saturated(1, 0.98)
+    up = UpstreamView(m, in_flight=1)
+    s = Scheduler(SchedulerConfig(parking=False), [up])
+    assert s.add(_ticket("a", 2.0), 2.0) == 0  # no delay measured at 1 yet: explore
+    up.in_flight = 1  # the first ended; the explorer waited 15 s for it
+    m.first_token(15.5, 1, now_s=17.0)
+    b = _ticket("b", 18.0)
+    assert s.add(b, 18.0) is None and b in s.queue
 
 
 def test_nothing_more_is_sent_while_a_request_waits_in_the_engines_own_queue() -> None:
