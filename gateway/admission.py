@@ -45,9 +45,11 @@ each is placed where it does the most good:
   waits in the gateway's queue, where a swap can serve it sooner;
 * **swap** — park the running stream with the most slack there (only where the continuation is
   exact, after ``min_run_s`` of running, with at least ``park_min_slack_s`` buffered for its
-  reader) and run the candidate in its place, where the candidate's value exceeds what the
-  parked stream loses over the same window. On a one-slot engine this is time slicing; on a
-  batching one it frees KV cache and a batch slot.
+  reader, and only once the upstream's earlier parks are paid back: a resume re-prefills what
+  the engine had computed, and at most ``park_budget_share`` of its time may go to that — the
+  throughput floor again) and run the candidate in its place, where the candidate's value
+  exceeds what the parked stream loses over the same window. On a one-slot engine this is time
+  slicing; on a batching one it frees KV cache and a batch slot.
 
 Queued tickets past ``queue_timeout_s`` are returned as expired; the queue holds at most
 ``queue_max`` (:meth:`Scheduler.add` refuses beyond).
@@ -122,6 +124,10 @@ class UpstreamView:
     # Running tickets by their reader's pace when admitted: the fast path's max pace in O(paces)
     # rather than O(streams) (a gateway holds thousands).
     paces: dict[float, int] = field(default_factory=dict)
+    # Engine-seconds of resumes not yet paid back (SchedulerConfig.park_budget_share), as of
+    # ``debt_at_s``: a leaky bucket that drains at the budget's share of each second.
+    park_debt_s: float = 0.0
+    debt_at_s: float = 0.0
 
     def add(self, ticket: Ticket) -> None:
         self.running.append(ticket)
@@ -161,6 +167,11 @@ class SchedulerConfig:
     # measured on it (the engine policy's ``min_throughput_share``): QoE is not bought with
     # throughput.
     min_throughput_share: float = 0.98
+    # The share of an upstream's time its resumes may take: a park costs the engine a re-prefill
+    # of what it had computed (its measured resume TTFT), so parking is bounded by the same
+    # floor — at most one park per ``cost / park_budget_share`` seconds per upstream. 1: no
+    # limit. Where a resume is cheap (a prefix cache, a fast prefill) this allows many.
+    park_budget_share: float = 0.02
 
 
 @dataclass(slots=True)
@@ -376,8 +387,9 @@ class Scheduler:
         return loss
 
     def _victim(self, u: UpstreamView, now_s: float) -> Ticket | None:
-        """The running stream ``u`` could park: exact continuation, ran long enough, most slack."""
-        if not self.config.parking or u.controlled:
+        """The running stream ``u`` could park: exact continuation, ran long enough, most slack;
+        none while ``u``'s park budget is spent (:meth:`_park_paid`)."""
+        if not self.config.parking or u.controlled or not self._park_paid(u, now_s):
             return None
         best: tuple[float, Ticket] | None = None
         for r in u.running:
@@ -389,6 +401,17 @@ class Scheduler:
             if best is None or slack > best[0]:
                 best = (slack, r)
         return None if best is None else best[1]
+
+    def _park_paid(self, u: UpstreamView, now_s: float) -> bool:
+        """Whether ``u``'s last parks are paid back: their resumes' engine time drained at
+        ``park_budget_share`` of each second since (the parks' cost to the token rate stays
+        within the throughput floor)."""
+        share = self.config.park_budget_share
+        if share >= 1.0:
+            return True
+        u.park_debt_s = max(u.park_debt_s - share * max(now_s - u.debt_at_s, 0.0), 0.0)
+        u.debt_at_s = now_s
+        return u.park_debt_s <= 0.0
 
     # -- planning -------------------------------------------------------------------------------
 
@@ -418,9 +441,11 @@ class Scheduler:
             u, victim = choice
             losses.pop(u, None)
             if victim is not None:
+                view = self.upstreams[u]
                 self._park(victim)
                 out.park.append(victim)
-                self.upstreams[u].in_flight -= 1
+                view.in_flight -= 1
+                view.park_debt_s += view.capacity.resume_ttft_s(view.in_flight)
             was_parked = t.state == "parked"
             if was_parked:
                 self.parked.remove(t)

@@ -130,6 +130,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b("--park-min-run-s", type=float, metavar="S",
       help=f"a (re)started stream runs at least this long before it may be parked "
            f"(default {_D.park_min_run_s})")
+    b("--park-budget", type=float, metavar="SHARE",
+      help=f"share of an upstream's time that resuming parked streams may take (each resume "
+           f"re-prefills what the engine had computed); 1 = no limit (default {_D.park_budget})")
     b("--max-upstream-streams", type=int, metavar="N",
       help=f"hard limit of requests in flight per upstream; 0 = what is learned "
            f"(default {_D.max_upstream_streams})")

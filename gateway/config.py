@@ -78,6 +78,7 @@ class GatewayConfig:
     sched_interval_s: float = 0.1  # how often the queue and parked streams are reconsidered
     park_min_slack_s: float = 6.0  # park a stream only with this much buffered for its reader
     park_min_run_s: float = 1.0  # a (re)started stream runs this long before it may be parked
+    park_budget: float = 0.02  # share of an upstream's time resumes may take; 1 = no limit
     max_upstream_streams: int = 0  # hard limit of requests in flight per upstream; 0 = learned
     health_interval_s: float = 2.0  # how often each upstream's GET /v1/models is checked
 
@@ -130,6 +131,8 @@ class GatewayConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not (math.isfinite(self.park_budget) and 0 < self.park_budget <= 1):
+            raise ConfigError(f"park_budget must be within (0, 1], got {self.park_budget!r}")
         if self.max_upstream_streams < 0:
             raise ConfigError(
                 f"max_upstream_streams must be >= 0, got {self.max_upstream_streams!r}")

@@ -77,6 +77,7 @@ class Dispatcher:
             horizon_s=config.sched_horizon_s, queue_max=config.queue_max,
             queue_timeout_s=config.queue_timeout_s, parking=config.parking != "off",
             park_min_slack_s=config.park_min_slack_s, min_run_s=config.park_min_run_s,
+            park_budget_share=config.park_budget,
             max_in_flight=config.max_upstream_streams, routing=config.routing,
         ), self.views)  # fmt: skip
         self._waiting: dict[Ticket, asyncio.Future[int]] = {}

@@ -262,3 +262,38 @@ def test_nothing_more_is_sent_while_a_request_waits_in_the_engines_own_queue() -
     assert not s.plan(5.1).admit
     stuck.tracker.add(5.2)  # the engine took it: the queue is gone, the held one goes
     assert s.plan(5.3).admit == [(late, 0)]
+
+
+def test_parks_are_bounded_by_what_their_resumes_cost_the_engine() -> None:
+    # A one-slot server whose resumes were measured to take 4 s (the prompt and the text so far
+    # prefilled again): at a 2% budget, one park per 200 s — time slicing that cost more would
+    # buy QoE with the engine's token rate. A budget of 1 does not limit.
+    def setup(share: float) -> tuple[Scheduler, UpstreamView, Ticket]:
+        up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
+        up.capacity.first_token(4.0, 0, resumed=True)
+        config = SchedulerConfig(park_budget_share=share, max_in_flight=1, queue_timeout_s=1e4)
+        s = Scheduler(config, [up])
+        return s, up, _running(up, "r0")
+
+    def _running(up: UpstreamView, name: str) -> Ticket:
+        t = _ticket(name, 0.0, FakeReader(buffered=60.0), tokens=80, parkable=True)
+        t.state, t.upstream, t.run_since_s = "running", 0, 0.0
+        up.add(t)
+        return t
+
+    s, up, first = setup(0.02)
+    s.add(_ticket("a", 10.0, FakeReader(pace_tok_s=12.0)), 10.0)
+    assert s.plan(10.1).park == [first]
+    assert up.park_debt_s == pytest.approx(4.0)
+    second = _running(up, "r1")  # another rich stream takes the slot's place in the picture
+    up.in_flight = 2
+    s.add(_ticket("b", 11.0, FakeReader(pace_tok_s=12.0)), 11.0)
+    assert not s.plan(11.1).park  # 1 s later: 3.98 s of engine time not yet paid back
+    assert s.plan(10.1 + 4.0 / 0.02 + 1.0).park == [second]  # paid back: the next park
+    s, up, first = setup(1.0)
+    s.add(_ticket("a", 10.0, FakeReader(pace_tok_s=12.0)), 10.0)
+    assert s.plan(10.1).park == [first]
+    second = _running(up, "r1")
+    up.in_flight = 2
+    s.add(_ticket("b", 10.2, FakeReader(pace_tok_s=12.0)), 10.2)
+    assert s.plan(10.3).park == [second]
