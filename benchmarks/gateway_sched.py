@@ -97,7 +97,7 @@ REPLICA_CONFIGS = {"least_busy": CONFIGS["pacing"], "qoe": CONFIGS["sched"]}
 # resumed over and over — against the same requests unparked.
 STRESS_CONFIGS = {
     "unparked": CONFIGS["pacing"],
-    "time-sliced": ("--admission", "--parking", "auto", "--max-upstream-streams", "{slots}",
+    "time-sliced": ("--admission", "--parking", "text", "--max-upstream-streams", "{slots}",
                     "--park-min-slack-s", "1", "--park-min-run-s", "0.3", "--park-budget", "1"),
 }
 

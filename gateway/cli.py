@@ -109,9 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help=f"hold new streams in the gateway's queue when admitting them would push admitted "
            f"streams below their readers' pace (default {_D.admission}); --no-admission: "
            f"pacing only, every request goes upstream at once")
-    b("--parking", choices=("auto", "off"),
-      help=f"park streams with seconds buffered (abort upstream, resume by continuation) where "
-           f"a start-up probe finds the continuation exact (default {_D.parking})")
+    b("--parking", choices=("auto", "text", "off"),
+      help=f"park streams with seconds buffered (abort upstream, resume by continuation): auto "
+           f"where the continuation is exact by token ids (vLLM) and a start-up probe agrees; "
+           f"text also where only a text continuation passed the probe (llama-cpp-python: "
+           f"not exact in practice, see docs/continuation.md) (default {_D.parking})")
     b("--routing", choices=("qoe", "least_busy"),
       help=f"choose among replicas by predicted TTFT and slack, or the fewest in flight "
            f"(default {_D.routing})")

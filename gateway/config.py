@@ -70,7 +70,10 @@ class GatewayConfig:
     model_aliases: tuple[str, ...] = ()
     # QoE scheduling in front of engines Andes does not control (gateway/admission.py).
     admission: bool = True  # hold new streams in a QoE-ordered queue when upstreams are full
-    parking: Literal["auto", "off"] = "auto"  # auto: park where the start-up probe found exact
+    # auto: park where the continuation is exact by construction (token ids) and the start-up
+    # probe agreed; text: also where a text continuation passed the probe (llama-cpp-python),
+    # which re-tokenizes and re-prefills at the seam and measurably changes parked texts.
+    parking: Literal["auto", "text", "off"] = "auto"
     routing: Literal["qoe", "least_busy"] = "qoe"  # how replicas are chosen
     queue_max: int = 1024  # streams waiting in the gateway's queue at most; more get 429
     queue_timeout_s: float = 60.0  # a stream queued longer gets 429
@@ -122,7 +125,7 @@ class GatewayConfig:
             )
 
     def _check_scheduling(self) -> None:
-        _choice("parking", self.parking, ("auto", "off"))
+        _choice("parking", self.parking, ("auto", "text", "off"))
         _choice("routing", self.routing, ("qoe", "least_busy"))
         for name in ("queue_timeout_s", "sched_horizon_s", "sched_interval_s",
                      "health_interval_s"):

@@ -186,7 +186,9 @@ class Dispatcher:
         replica = self.upstream.replicas[index]
         max_len = replica.max_model_len(ticket.model)
         ticket.max_new_tokens = remaining_tokens(endpoint, body, stream.progress, max_len) or None
-        ticket.parkable = (self.config.admission and self.config.parking != "off"
+        kinds = {"auto": ("token_ids",), "text": ("token_ids", "text")}.get(
+            self.config.parking, ())
+        ticket.parkable = (self.config.admission and replica.continuation in kinds
                            and stream.mode == "server"
                            and not_parkable(endpoint, body, replica.continuation, max_len) is None)
         return replica

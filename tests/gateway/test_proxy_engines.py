@@ -245,8 +245,10 @@ async def test_park_and_resume_is_seamless(engine: Engine, make_gateway: Any,
                     "streams are not parked there (docs/continuation.md)")
     # A 2 s horizon: long enough that a newcomer's first token, even on a busy machine, falls
     # inside it (else serving it now gains nothing the valuation can see, and it waits).
+    # llama-cpp-python's text continuation is parked only when asked for (--parking text).
+    parking = "text" if engine.kind == "llama_cpp" else "auto"
     url = await make_gateway(engine.base_url, max_upstream_streams=1, park_min_slack_s=1.0,
-                             park_min_run_s=0.2, sched_horizon_s=2.0)
+                             park_min_run_s=0.2, sched_horizon_s=2.0, parking=parking)
     ups = await _wait_probed(url)
     assert ups[0]["continuation"] == ("text" if engine.kind == "llama_cpp" else "token_ids"), ups
     if endpoint == "completions":
