@@ -43,6 +43,12 @@ __all__ = ["DispatchHooks", "Dispatcher"]
 log = logging.getLogger("andes.gateway")
 
 
+
+# The continuations each --parking setting parks by (docs/continuation.md: a text continuation
+# re-tokenizes and re-prefills at the seam, so it is opt-in).
+_PARKED_KINDS: dict[str, tuple[str, ...]] = {"auto": ("token_ids",), "text": ("token_ids", "text")}
+
+
 class DispatchHooks:
     """Metric callbacks (the metrics module provides them; defaults do nothing)."""
 
@@ -186,8 +192,7 @@ class Dispatcher:
         replica = self.upstream.replicas[index]
         max_len = replica.max_model_len(ticket.model)
         ticket.max_new_tokens = remaining_tokens(endpoint, body, stream.progress, max_len) or None
-        kinds = {"auto": ("token_ids",), "text": ("token_ids", "text")}.get(
-            self.config.parking, ())
+        kinds = _PARKED_KINDS.get(self.config.parking, ())
         ticket.parkable = (self.config.admission and replica.continuation in kinds
                            and stream.mode == "server"
                            and not_parkable(endpoint, body, replica.continuation, max_len) is None)
