@@ -177,8 +177,8 @@ def main() -> None:
             "decisions andes reuses the last one for up to `decide_every_s` (0.1 s) while",
             "nothing it rests on changed (engine/policy/andes/memory.py, \"Cadence\"): here",
             "steps are 40 ms apart and a request finishes every few steps, forcing a full",
-            "decision each time room appears. Other work shared the 2 cores during the run",
-            "(load average below), so treat p99 as pessimistic.",
+            "decision each time room appears. The load average below says whether other work",
+            "shared the cores during the run (it inflates p99 first).",
         ]
     )
     import os
