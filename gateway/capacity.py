@@ -49,8 +49,9 @@ class CapacityConfig:
     default_latency_s: float = 0.05  # per-token latency before any measurement
     default_ttft_s: float = 0.2  # time to first token before any measurement
     min_rate_time_s: float = 1.0  # a concurrency's token rate counts once measured this long
-    # A queue delay measured at a concurrency stops the gateway sending more there for this long;
-    # then one request tests it again (what an engine holds changes with the requests' lengths).
+    # A queue delay measured at a concurrency stops the gateway sending more there until one
+    # request tests it again: after as long as the delay itself, doubling each time a test finds
+    # it again, at most this long (CapacityModel.queueing_s).
     queueing_memory_s: float = 120.0
 
 
@@ -69,7 +70,9 @@ class CapacityModel:
         self._w = self._wk = self._wkk = self._wl = self._wkl = 0.0
         self._updated_s = now_s
         self._ttft: dict[int, float] = {}
-        self._ttft_at: dict[int, float | None] = {}  # when each was last timed (None: unknown)
+        # The latest first-token delay at each concurrency above 0, for queueing_s:
+        # k_before -> (delay, when (None: unknown), tests in a row that found a queue).
+        self._delay: dict[int, tuple[float, float | None, int]] = {}
         self._resume_ttft_s: float | None = None
         # Token rate by rounded concurrency: decayed (tokens, seconds, last update).
         self._rate: dict[int, list[float]] = {}
@@ -98,7 +101,12 @@ class CapacityModel:
             return
         prev = self._ttft.get(k_before)
         self._ttft[k_before] = delay_s if prev is None else prev + alpha * (delay_s - prev)
-        self._ttft_at[k_before] = now_s
+        if k_before > 0:
+            idle = self._ttft.get(0, self.config.default_ttft_s)
+            last = self._delay.get(k_before)
+            found = delay_s - idle > self.config.window_s  # a wait the model can resolve
+            strikes = (last[2] + 1 if last else 1) if found else 0
+            self._delay[k_before] = (delay_s, now_s, strikes)
 
     def _advance(self, now_s: float) -> None:
         cfg = self.config
@@ -185,17 +193,31 @@ class CapacityModel:
 
     def queueing_s(self, k_before: int, now_s: float | None = None) -> float:
         """How much longer than on an idle upstream a request opened with ``k_before`` in flight
-        was measured to wait for its first token: the TTFT at the highest concurrency timed at or
-        below ``k_before`` (within ``queueing_memory_s`` of ``now_s``), less the idle one (0
-        where none is timed). Measured only, never scaled: it tells an engine that queues
-        newcomers behind the streams it serves (a one-slot server) from one that shares its
-        steps among them, and a guess must not decide that."""
+        was last measured to wait for its first token, at the highest concurrency timed at or
+        below ``k_before`` (0 where none is timed). Measured only, never scaled: it tells an
+        engine that queues newcomers behind the streams it serves (a one-slot server) from one
+        that shares its steps among them, and a guess must not decide that.
+
+        A measurement lasts as long as the delay it measured (at least ``window_s``), doubled for
+        each test in a row before it that found a queue (a wait over ``window_s``), at most
+        ``queueing_memory_s``. Why: admission sends nothing where this says the engine
+        queues, so nothing but a test can refute it. A batching engine's queue after a burst
+        drains within about the delay it caused, and the first test then finds none; a one-slot
+        server's queue is there at every test, which come half as often each time (each costs
+        one request a wait in the engine's queue instead of the gateway's)."""
         if 0 not in self._ttft:
             return 0.0
-        memory = self.config.queueing_memory_s
-        below = [k for k, at in self._ttft_at.items() if k <= k_before and (
-            k == 0 or now_s is None or at is None or now_s - at <= memory)]
-        return max(self._ttft[max(below)] - self._ttft[0], 0.0)
+        idle = self._ttft[0]
+        cfg = self.config
+        live = []
+        for k, (delay, at, strikes) in self._delay.items():
+            if k > k_before:
+                continue
+            held = max(delay - idle, cfg.window_s) * 2 ** max(strikes - 1, 0)
+            lasts = min(held, cfg.queueing_memory_s)
+            if now_s is None or at is None or now_s - at < lasts:
+                live.append((k, delay))
+        return max(max(live)[1] - idle, 0.0) if live else 0.0
 
     def resume_ttft_s(self, k_before: int) -> float:
         """Expected seconds to the first token of a continuation (a resumed stream)."""

@@ -225,6 +225,29 @@ def test_a_one_slot_server_that_queues_newcomers_is_time_sliced_not_queued_into(
     assert m.queueing_s(1, 10.0) == pytest.approx(19.5, abs=0.1) and m.queueing_s(1, later) == 0.0
 
 
+def test_a_passing_engine_queue_is_tested_again_soon_a_lasting_one_ever_less_often() -> None:
+    # Stock vLLM after a burst: one newcomer at 4 in flight waited 3 s (its batch was full for a
+    # moment). Admission then sends nothing at 4, so only a test can show the queue has drained:
+    # it comes after about the delay measured, not minutes later.
+    m = _capacity(0.02, 0.002)  # idle: 0.05 s to a first token
+    m.first_token(3.05, 4, now_s=10.0)
+    assert m.queueing_s(4, 12.0) == pytest.approx(3.0)
+    assert m.queueing_s(5, 12.0) == pytest.approx(3.0)
+    assert m.queueing_s(3, 12.0) == 0.0  # measured at 4: says nothing of fewer
+    assert m.queueing_s(4, 13.1) == 0.0  # 3 s on: test again
+    m.first_token(0.1, 4, now_s=13.5)  # the test finds no queue: admission goes on at once
+    assert m.queueing_s(4, 13.6) == pytest.approx(0.05)
+    # A queue that every test finds again (a one-slot server) is tested half as often each time.
+    gaps, t = [], 20.0
+    for _ in range(8):
+        m.first_token(10.05, 4, now_s=t)
+        t0 = t
+        while m.queueing_s(4, t) > 0.5:
+            t += 1.0
+        gaps.append(t - t0)
+    assert gaps[:4] == [10.0, 20.0, 40.0, 80.0] and set(gaps[4:]) == {m.config.queueing_memory_s}
+
+
 def test_a_measured_engine_queue_stops_exploration_too() -> None:
     # The token rate is known only at one concurrency, so the rate rule would explore one more;
     # but a newcomer there was measured to wait 15 s behind the others for its first token.
