@@ -121,6 +121,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help=f"streams waiting in the gateway at most; more get 429 (default {_D.queue_max})")
     b("--queue-timeout-s", type=float, metavar="S",
       help=f"a stream queued this long gets 429 (default {_D.queue_timeout_s})")
+    b("--queue-starvation-s", type=float, metavar="S",
+      help=f"a stream queued this long goes before any valued one, oldest first; at or above "
+           f"--queue-timeout-s the queue is ordered by QoE value alone "
+           f"(default {_D.queue_starvation_s})")
     b("--sched-horizon-s", type=float, metavar="S",
       help=f"look-ahead of the QoE valuation (default {_D.sched_horizon_s})")
     b("--sched-interval-s", type=float, metavar="S",

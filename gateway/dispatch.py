@@ -81,7 +81,8 @@ class Dispatcher:
                       for r in upstream.replicas]  # fmt: skip
         self.scheduler = Scheduler(SchedulerConfig(
             horizon_s=config.sched_horizon_s, queue_max=config.queue_max,
-            queue_timeout_s=config.queue_timeout_s, parking=config.parking != "off",
+            queue_timeout_s=config.queue_timeout_s, starvation_s=config.queue_starvation_s,
+            parking=config.parking != "off",
             park_min_slack_s=config.park_min_slack_s, min_run_s=config.park_min_run_s,
             park_budget_share=config.park_budget,
             max_in_flight=config.max_upstream_streams, routing=config.routing,
