@@ -30,10 +30,13 @@ than waiting — over a window of ``horizon_s`` *after its first token*, which c
 learned TTFT (resume TTFT for a parked stream): at the engine a first token takes one step, at
 the gateway it can take seconds (a prompt's prefill on a one-slot CPU server), and a window
 that ended before it would value every waiting stream at nothing. The reader is where the
-gateway measures it (slack, pace). Candidates (parked, then queued) are taken by value — except
-that a ticket queued longer than ``starvation_s`` goes first, oldest first: the valuation
-favours requests it can still make whole, and would otherwise starve one already late — and
-each is placed where it does the most good:
+gateway measures it (slack, pace). Candidates (parked, then queued) are taken by value, and
+each is placed where it does the most good. A ticket's value falls the longer it has waited
+(the QoE it can still reach is smaller), so under sustained overload the valuation serves the
+requests it can still make whole and leaves late ones to ``queue_timeout_s``: measured, that
+gives readers on average far more than first come, first served, which serves every one late.
+An operator who prefers fewer timeouts sets ``starvation_s``: a ticket queued that long goes
+first, oldest first.
 
 * **add** — onto an upstream where admission would let it in (above: an idle one, one whose
   token rate still grows, or one where everyone keeps pace with it), the lowest TTFT first;
@@ -160,9 +163,12 @@ class SchedulerConfig:
     max_in_flight: int = 0  # hard limit per upstream; 0 = only what is learned
     routing: Literal["qoe", "least_busy"] = "qoe"
     max_rejects: int = 16  # a plan stops after this many candidates in a row found no place
-    # A ticket queued this long goes before any valued one (oldest first): the valuation favours
-    # requests it can still make whole, which on its own could starve an already-late one.
-    starvation_s: float = 10.0
+    # A ticket queued this long goes before any valued one (oldest first); 0: never. The
+    # valuation favours requests it can still make whole, so on its own it leaves an already-late
+    # one waiting until ``queue_timeout_s`` — which bounds every wait. A floor below the timeout
+    # trades that for fewer timeouts: under sustained overload it makes the queue first come,
+    # first served, and every stream is served late (measured: BENCHMARKS.md, gateway-sched).
+    starvation_s: float = 0.0
     # Hold a stream only where the upstream already gives this share of the best token rate
     # measured on it (the engine policy's ``min_throughput_share``): QoE is not bought with
     # throughput.
@@ -462,7 +468,7 @@ class Scheduler:
         starving = self.config.starvation_s
         for rank, group in ((0, self.parked), (1, self.queue)):
             for t in group:
-                if rank == 1 and now_s - t.queued_at_s >= starving:
+                if rank == 1 and 0 < starving <= now_s - t.queued_at_s:
                     scored.append((-math.inf, 1, t.queued_at_s, t))
                     continue
                 best = 0.0

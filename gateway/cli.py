@@ -122,9 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b("--queue-timeout-s", type=float, metavar="S",
       help=f"a stream queued this long gets 429 (default {_D.queue_timeout_s})")
     b("--queue-starvation-s", type=float, metavar="S",
-      help=f"a stream queued this long goes before any valued one, oldest first; at or above "
-           f"--queue-timeout-s the queue is ordered by QoE value alone "
-           f"(default {_D.queue_starvation_s})")
+      help="a stream queued this long goes before any valued one, oldest first (fewer 429s, "
+           "every stream later under overload); 0, or at or above --queue-timeout-s: the queue "
+           "is ordered by QoE value alone (default 0)")
     b("--sched-horizon-s", type=float, metavar="S",
       help=f"look-ahead of the QoE valuation (default {_D.sched_horizon_s})")
     b("--sched-interval-s", type=float, metavar="S",

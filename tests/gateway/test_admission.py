@@ -84,10 +84,16 @@ def test_the_queue_is_ordered_by_value_and_bounded() -> None:
         s.add(_ticket("over", 5.0), 5.0)
     # By value the fresh one goes first (serving it now can still make it whole) ...
     assert s._ordered(5.5)[0] is new
-    # ... until the old one has waited starvation_s.
-    assert s._ordered(10.5)[0] is old
+    # ... and by default it stays first until the old one times out.
+    assert s._ordered(50.0)[0] is new
     plan = s.plan(5.5)
     assert not plan.admit  # the one slot is taken and nothing may be parked
+    # With a starvation floor the old one goes first once it has waited that long.
+    floored = Scheduler(SchedulerConfig(queue_max=2, parking=False, max_in_flight=1,
+                                        starvation_s=10.0), [up])
+    assert floored.add(new, 5.0) is None and floored.add(old, 5.0) is None
+    assert floored._ordered(5.5)[0] is new
+    assert floored._ordered(10.5)[0] is old
 
 
 def test_a_stream_with_seconds_buffered_yields_its_slot() -> None:

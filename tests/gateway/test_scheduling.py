@@ -120,8 +120,9 @@ def test_scheduling_settings_from_flags_environment_and_their_errors() -> None:
         load_config({"queue_timeout_s": 0.0})
     with pytest.raises(ConfigError, match="queue_starvation_s"):
         load_config({"queue_starvation_s": -1.0})
-    cfg = load_config({}, {"ANDES_GATEWAY_QUEUE_STARVATION_S": "60"})
-    assert cfg.queue_starvation_s == 60.0
+    assert load_config({}).queue_starvation_s == 0.0  # off: value alone
+    cfg = load_config({}, {"ANDES_GATEWAY_QUEUE_STARVATION_S": "10"})
+    assert cfg.queue_starvation_s == 10.0
 
 
 async def test_a_stream_whose_engine_request_ended_frees_its_slot(make_gateway, upstream) -> None:
