@@ -55,7 +55,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,6 +68,9 @@ from bench.runner import RunConfig, run_load
 from benchmarks import engine_qoe
 from benchmarks.closed_loop_report import report
 from core.qoe import QoESpec
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
 
 RESULTS = engine_qoe.RESULTS
 RUNS_DIR = RESULTS / "closed_loop"
@@ -161,16 +164,27 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
     return {k: v - before.get(k, 0.0) for k, v in after.items() if k != "connected"}
 
 
+def gateway_config(config: str, base_url: str, settings: Settings) -> GatewayConfig:
+    """The gateway in front of ``config``'s engine. It only relays and paces: the engine
+    schedules (the comparison is the engine's policy with and without the slack channel). So no
+    gateway admission — on by default, it would schedule in front of stock and andes-inferred
+    (no slack channel: not "controlled") and not in front of andes-measured, and 392 of 683
+    andes-inferred requests at 6 req/s timed out in its queue (2026-12-04) — and no stall
+    timeout to cut a stream the engine keeps waiting: its reader's QoE scores that wait."""
+    from gateway.config import GatewayConfig
+
+    return GatewayConfig(upstreams=(base_url,), port=0, shutdown_grace_s=1.0,
+                         slack_discovery=config == "andes-measured",
+                         slack_interval_s=settings.slack_interval_s, admission=False,
+                         upstream_stall_timeout_s=3600.0, log_level="warning")  # fmt: skip
+
+
 async def _measure_loads(config: str, engine: Any, rates: Sequence[float], settings: Settings,
                          runs_dir: Path, progress: bool) -> dict[float, BenchRun]:  # fmt: skip
     from gateway.app import start
-    from gateway.config import GatewayConfig
 
     measured = config == "andes-measured"
-    gw_config = GatewayConfig(upstreams=(engine.base_url,), port=0, shutdown_grace_s=1.0,
-                              slack_discovery=measured, slack_interval_s=settings.slack_interval_s,
-                              log_level="warning")  # fmt: skip
-    runner, port = await start(gw_config, "127.0.0.1", 0)
+    runner, port = await start(gateway_config(config, engine.base_url, settings), "127.0.0.1", 0)
     url = f"http://127.0.0.1:{port}"
     done: dict[float, BenchRun] = {}
     try:

@@ -167,3 +167,14 @@ async def test_one_configuration_measures_its_loads_through_a_gateway(tmp_path) 
     bodies = [r.body for r in up.records]
     assert len(bodies) == 4 + len(run.records)  # the warm-up, then the load
     assert all(b["ignore_eos"] is True and "cache_salt" in b for b in bodies)
+
+
+def test_the_gateway_only_relays_and_paces_in_every_configuration() -> None:
+    # The engine schedules; a gateway that queued in front of some configurations and not others
+    # (admission treats an engine without the slack channel as uncontrolled) or cut streams the
+    # engine holds would be measured instead of the engine's policy.
+    s = settings()
+    for config in closed_loop.CONFIGS:
+        cfg = closed_loop.gateway_config(config, "http://127.0.0.1:1", s)
+        assert cfg.admission is False and cfg.upstream_stall_timeout_s >= 3600
+        assert cfg.slack_discovery is (config == "andes-measured")
