@@ -77,10 +77,8 @@ class GatewayConfig:
     routing: Literal["qoe", "least_busy"] = "qoe"  # how replicas are chosen
     queue_max: int = 1024  # streams waiting in the gateway's queue at most; more get 429
     queue_timeout_s: float = 60.0  # a stream queued longer gets 429
-    # A stream queued this long goes before any valued one, oldest first (admission.py); 0 (the
-    # default), or at or above queue_timeout_s: the queue is ordered by value alone, and the
-    # timeout bounds every wait. Measured in BENCHMARKS.md (gateway-sched): a 10 s floor made the
-    # queue first-come-first-served under sustained overload, every stream served late.
+    # A stream queued this long goes first, oldest first; 0: never (value alone; admission.py's
+    # SchedulerConfig.starvation_s says why that is the default).
     queue_starvation_s: float = 0.0
     sched_horizon_s: float = 3.0  # the QoE valuation's look-ahead, seconds
     sched_interval_s: float = 0.1  # how often the queue and parked streams are reconsidered
