@@ -309,8 +309,10 @@ class Scheduler:
             return False
         if not self._saturated(u):
             return True
+        # Everyone keeps pace with one more even if the engine produces no more than the best
+        # rate measured: sent untested beyond the exploration step, it must not rely on growth.
         pace = max(ticket.reader.pace_tok_s, u.max_pace())
-        return u.capacity.token_latency_s(k + 1) <= 1.0 / pace
+        return u.capacity.token_latency_s(k + 1, flat=True) <= 1.0 / pace
 
     def _engine_queues(self, u: UpstreamView, now_s: float) -> bool:
         """Whether a request on ``u`` has waited for its first token longer than an idle ``u``
@@ -338,6 +340,15 @@ class Scheduler:
         ups = self.upstreams
         return min(eligible,
                    key=lambda i: (self._ttft_s(ups[i], ups[i].in_flight), ups[i].in_flight))
+
+    def _untested(self, u: UpstreamView) -> bool:
+        """One more on ``u`` would go beyond a step above the highest concurrency measured
+        there (:meth:`CapacityModel.frontier`). Adding onto a saturated upstream stops here
+        until the step is measured, as the rate rule's exploration does (:meth:`_admits`), so
+        a plan never sends a queue's worth of requests whose effect nobody has seen; only a
+        line that predicts everyone keeps pace goes further."""
+        frontier = u.capacity.frontier()
+        return frontier is not None and u.in_flight >= frontier
 
     def _saturated(self, u: UpstreamView) -> bool:
         """More in flight on ``u`` would not raise its token rate (holding costs no throughput)."""
@@ -508,8 +519,8 @@ class Scheduler:
             k = u.in_flight
             options: list[tuple[float, Ticket | None]] = []
             # Add onto a saturated upstream (not one whose own queue holds a request: it would
-            # only join it), valued over the horizon.
-            if (limit <= 0 or k < limit) and not queues[i]:
+            # only join it; not beyond the measured step), valued over the horizon.
+            if (limit <= 0 or k < limit) and not queues[i] and not self._untested(u):
                 lat = u.capacity.token_latency_s(k + 1)
                 first = self._first_s(t, u, k) + lat
                 gain = self._gain(t, now_s, lat, first, self.config.horizon_s)

@@ -27,8 +27,12 @@ growing: a continuous-batching engine's rate rises with ``k`` up to its batch or
 flat beyond (the rest wait in its own queue), a one-slot server's is flat from ``k = 1``.
 :meth:`saturated` answers whether more in flight would still raise the rate — the gateway holds
 a stream only where it would not, so holding never costs token throughput. Unmeasured
-concurrencies are explored by doubling the highest one measured: holding is believed only once
-a higher concurrency has been seen to give no more.
+concurrencies are explored a step at a time above the highest one measured (a quarter more,
+at least one): holding is believed only once a higher concurrency has been seen to give no
+more. A step, not a doubling: the requests sent beyond what was measured are untested (the
+engine may queue every one of them in its own order), and the rate at the top is the noisiest
+of all, so a doubling whenever noise puts the best rate there sent a whole queue into the
+engine's at once (measured: 92 requests in one plan, vLLM's waiting queue 6 → 96).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class CapacityConfig:
     default_latency_s: float = 0.05  # per-token latency before any measurement
     default_ttft_s: float = 0.2  # time to first token before any measurement
     min_rate_time_s: float = 1.0  # a concurrency's token rate counts once measured this long
+    explore_share: float = 0.25  # explore this share above the highest concurrency measured
     # A queue delay measured at a concurrency stops the gateway sending more there until one
     # request tests it again: after as long as the delay itself, doubling each time a test finds
     # it again, at most this long (CapacityModel.queueing_s).
@@ -164,10 +169,26 @@ class CapacityModel:
         b = cfg.optimism * l_mean / max(k_mean, 1.0)
         return max(l_mean - b * k_mean, 0.0), b
 
-    def token_latency_s(self, k: int) -> float:
-        """Seconds between two tokens of one stream when ``k`` requests are in flight."""
+    def token_latency_s(self, k: int, flat: bool = False) -> float:
+        """Seconds between two tokens of one stream when ``k`` requests are in flight: the line,
+        but never less than ``k`` streams' share of the best token rate measured — up to the
+        highest concurrency measured, and beyond it too once the best rate was measured below
+        that concurrency (the rate stopped growing) or where ``flat`` asks to assume no more
+        than the best rate (what admission without a test may rely on). Why the floor: streams
+        share what the engine produces, which the line cannot know. Fitted on windows that all
+        lie near one concurrency (a gateway holding an engine at its plateau), the line's slope
+        is noise or the optimistic guess, and then one more stream looks free to everyone
+        (measured: the gateway's queue sent whole into vLLM's)."""
         a, b = self.line()
-        return min(max(a + b * max(k, 1), 1e-4), self.config.max_latency_s)
+        k = max(k, 1)
+        latency = a + b * k
+        rates = self.rates()
+        if rates and max(rates.values()) > 0.0:
+            best = max(rates.values())
+            top = max(rates)
+            grows = rates[top] >= best and not flat  # the best rate is at the top: may grow
+            latency = max(latency, (min(k, top) if grows else k) / best)
+        return min(max(latency, 1e-4), self.config.max_latency_s)
 
     def throughput_tok_s(self, k: int) -> float:
         """Tokens per second over all streams at concurrency ``k``."""
@@ -230,12 +251,23 @@ class CapacityModel:
         least = self.config.min_rate_time_s
         return {k: tok / t for k, (tok, t, _) in sorted(self._rate.items()) if t >= least}
 
+    def frontier(self) -> int | None:
+        """The most requests in flight the token rate may be tested at now: one step above the
+        highest concurrency measured (``explore_share`` of it, at least one request); None
+        before any rate is measured."""
+        rates = self.rates()
+        if not rates:
+            return None
+        top = max(rates)
+        return top + max(1, math.ceil(self.config.explore_share * top))
+
     def saturated(self, k: int, share: float) -> bool:
         """Whether ``k`` in flight already get ``share`` of the best token rate measured here,
         with a higher concurrency seen to give no more — one more stream would add (almost)
         nothing to the engine's throughput. False while that is not known: below a concurrency
-        at which the rate was seen to flatten, or up to twice the highest one measured (so the
-        curve is explored, not guessed)."""
+        at which the rate was seen to flatten, or up to one step above the highest one measured
+        (``explore_share`` of it, at least one request: the curve is explored, not guessed, and
+        no more than a step of requests is ever untested)."""
         rates = self.rates()
         if not rates:
             return False
@@ -244,7 +276,8 @@ class CapacityModel:
         for j, rate in rates.items():  # ascending
             if j < top and rate >= share * best:
                 return k >= j  # flat from j on: the first concurrency near the best rate
-        return k >= 2 * top
+        frontier = self.frontier()
+        return frontier is not None and k >= frontier
 
     def capacity(self, tds_tok_s: float) -> int:
         """The most requests in flight at which each still gets ``tds_tok_s`` tokens/s."""

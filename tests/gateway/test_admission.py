@@ -195,7 +195,7 @@ def test_a_batching_engine_below_its_throughput_plateau_is_not_held_back() -> No
     assert not m.saturated(8, 0.98)
     assert s.add(_ticket("a", t), t) == 0  # straight in, though L(9) > 1/pace
     up.in_flight = 16
-    assert m.saturated(16, 0.98)  # twice the highest concurrency measured: explore no further
+    assert m.saturated(16, 0.98)  # a step above the highest concurrency measured: no further
     b = _ticket("b", t)
     assert s.add(b, t) is None and b in s.queue
     # Once 16 in flight is measured at the same per-stream latency (rate still rising), the
@@ -326,3 +326,23 @@ def test_parks_are_bounded_by_what_their_resumes_cost_the_engine() -> None:
     up.in_flight = 2
     s.add(_ticket("b", 10.2, FakeReader(pace_tok_s=12.0)), 10.2)
     assert s.plan(10.3).park == [second]
+
+
+def test_a_plan_sends_no_more_than_a_step_above_the_concurrency_measured() -> None:
+    # The token rate is known at 8 in flight only (5 tok/s each: readers at 5 tok/s are just
+    # kept pace with), and the line is flat there (the slope not identified): by the line one
+    # more stream costs nobody much. Fifty fresh requests wait. The plan explores a step (to
+    # 10) and sends no more until that step is measured — not the whole queue into the
+    # engine's own (measured before: 84 requests in one plan; this test sent 46 then).
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    m.in_flight(8, 0.0)
+    for i in range(160):
+        m.tokens(1, (i + 1) * 0.025)  # 40 tok/s over 8 streams for 4 s
+    m.first_token(0.05, 0)
+    assert m.frontier() == 10
+    up = UpstreamView(m, in_flight=8)
+    s = Scheduler(SchedulerConfig(parking=False), [up])
+    for i in range(50):
+        s.queue.append(_ticket(f"q{i}", 4.0))
+    plan = s.plan(4.0)
+    assert len(plan.admit) == 2 and up.in_flight == 10 and len(s.queue) == 48

@@ -64,12 +64,12 @@ def test_the_token_rate_is_saturated_only_where_more_streams_were_seen_to_add_no
     # in flight; beyond, the rest wait in its queue and the total stays 4 / 30 ms.
     m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
     t = _drive(m, 1, 0.030, 3.0, 0.0)
-    assert not m.saturated(1, 0.98)  # one concurrency seen: explore up to twice it
+    assert not m.saturated(1, 0.98)  # one concurrency seen: explore one step above it
     assert m.saturated(2, 0.98)
     t = _drive(m, 2, 0.030, 3.0, t)
     t = _drive(m, 4, 0.030, 3.0, t)
-    assert not m.saturated(3, 0.98) and not m.saturated(7, 0.98)  # still rising at the top
-    assert m.saturated(8, 0.98)
+    assert not m.saturated(3, 0.98) and not m.saturated(4, 0.98)  # still rising at the top
+    assert m.saturated(5, 0.98) and m.frontier() == 5  # a step (a quarter, at least 1) above
     t = _drive(m, 6, 0.045, 3.0, t)  # 6 in flight, 4 served: the rate is flat from 4 on
     assert not m.saturated(3, 0.98)
     assert m.saturated(4, 0.98) and m.saturated(6, 0.98) and m.saturated(20, 0.98)
@@ -81,3 +81,27 @@ def test_a_one_slot_server_is_saturated_from_one_stream() -> None:
     _drive(m, 2, 0.060, 3.0, t)
     assert m.saturated(1, 0.98) and not m.saturated(0, 0.98)
     assert m.rates()[1] == pytest.approx(33.3, rel=0.05)
+
+
+def test_exploration_goes_a_quarter_above_the_highest_concurrency_measured() -> None:
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    assert m.frontier() is None  # nothing measured: nothing bounds the first requests
+    _drive(m, 40, 0.030 * 40, 3.0, 0.0)  # the rate at 40 is the only one known
+    assert m.frontier() == 50
+    assert not m.saturated(49, 0.98) and m.saturated(50, 0.98)
+
+
+def test_streams_share_the_best_rate_whatever_the_line_says() -> None:
+    # A gateway holding a batching engine at its plateau: every window lies near one
+    # concurrency, so the line's slope is not identified (the optimistic guess). But 40 streams
+    # share what the engine produced at 36: none gets a token faster than 40 / that rate.
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    t = _drive(m, 36, 0.1, 5.0, 0.0)  # 360 tok/s
+    _drive(m, 38, 0.1 * 38 / 36, 5.0, t)  # 38 in flight, still 360 tok/s: flat
+    assert m.line()[1] < 0.1 / 36  # the line alone: one more stream looks (almost) free
+    assert m.token_latency_s(40) == pytest.approx(40 / 360, rel=0.03)
+    # Where the rate still grows at the top, the floor stops there and the line extrapolates.
+    g = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    t = _drive(g, 1, 0.030, 3.0, 0.0)
+    _drive(g, 4, 0.030, 3.0, t)
+    assert g.token_latency_s(8) < 8 / g.rates()[4]
