@@ -113,12 +113,19 @@ class Settings:
     tds_scale: float
     max_prompt_tokens: int
     max_output_tokens: int
+    arrivals_cv: float = 1.0  # 1: Poisson; above 1: Gamma gaps of that CV (bursty)
+
+    @property
+    def arrivals(self) -> str:
+        return "Poisson" if self.arrivals_cv == 1.0 else f"bursty (Gamma CV {self.arrivals_cv:g})"
 
     def plan(self, rate_rps: float) -> list[PlannedRequest]:
         workload, texts = load_requests(self.workload, self.seed)
         half = len(workload) // 2
         part = workload[:half] if self.split == "dev" else workload[half:]
-        cfg = PlanConfig(arrivals=ArrivalSpec("poisson", rate_rps=rate_rps),
+        spec = (ArrivalSpec("poisson", rate_rps=rate_rps) if self.arrivals_cv == 1.0
+                else ArrivalSpec("gamma", rate_rps=rate_rps, cv=self.arrivals_cv))
+        cfg = PlanConfig(arrivals=spec,
                          duration_s=self.duration_s, seed=self.seed, tds_scale=self.tds_scale,
                          max_prompt_tokens=self.max_prompt_tokens,
                          max_output_tokens=self.max_output_tokens)
@@ -500,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=int, default=384)
     p.add_argument("--max-output-tokens", type=int, default=256)
     p.add_argument("--split", choices=("dev", "test"), default="test")
+    p.add_argument("--arrivals-cv", type=float, default=1.0,
+                   help="coefficient of variation of the arrival gaps: 1 Poisson (default), above"
+                        " 1 bursty (Gamma); its runs and BENCHMARKS section are kept apart")
     p.add_argument("--workload", type=Path, default=DEFAULT_TRACE,
                    help="the paper's trace (the copy in the package)")
     p.add_argument("--seed", type=int, default=0)
@@ -525,7 +535,8 @@ def report(rows: Sequence[Row], notes: Sequence[str], settings: Settings, quick:
         + (" — QUICK SMOKE RUN, not a result" if quick else ""), "",
         f"Command: `{command_line()}`  ", f"Machine: {machine_line()}", "",
         f"Workload: the paper's trace, {settings.split} split"
-        f" ({'held out' if settings.split == 'test' else 'development'}), Poisson arrivals"
+        f" ({'held out' if settings.split == 'test' else 'development'}),"
+        f" {settings.arrivals} arrivals"
         f" (seed {settings.seed}), {settings.duration_s:g} s per load, prompts ≤"
         f" {settings.max_prompt_tokens} estimated tokens, outputs forced to min(trace,"
         f" {settings.max_output_tokens}) tokens, reader pace × {settings.tds_scale:g}."
@@ -564,6 +575,22 @@ def _per_engine(text: str, engines: Sequence[str], sep: str) -> dict[str, list[f
     return out
 
 
+def _where_recorded(args: argparse.Namespace) -> tuple[Path, str]:
+    """The runs' directory and the BENCHMARKS.md section (``--quick`` also shrinks the run)."""
+    runs_dir = RESULTS
+    if args.quick:
+        args.load_factors, runs_dir = "1.5", RESULTS / "quick"
+        args.duration, args.split = min(args.duration, 20.0), "dev"
+        args.max_output_tokens = min(args.max_output_tokens, 48)
+        args.seam_requests = "20"
+    if args.arrivals_cv <= 0:
+        build_parser().error(f"--arrivals-cv must be > 0, got {args.arrivals_cv:g}")
+    if args.arrivals_cv == 1.0:
+        return runs_dir, SECTION
+    # Bursty runs beside the Poisson ones, not over them.
+    return runs_dir / f"cv{args.arrivals_cv:g}", f"{SECTION}-cv{args.arrivals_cv:g}"
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # SIGTERM too: the engines and gateways are stopped on the way out
 
@@ -576,18 +603,13 @@ def main(argv: list[str] | None = None) -> int:
     if REPORT_ONLY and not args.knee:
         build_parser().error("--report-only needs --knee (the knees the runs were made at)")
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    runs_dir = RESULTS
-    if args.quick:
-        args.load_factors, runs_dir = "1.5", RESULTS / "quick"
-        args.duration, args.split = min(args.duration, 20.0), "dev"
-        args.max_output_tokens = min(args.max_output_tokens, 48)
-        args.seam_requests = "20"
+    runs_dir, section = _where_recorded(args)
     factors_of, knees, seam_n = _options(args, engines)
     if args.fresh and runs_dir.exists():
         for path in runs_dir.glob("*.json"):
             path.unlink()
     settings = Settings(str(args.workload), args.split, args.seed, args.duration, args.tds_scale,
-                        args.max_prompt_tokens, args.max_output_tokens)
+                        args.max_prompt_tokens, args.max_output_tokens, args.arrivals_cv)
     rows: list[Row] = []
     notes: list[str] = []
     try:
@@ -637,8 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(rows, notes, settings, args.quick)
     print(text)
     if not args.no_record:
-        record(SECTION, text)
-        print(f"recorded section {SECTION!r} of BENCHMARKS.md")
+        record(section, text)
+        print(f"recorded section {section!r} of BENCHMARKS.md")
     return 0
 
 

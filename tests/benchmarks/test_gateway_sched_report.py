@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bench.result import RequestRecord
@@ -32,3 +34,28 @@ def test_a_seam_defect_is_a_parked_stream_whose_usage_is_not_its_forced_length()
     assert _short(_record(parks=2, delivered=63, usage=63))  # a token lost at a seam
     assert _short(_record(parks=1, delivered=65, usage=65))  # or repeated
     assert not _short(_record(parks=0, delivered=63, usage=63))  # never parked: not a seam's
+
+
+def test_bursty_arrivals_are_gamma_gaps_recorded_apart_from_the_poisson_runs() -> None:
+    from bench.cli import DEFAULT_TRACE
+    from benchmarks.gateway_sched import RESULTS, SECTION, Settings, _where_recorded, build_parser
+
+    poisson = build_parser().parse_args([])
+    assert _where_recorded(poisson) == (RESULTS, SECTION)
+    bursty = build_parser().parse_args(["--arrivals-cv", "3"])
+    assert _where_recorded(bursty) == (RESULTS / "cv3", "gateway-sched-cv3")
+    with pytest.raises(SystemExit):
+        _where_recorded(build_parser().parse_args(["--arrivals-cv", "0"]))
+
+    def gaps(cv: float) -> list[float]:
+        s = Settings(str(DEFAULT_TRACE), "dev", 0, 120.0, 1.0, 384, 256, cv)
+        times = [r.at_s for r in s.plan(2.0)]
+        return [b - a for a, b in itertools.pairwise(times)]
+
+    def cv_of(g: list[float]) -> float:
+        mean = sum(g) / len(g)
+        return (sum((x - mean) ** 2 for x in g) / len(g)) ** 0.5 / mean
+
+    assert 0.8 < cv_of(gaps(1.0)) < 1.2 and cv_of(gaps(3.0)) > 2.0
+    assert Settings("t", "dev", 0, 1.0, 1.0, 1, 1).arrivals == "Poisson"
+    assert Settings("t", "dev", 0, 1.0, 1.0, 1, 1, 3.0).arrivals == "bursty (Gamma CV 3)"
