@@ -309,8 +309,10 @@ class Scheduler:
             return False
         if not self._saturated(u):
             return True
+        if self._untested(u):
+            return False
         # Everyone keeps pace with one more even if the engine produces no more than the best
-        # rate measured: sent untested beyond the exploration step, it must not rely on growth.
+        # rate measured: the line alone, extrapolated, would let a queue's worth through.
         pace = max(ticket.reader.pace_tok_s, u.max_pace())
         return u.capacity.token_latency_s(k + 1, flat=True) <= 1.0 / pace
 
@@ -343,10 +345,10 @@ class Scheduler:
 
     def _untested(self, u: UpstreamView) -> bool:
         """One more on ``u`` would go beyond a step above the highest concurrency measured
-        there (:meth:`CapacityModel.frontier`). Adding onto a saturated upstream stops here
-        until the step is measured, as the rate rule's exploration does (:meth:`_admits`), so
-        a plan never sends a queue's worth of requests whose effect nobody has seen; only a
-        line that predicts everyone keeps pace goes further."""
+        there (:meth:`CapacityModel.frontier`). Every rule that sends a stream upstream stops
+        here until the step is measured (the rate rule's exploration, the keeps-pace rule,
+        adding onto a saturated upstream), so a plan never sends a queue's worth of requests
+        whose effect nobody has seen."""
         frontier = u.capacity.frontier()
         return frontier is not None and u.in_flight >= frontier
 

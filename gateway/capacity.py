@@ -32,7 +32,7 @@ at least one): holding is believed only once a higher concurrency has been seen 
 more. A step, not a doubling: the requests sent beyond what was measured are untested (the
 engine may queue every one of them in its own order), and the rate at the top is the noisiest
 of all, so a doubling whenever noise puts the best rate there sent a whole queue into the
-engine's at once (measured: 92 requests in one plan, vLLM's waiting queue 6 → 96).
+engine's at once (measured: 84 requests in one plan, vLLM's waiting queue 6 → 96).
 """
 
 from __future__ import annotations
@@ -170,24 +170,21 @@ class CapacityModel:
         return max(l_mean - b * k_mean, 0.0), b
 
     def token_latency_s(self, k: int, flat: bool = False) -> float:
-        """Seconds between two tokens of one stream when ``k`` requests are in flight: the line,
-        but never less than ``k`` streams' share of the best token rate measured — up to the
-        highest concurrency measured, and beyond it too once the best rate was measured below
-        that concurrency (the rate stopped growing) or where ``flat`` asks to assume no more
-        than the best rate (what admission without a test may rely on). Why the floor: streams
-        share what the engine produces, which the line cannot know. Fitted on windows that all
-        lie near one concurrency (a gateway holding an engine at its plateau), the line's slope
-        is noise or the optimistic guess, and then one more stream looks free to everyone
-        (measured: the gateway's queue sent whole into vLLM's)."""
+        """Seconds between two tokens of one stream when ``k`` requests are in flight: the line;
+        with ``flat``, never less than ``k`` streams' share of the best token rate measured (as
+        if the rate grew no further). ``flat`` is what admission without a test relies on:
+        fitted on windows that all lie near one concurrency (a gateway holding an engine at its
+        plateau), the line's slope is noise or the optimistic guess, and one more stream looks
+        free to everyone. Valuation keeps the line: on an engine bound by its KV cache a
+        newcomer waits rather than slowing the others, and the share would charge them a loss
+        they do not have (measured on the development split: holding by the share everywhere
+        cost QoE and throughput)."""
         a, b = self.line()
         k = max(k, 1)
         latency = a + b * k
         rates = self.rates()
-        if rates and max(rates.values()) > 0.0:
-            best = max(rates.values())
-            top = max(rates)
-            grows = rates[top] >= best and not flat  # the best rate is at the top: may grow
-            latency = max(latency, (min(k, top) if grows else k) / best)
+        if flat and rates and max(rates.values()) > 0.0:
+            latency = max(latency, k / max(rates.values()))
         return min(max(latency, 1e-4), self.config.max_latency_s)
 
     def throughput_tok_s(self, k: int) -> float:

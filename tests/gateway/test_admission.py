@@ -50,10 +50,22 @@ def _ticket(name: str, now: float, reader: FakeReader | None = None,
 def test_fast_path_while_everyone_keeps_pace() -> None:
     up = UpstreamView(_capacity(0.02, 0.002))
     s = Scheduler(SchedulerConfig(), [up])
-    for i in range(5):
+    # Measured at 1 and 3 in flight: up to a step above (4) straight in, then a test first.
+    assert up.capacity.frontier() == 4
+    for i in range(4):
         assert s.add(_ticket(f"r{i}", 0.0), 0.0) == 0
         up.in_flight += 1
-    assert not s.queue
+    late = _ticket("r4", 0.0)
+    assert s.add(late, 0.0) is None and late in s.queue
+    m, t = up.capacity, 10.0  # 4 in flight measured: everyone still at 35 tok/s
+    m.in_flight(4, t)
+    for i in range(140):
+        m.tokens(1, t + (i + 1) / 140 * 1.999)
+    m.in_flight(4, t + 2.0)
+    for r in up.running:
+        r.tracker.add(0.5)  # each had its first token (none waits in the engine's queue)
+    assert m.frontier() == 5
+    assert s.plan(t + 2.0).admit == [(late, 0)] and not s.queue
 
 
 def test_a_full_upstream_queues_and_an_idle_one_takes_any_work() -> None:

@@ -91,17 +91,12 @@ def test_exploration_goes_a_quarter_above_the_highest_concurrency_measured() -> 
     assert not m.saturated(49, 0.98) and m.saturated(50, 0.98)
 
 
-def test_streams_share_the_best_rate_whatever_the_line_says() -> None:
-    # A gateway holding a batching engine at its plateau: every window lies near one
-    # concurrency, so the line's slope is not identified (the optimistic guess). But 40 streams
-    # share what the engine produced at 36: none gets a token faster than 40 / that rate.
+def test_admission_without_a_test_assumes_streams_share_the_best_rate() -> None:
+    # A gateway holding a batching engine at its plateau: every window lies at one
+    # concurrency, so the line's slope is not identified (the optimistic guess). Admitting
+    # without a test assumes the 40 streams share no more than the engine produced at 36.
     m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
-    t = _drive(m, 36, 0.1, 5.0, 0.0)  # 360 tok/s
-    _drive(m, 38, 0.1 * 38 / 36, 5.0, t)  # 38 in flight, still 360 tok/s: flat
+    _drive(m, 36, 0.1, 5.0, 0.0)  # 360 tok/s, every window at 36 in flight
     assert m.line()[1] < 0.1 / 36  # the line alone: one more stream looks (almost) free
-    assert m.token_latency_s(40) == pytest.approx(40 / 360, rel=0.03)
-    # Where the rate still grows at the top, the floor stops there and the line extrapolates.
-    g = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
-    t = _drive(g, 1, 0.030, 3.0, 0.0)
-    _drive(g, 4, 0.030, 3.0, t)
-    assert g.token_latency_s(8) < 8 / g.rates()[4]
+    assert m.token_latency_s(40) < 0.102  # what valuation uses
+    assert m.token_latency_s(40, flat=True) == pytest.approx(40 / 360, rel=0.03)
