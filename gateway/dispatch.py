@@ -122,14 +122,15 @@ class Dispatcher:
             self.probed.set()
 
     async def _probe(self, replica: Replica) -> None:
-        self._controlled(replica)
-        if replica.controlled:
-            replica.probe_note = "not probed: the engine runs the Andes scheduler (it schedules)"
-            return
         try:
             await self.upstream.refresh(replica)
         except UpstreamError as exc:
+            self._controlled(replica)
             replica.probe_note = f"not probed: {exc.message}"
+            return
+        self._controlled(replica)
+        if replica.controlled:
+            replica.probe_note = "not probed: the engine runs the Andes scheduler (it schedules)"
             return
         if not replica.models:
             replica.probe_note = "not probed: no model served"
@@ -348,23 +349,25 @@ class Dispatcher:
             await asyncio.gather(*(self._check(r) for r in self.upstream.replicas))
 
     def _controlled(self, replica: Replica) -> None:
-        """Whether the engine runs the Andes scheduler: it takes slack reports (configured
+        """Whether the engine runs the Andes scheduler: its responses say so (``andes engine``'s
+        header, seen on the latest ``GET /v1/models``), or it takes slack reports (configured
         endpoints, or its advert on this host)."""
         cfg = self.config
-        replica.controlled = bool(cfg.slack_urls) or (cfg.slack_discovery
-                                                      and bool(discover(replica.base)))
+        replica.controlled = (replica.schedules_itself or bool(cfg.slack_urls)
+                              or (cfg.slack_discovery and bool(discover(replica.base))))
 
     async def _check(self, replica: Replica) -> None:
-        self._controlled(replica)
         timeout_s = max(2.0, self.config.health_interval_s * 2)
         try:
             await self.upstream.refresh(replica, timeout_s)
         except UpstreamError:
+            self._controlled(replica)
             if replica.busy_not_dead(time.monotonic()):
                 return
             if replica.failed():
                 self._out(replica)
             return
+        self._controlled(replica)
         if replica.ok():
             log.warning("upstream %s is back in service", replica.base)
             if self.config.parking != "off":

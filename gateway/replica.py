@@ -47,6 +47,7 @@ class Replica:
     probe_note: str = "not probed"  # what the probe found, for /health and the log
     tokenize: TokenizeKind | None = None
     controlled: bool = False  # it runs the Andes scheduler (gateway/dispatch.py leaves it be)
+    schedules_itself: bool = False  # its responses say so (slack.discovery.SCHEDULER_HEADER)
     streams: set[Any] = field(default_factory=set)  # live UpstreamStreams (ended when it fails)
     last_token_s: float = -1e18  # when it last answered a request or sent a token (monotonic)
     last_check_timed_out: bool = False  # the latest GET /v1/models timed out (not refused)

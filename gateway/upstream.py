@@ -54,6 +54,7 @@ from gateway.errors import (
 )
 from gateway.replica import Replica
 from gateway.sse import SSEParser
+from slack.discovery import SCHEDULER_HEADER
 
 __all__ = ["Endpoint", "Upstream", "UpstreamEvent", "UpstreamStream"]
 
@@ -130,6 +131,8 @@ class Upstream:
                 if resp.status != 200:
                     raise UpstreamUnavailable(f"GET /v1/models returned HTTP {resp.status}")
                 data = await resp.json(content_type=None)
+                server.schedules_itself = resp.headers.get(SCHEDULER_HEADER) == "andes"
+                server.controlled = server.controlled or server.schedules_itself
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             server.reachable = False
             server.last_check_timed_out = isinstance(exc, TimeoutError)
@@ -221,6 +224,10 @@ class Upstream:
             return {"url": server.base, "reachable": True, "healthy": server.healthy,
                     "latency_ms": round((time.monotonic() - t0) * 1000, 1),
                     "models": [m["id"] for m in server.models], "active": server.active,
+                    # Who orders the streams: the Andes scheduler in the engine, the
+                    # gateway's queue, or (admission off) the engine's own order alone.
+                    "scheduled_by": ("andes engine" if server.controlled
+                                     else "gateway" if self.config.admission else "engine"),
                     "continuation": server.continuation, "probe": server.probe_note,
                     "failures": server.failures,
                     "token_latency_s": {"a": round(a, 5), "b": round(b, 5)},

@@ -18,6 +18,11 @@ counts the others as unknown). Across hosts, give the gateway ``--slack-url`` in
 Why a file rather than an HTTP route on the engine: vLLM's API server runs in another process than
 the engine core that owns the scheduler, and a plug-in cannot add routes to it; the file needs no
 cooperation from vLLM and also carries the counters, so tests and operators can see what arrived.
+
+That an engine runs the Andes scheduler at all is said on every HTTP response of ``andes
+engine``: the header :data:`SCHEDULER_HEADER` (vLLM's ``--middleware``,
+:mod:`engine.vllm.advert`), which a gateway on any host sees on its ``GET /v1/models``, with or
+without the slack channel — so it leaves scheduling to the engine instead of doing it twice.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["advert_path", "discover", "read_adverts", "remove_advert", "slack_dir", "write_advert"]
+__all__ = ["SCHEDULER_HEADER", "advert_path", "discover", "read_adverts", "remove_advert",
+           "slack_dir", "write_advert"]
+
+# On every HTTP response of an engine that runs the Andes scheduler (the value: "andes").
+SCHEDULER_HEADER = "X-Andes-Scheduler"
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0", ""}
 

@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNC_SCHEDULER = "engine.vllm.scheduler.AndesScheduler"
 ASYNC_SCHEDULER = "engine.vllm.scheduler.AndesAsyncScheduler"
 AUTO_SCHEDULER = "engine.vllm.scheduler.AndesAutoScheduler"  # follows vLLM's async setting
+ADVERT_MIDDLEWARE = "engine.vllm.advert.SchedulerHeader"  # X-Andes-Scheduler on every response
 
 
 class EngineError(RuntimeError):
@@ -135,7 +136,8 @@ class EngineConfig:
         ]
         scheduler_cls = self.scheduler_cls()
         if scheduler_cls is not None:
-            cmd += ["--scheduler-cls", scheduler_cls]
+            # The header that tells a gateway this engine schedules itself (engine/vllm/advert.py).
+            cmd += ["--scheduler-cls", scheduler_cls, "--middleware", ADVERT_MIDDLEWARE]
             if self.async_scheduling is not None:
                 cmd.append("--async-scheduling" if self.async_scheduling
                            else "--no-async-scheduling")  # fmt: skip
