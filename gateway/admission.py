@@ -21,7 +21,10 @@ full), and not at a concurrency where a newcomer was measured to wait behind the
 than that allowance (:meth:`CapacityModel.queueing_s`) — a one-slot server (llama-cpp-python)
 takes requests in turn, and though its *average* per-stream latency says two streams share it,
 the second gets nothing until the first ends; such an engine is time-sliced by swaps, not
-queued into. This fast path costs no prediction, so an unloaded gateway adds nothing.
+queued into. And no rule sends a stream more than a step (a quarter) above the highest
+concurrency whose token rate was measured until that step is measured
+(:meth:`CapacityModel.frontier`): a plan never sends a queue's worth of untested requests.
+This fast path costs no prediction, so an unloaded gateway adds nothing.
 
 **Planning** (:meth:`Scheduler.plan`, every tick while anything waits). The paper's valuation
 (§4.2) at the gateway's granularity: a stream's value on upstream ``u`` is
