@@ -253,9 +253,9 @@ class CapacityModel:
         highest concurrency measured (``explore_share`` of it, at least one request); None
         before any rate is measured."""
         rates = self.rates()
-        if not rates:
-            return None
-        top = max(rates)
+        return self._step_above(max(rates)) if rates else None
+
+    def _step_above(self, top: int) -> int:
         return top + max(1, math.ceil(self.config.explore_share * top))
 
     def saturated(self, k: int, share: float) -> bool:
@@ -273,8 +273,7 @@ class CapacityModel:
         for j, rate in rates.items():  # ascending
             if j < top and rate >= share * best:
                 return k >= j  # flat from j on: the first concurrency near the best rate
-        frontier = self.frontier()
-        return frontier is not None and k >= frontier
+        return k >= self._step_above(top)
 
     def capacity(self, tds_tok_s: float) -> int:
         """The most requests in flight at which each still gets ``tds_tok_s`` tokens/s."""
