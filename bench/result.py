@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.readers import reader_qoe
-from core.qoe import QoESpec, qoe
+from core.qoe import QoESpec, qoe, read_times
 from engine.sim.report import Summary
 
 __all__ = ["BenchRun", "BenchSummary", "RequestRecord", "summarize", "to_report_summary"]
@@ -71,6 +71,17 @@ class RequestRecord:
     def ttft_s(self) -> float:
         """Time to first token (``nan`` when none arrived)."""
         return self.token_times_s[0] if self.token_times_s else math.nan
+
+    @property
+    def stall_s(self) -> float:
+        """Seconds its reader waited for text after the first token (0 when every token came in
+        time to be read at the declared pace; ``nan`` when none arrived): the read time of the
+        last token, less the first token's, less the reading itself. With :attr:`ttft_s` it
+        says whether a stream was late to start or stalled midway."""
+        if not self.token_times_s:
+            return math.nan
+        read = read_times(self.token_times_s, self.spec)
+        return max(read[-1] - read[0] - (len(read) - 1) / self.spec.tds_tok_s, 0.0)
 
     @property
     def reader_spec(self) -> QoESpec:

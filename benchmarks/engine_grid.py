@@ -53,6 +53,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -383,6 +385,37 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def thirds(run: BenchRun) -> dict[str, list[float]]:
+    """Where a run's QoE went: by arrival third of the load (first, middle, last), the average
+    QoE, the median TTFT and the mean stall after the first token (:attr:`RequestRecord.stall_s`).
+    A scheduler that starts every stream at once and then stalls them shows short TTFTs and long
+    stalls; FCFS under overload shows the reverse, and a first third served perfectly."""
+    span = float(run.meta["plan"]["duration_s"])
+    out: dict[str, list[float]] = {"qoe": [], "ttft": [], "stall": []}
+    for k in range(3):
+        part = [r for r in run.records
+                if k * span / 3 <= r.due_s < (k + 1) * span / 3 or (k == 2 and r.due_s >= span)]
+        got = [r for r in part if r.token_times_s]
+        out["qoe"].append(float(np.mean([r.qoe for r in part])) if part else math.nan)
+        out["ttft"].append(float(np.median([r.ttft_s for r in got])) if got else math.nan)
+        out["stall"].append(float(np.mean([r.stall_s for r in got])) if got else math.nan)
+    return out
+
+
+def thirds_table(results: dict[str, dict[tuple[str, str], BenchRun]]) -> str:
+    lines = ["| setting | point | policy | avg QoE by arrival third | TTFT p50 s by third |"
+             " stall after first token, mean s, by third |", "|" + "---|" * 6]  # fmt: skip
+    for setting, by in results.items():
+        for (point, pol), run in sorted(by.items()):
+            t = thirds(run)
+            lines.append(f"| {setting} | {point} | {pol} | "
+                         + " | ".join(" / ".join(_f(x, fmt) for x in t[key])
+                                      for key, fmt in (("qoe", ".3f"), ("ttft", ".1f"),
+                                                       ("stall", ".1f")))
+                         + " |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def verdicts(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Each point's targets (issue 14), as measured: andes against stock."""
     by = {(r["setting"], r["point"], r["policy"]): r for r in rows}
@@ -418,8 +451,10 @@ def report(results: dict[str, dict[tuple[str, str], BenchRun]], knees: dict[str,
             for (point, pol), run in sorted(by.items())]  # fmt: skip
     text = table(rows)
     lines = verdicts(rows)
+    where = thirds_table(results)
     print(text)
     print("\n".join(lines))
+    print(where)
     part = ("held-out part (requests 2,250–2,999)" if args.holdout
             else "evaluation part (1,500–2,249)")  # fmt: skip
     body = [
@@ -436,6 +471,10 @@ def report(results: dict[str, dict[tuple[str, str], BenchRun]], knees: dict[str,
         text,
         "",
         *lines,
+        "",
+        "Where the QoE goes (`thirds()`): the requests by when they arrived in the load.",
+        "",
+        where,
     ]  # fmt: skip
     body_text = "\n".join(body)
     if not args.no_record:

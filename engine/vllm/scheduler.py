@@ -39,6 +39,7 @@ step reads the fresh reports of its requests by stream id. Reports older than
 
 Decision trace: with ``ANDES_DECISION_LOG`` set to a file path, every step the policy is asked
 about appends one JSON line (time, running / waiting / held counts, free KV blocks, what bound,
+the plug-in's own time that step (snapshot, decision and carrying it out, ``policy_ms``),
 the batch size chosen, the policy's parks, and every preemption of the step — the parks and
 any vLLM made itself under memory pressure) — to see, on
 a real load, which limit binds and what each decision cost. Off by default (no cost).
@@ -166,7 +167,10 @@ class AndesSchedulerMixin:
         held_running: list[Request] = []
         held_waiting: list[Request] = []
         if self._has_decision_to_make():
+            t0 = time.perf_counter()
             held_running, held_waiting = self._apply_policy(now_s)
+            if self._pending_trace is not None:  # what the plug-in's own work took this step
+                self._pending_trace["policy_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         try:
             output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
         finally:

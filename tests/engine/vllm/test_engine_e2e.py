@@ -142,7 +142,10 @@ async def test_concurrent_streams_under_contention_finish_intact(
     # ANDES_DECISION_LOG: a line per step the policy was asked about (fcfs: every step), and
     # the preemptions it records are the ones vLLM counted.
     steps = _trace(vllm_engine_process)[traced:]
-    assert steps and {"running", "waiting", "free_blocks", "preempted", "tokens"} <= set(steps[0])
+    assert steps and {"running", "waiting", "free_blocks", "preempted", "tokens",
+                      "policy_ms"} <= set(steps[0])  # fmt: skip
+    # The plug-in's own time per step: measured (positive), and far below a step's length.
+    assert all(0.0 < s["policy_ms"] < 1000.0 for s in steps)
     assert sum(s["preempted"] for s in steps) == preemptions
     for (solo_text, solo_tokens, _), (text, tokens, _) in zip(solo, together, strict=True):
         assert solo_tokens == tokens == MAX_TOKENS
