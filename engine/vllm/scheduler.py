@@ -40,7 +40,9 @@ step reads the fresh reports of its requests by stream id. Reports older than
 Decision trace: with ``ANDES_DECISION_LOG`` set to a file path, every step the policy is asked
 about appends one JSON line (time, running / waiting / held counts, free KV blocks, what bound,
 the plug-in's own time that step (snapshot, decision and carrying it out, ``policy_ms``),
-the batch size chosen, the policy's parks, and every preemption of the step — the parks and
+the batch size chosen, the policy's parks (how many were for the running set's own growth,
+and the recompute they were priced at), what the step scheduled (its number, requests, those
+decoding, tokens, the context tokens it reads), and every preemption of the step — the parks and
 any vLLM made itself under memory pressure) — to see, on
 a real load, which limit binds and what each decision cost. Off by default (no cost).
 
@@ -118,6 +120,7 @@ class AndesSchedulerMixin:
     slack_server: SlackServer | None
     _decision_log: Any
     _pending_trace: dict[str, Any] | None
+    _steps: int
 
     running: list[Request]
     waiting: Any
@@ -152,6 +155,7 @@ class AndesSchedulerMixin:
         trace_path = os.environ.get("ANDES_DECISION_LOG")
         self._decision_log = open(trace_path, "a", buffering=1) if trace_path else None  # noqa: SIM115
         self._pending_trace = None
+        self._steps = 0  # schedule() calls: the trace's step numbers (gaps: steps not traced)
         # The slack channel's receiver (slack/receiver.py): a WebSocket server in a thread of
         # this engine-core process, when ANDES_SLACK_PORT is set. One per data-parallel rank.
         dp_rank = getattr(getattr(self, "parallel_config", None), "data_parallel_rank", 0) or 0
@@ -164,6 +168,7 @@ class AndesSchedulerMixin:
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
         now_s = self.clock()
+        self._steps += 1
         held_running: list[Request] = []
         held_waiting: list[Request] = []
         if self._has_decision_to_make():
@@ -457,6 +462,8 @@ class AndesSchedulerMixin:
             "reused": getattr(last, "reused", None),
             "run": None if decision is None else len(decision.run),
             "park": 0 if decision is None else len(decision.preempt),
+            "park_s": round(getattr(last, "parked_s", 0.0), 4),  # their recompute, as priced
+            "relieved": getattr(last, "notes", {}).get("relieved", 0),  # of them, for growth
         }  # fmt: skip
 
     def _write_trace(self, output: SchedulerOutput) -> None:
@@ -464,8 +471,15 @@ class AndesSchedulerMixin:
         assert trace is not None
         # Every preemption of the step: the policy's parks and any vLLM made itself.
         trace["preempted"] = len(output.preempted_req_ids or ())
-        trace["scheduled"] = len(output.num_scheduled_tokens)
+        scheduled = output.num_scheduled_tokens
+        trace["step"] = self._steps
+        trace["scheduled"] = len(scheduled)
+        trace["decode"] = sum(1 for n in scheduled.values() if n == 1)
         trace["tokens"] = output.total_num_scheduled_tokens
+        # The context the step reads (what the simulator's latency model charges per KV token).
+        requests = self.requests
+        trace["context"] = sum(requests[r].num_computed_tokens
+                               for r in scheduled if r in requests)  # fmt: skip
         self._decision_log.write(json.dumps(trace) + "\n")
 
     def _forget(self, req_id: str) -> None:

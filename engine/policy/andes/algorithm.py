@@ -20,7 +20,8 @@ Liu et al., *Andes* (arXiv 2404.16283), §4. Read top to bottom, one step is:
    late) needs their memory and gains more than the park loses: the victim's own value plus the
    QoE the whole batch loses while its context is recomputed on resume
    (:meth:`~engine.policy.base.Capacity.park_cost_s`, at the batch's value per second). Parks
-   also draw on a budget, ``park_budget``, the share of engine time recomputation may take, so
+   also draw on a budget, ``park_share``, the share of engine time recomputation may take (by
+   default what the throughput floor lets go, ``1 − min_throughput_share``), so
    the throughput a park can cost is bounded whatever the values say; parks that cost nothing
    (host offload) draw nothing.
 5. **Work conservation.** A batch slot the plan leaves free is filled — by a held request (it
@@ -67,6 +68,7 @@ class Outcome:
     batch: int = 0
     parked_s: float = 0.0  # engine seconds the decision's parks will cost
     reused: bool = False  # the last full decision, reused (memory.py, "Cadence")
+    # "relieved": parks for the running set's own growth (step 6), the rest were for admissions
     notes: dict[str, float] = field(default_factory=dict)
 
 
@@ -217,6 +219,7 @@ def refine(
             (run_on if i in chosen else left).append(i)
     if room.free < 0:  # 6. memory pressure first: the running set's growth must fit
         room.relieve([*left, *run_on])
+    relieved = len(room.parked)
     # 4. Admissions in the knapsack's order; a due one may pay for parks.
     admitted, blocked = room.admit(now_s, [j for j in order if j in chosen and not room.on[j]],
                                    left, lat, memory, cfg)  # fmt: skip
@@ -235,7 +238,7 @@ def refine(
     decision = Decision(run=[ids[i] for i in [*ordered, *admitted]],
                         preempt=[ids[i] for i in room.parked])  # fmt: skip
     memory.spend(room.spent)
-    return Outcome(decision, binds, batch, room.spent)
+    return Outcome(decision, binds, batch, room.spent, notes={"relieved": relieved})
 
 
 class _Room:

@@ -142,10 +142,15 @@ async def test_concurrent_streams_under_contention_finish_intact(
     # ANDES_DECISION_LOG: a line per step the policy was asked about (fcfs: every step), and
     # the preemptions it records are the ones vLLM counted.
     steps = _trace(vllm_engine_process)[traced:]
-    assert steps and {"running", "waiting", "free_blocks", "preempted", "tokens",
-                      "policy_ms"} <= set(steps[0])  # fmt: skip
+    assert steps and {"running", "waiting", "free_blocks", "preempted", "tokens", "policy_ms",
+                      "step", "decode", "context"} <= set(steps[0])  # fmt: skip
     # The plug-in's own time per step: measured (positive), and far below a step's length.
     assert all(0.0 < s["policy_ms"] < 1000.0 for s in steps)
+    # What each step ran (the simulator's latency fit reads it): step numbers rise, decoding
+    # requests are among those scheduled, and a step that ran anything read some context.
+    assert all(b["step"] > a["step"] for a, b in itertools.pairwise(steps))
+    assert all(0 <= s["decode"] <= s["scheduled"] <= s["tokens"] for s in steps)
+    assert all(s["context"] >= s["tokens"] for s in steps)
     assert sum(s["preempted"] for s in steps) == preemptions
     for (solo_text, solo_tokens, _), (text, tokens, _) in zip(solo, together, strict=True):
         assert solo_tokens == tokens == MAX_TOKENS
