@@ -267,8 +267,10 @@ def measure(engine: Any, plan: Plan, policy: str, progress: bool) -> BenchRun:
     run = asyncio.run(run_load(requests, endpoint, config))
     wall = time.monotonic() - started
     delta = EngineMetrics.scrape(engine.base_url).minus(before)
+    options = engine.config.environment().get("ANDES_POLICY_OPTIONS") if policy != "stock" else None
     run.meta.update(policy=policy, plan=asdict(plan), wall_s=wall, engine=delta.summary(),
-                    engine_command=" ".join(engine.config.command("<model>")))  # fmt: skip
+                    engine_command=" ".join(engine.config.command("<model>")),
+                    policy_options=json.loads(options) if options else {})  # fmt: skip
     return run
 
 

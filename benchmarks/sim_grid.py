@@ -4,6 +4,10 @@ their fidelity against the real engine, and the paper's GPU setups with and with
     python benchmarks/sim_grid.py                 # everything (~40 min on one core)
     python benchmarks/sim_grid.py --part cpu      # the CPU grid and its fidelity only
     python benchmarks/sim_grid.py --part gpu      # the GPU profiles only
+    python benchmarks/sim_grid.py --part cpu \\
+        --profile benchmarks/results/cpu_smollm2_loaded_profile.json
+                                                  # the profile fitted to the engine's own steps
+                                                  # under load (benchmarks/calibrate_steps.py)
 
 Three tables, recorded into section ``sim-grid`` of BENCHMARKS.md:
 
@@ -64,16 +68,17 @@ SETTING_SHAPES = {  # (KV tokens, block size, batch limit) of engine_grid's sett
 GPU_PROFILES = ("opt-66b-4xa100-80gb", "llama-3.1-70b-8xa100-40gb")
 
 
-def cpu_profile(setting: str) -> LatencyProfile:
+def cpu_profile(setting: str, path: Path = PROFILE_JSON) -> LatencyProfile:
     kv, block, batch = SETTING_SHAPES[setting]
-    base = LatencyProfile.load(PROFILE_JSON)
+    base = LatencyProfile.load(path)
     return dataclasses.replace(base, name=f"cpu-{setting}", kv_capacity_blocks=kv // block,
                                block_size=block, max_batch=batch)  # fmt: skip
 
 
 def run(work: Sequence[TraceRequest], times: Sequence[float], policy: str,
-        profile: LatencyProfile, config: SimConfig) -> dict[str, float]:  # fmt: skip
-    res = simulate(work, times, get_policy(policy), profile, config)
+        profile: LatencyProfile, config: SimConfig,
+        options: dict[str, Any] | None = None) -> dict[str, float]:  # fmt: skip
+    res = simulate(work, times, get_policy(policy, **(options or {})), profile, config)
     return summary(res)
 
 
@@ -95,11 +100,11 @@ def plan_workload(plan: eg.Plan) -> tuple[list[TraceRequest], list[float]]:
     return [r.to_trace_request() for r in reqs], [r.at_s for r in reqs]
 
 
-def knee_of(setting: str) -> float:
-    path = eg.RUNS_DIR / setting / "knee.json"
+def knee_of(setting: str, profile: Path = PROFILE_JSON, runs_dir: Path = eg.RUNS_DIR) -> float:
+    path = runs_dir / setting / "knee.json"
     if path.exists():
         return float(json.loads(path.read_text())["knee_rps"])
-    prof = cpu_profile(setting)
+    prof = cpu_profile(setting, profile)
     knee = eg.KNEE_RATES[0]
     for rate in eg.KNEE_RATES:
         plan = eg.Plan(setting, "knee-search", rate, "poisson", 1.0, 60.0, eg.TUNE)
@@ -110,11 +115,12 @@ def knee_of(setting: str) -> float:
     return knee
 
 
-def cpu_grid(duration_s: float, part: tuple[int, int] = eg.EVAL) -> list[dict[str, Any]]:
+def cpu_grid(duration_s: float, part: tuple[int, int] = eg.EVAL, profile: Path = PROFILE_JSON,
+             runs_dir: Path = eg.RUNS_DIR) -> list[dict[str, Any]]:  # fmt: skip
     rows = []
     for setting in SETTING_SHAPES:
-        knee = knee_of(setting)
-        prof = cpu_profile(setting)
+        knee = knee_of(setting, profile, runs_dir)
+        prof = cpu_profile(setting, profile)
         for point in eg.POINTS:
             plan = eg.Plan(setting, point.key, point.load * knee, point.arrivals,
                            point.tds_scale, duration_s, part)  # fmt: skip
@@ -128,11 +134,13 @@ def cpu_grid(duration_s: float, part: tuple[int, int] = eg.EVAL) -> list[dict[st
     return rows
 
 
-def fidelity() -> list[dict[str, Any]]:
-    """Every measured engine-grid run, replayed in the simulator with its own requests."""
+def fidelity(profile: Path = PROFILE_JSON, runs_dir: Path = eg.RUNS_DIR) -> list[dict[str, Any]]:
+    """Every measured engine-grid run, replayed in the simulator with its own requests: their
+    send times, reader paces, forced output lengths and prompts as the engine counted them
+    (``usage.prompt_tokens``; the client's estimate where the engine sent none)."""
     rows = []
-    for path in sorted(eg.RUNS_DIR.glob("*/*.json")):
-        if path.name == "knee.json" or path.stem.startswith("knee"):
+    for path in sorted(runs_dir.glob("*/*.json")):
+        if path.name == "knee.json" or path.stem.startswith("knee-search"):  # "knee_*": a point
             continue
         try:
             measured = BenchRun.load(path)
@@ -143,11 +151,14 @@ def fidelity() -> list[dict[str, Any]]:
         setting = plan.get("setting")
         if setting not in SETTING_SHAPES:
             continue
-        work = [TraceRequest(r.req_id, max(1, r.prompt_tokens_est), max(1, r.max_tokens),
-                             QoESpec(r.spec.ttft_s, r.spec.tds_tok_s))
+        work = [TraceRequest(r.req_id, max(1, r.usage_prompt_tokens or r.prompt_tokens_est),
+                             max(1, r.max_tokens), QoESpec(r.spec.ttft_s, r.spec.tds_tok_s))
                 for r in measured.records]  # fmt: skip
         times = [r.due_s for r in measured.records]
-        s = run(work, times, policy, cpu_profile(setting), SimConfig(chunked_prefill_tokens=CHUNK))
+        # The policy as the engine ran it (its options: ANDES_POLICY_OPTIONS at the time).
+        options = measured.meta.get("policy_options") if policy == "andes" else None
+        s = run(work, times, policy, cpu_profile(setting, profile),
+                SimConfig(chunked_prefill_tokens=CHUNK), options)  # fmt: skip
         m = measured.summary()
         rows.append({"setting": setting, "point": plan.get("point"),
                      "policy": measured.meta.get("policy"), "measured": m.avg_qoe,
@@ -239,18 +250,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=60.0)
     p.add_argument("--holdout", action="store_true",
                    help="the CPU grid on the held-out part of the trace (requests 2,250-2,999)")
+    p.add_argument("--profile", type=Path, default=PROFILE_JSON,
+                   help="the CPU latency profile (default: %(default)s; the one fitted to the"
+                        " engine's own steps under load: benchmarks/calibrate_steps.py)")
+    p.add_argument("--runs-dir", type=Path, default=eg.RUNS_DIR,
+                   help="engine_grid.py's runs to replay and take knees from (default:"
+                        " %(default)s)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
+    try:
+        LatencyProfile.load(args.profile)
+    except ValueError as exc:
+        p.error(str(exc))
     part = eg.HOLDOUT if args.holdout else eg.EVAL
-    cpu = cpu_grid(args.duration, part) if args.part in ("all", "cpu") else []
-    fid = fidelity() if args.part in ("all", "cpu") else []
+    cpu = (cpu_grid(args.duration, part, args.profile, args.runs_dir)
+           if args.part in ("all", "cpu") else [])  # fmt: skip
+    fid = fidelity(args.profile, args.runs_dir) if args.part in ("all", "cpu") else []
     gpu = gpu_grid() if args.part in ("all", "gpu") else []
     text = render(cpu, fid, gpu)
     print(text)
     if not args.no_record:
         body = ["## sim-grid — the grid in the simulator", "", f"Command: `{command_line()}`  ",
                 f"Machine: {machine_line()}", "",
-                "Setups, workload part and targets: `benchmarks/sim_grid.py`'s docstring.", "",
+                "Setups, workload part and targets: `benchmarks/sim_grid.py`'s docstring.",
+                f"CPU profile: `{args.profile.name}`"
+                f" ({LatencyProfile.load(args.profile).notes or 'no notes'}).", "",
                 text]  # fmt: skip
         name = "sim-grid" + ("" if args.part == "all" else f"-{args.part}")
         record(name + ("-holdout" if args.holdout else ""), "\n".join(body))
