@@ -27,8 +27,9 @@ class AndesConfig:
     latency_trigger: bool = True  # also decide when the batch is slower than its strictest reader
     # A reader late longer than this is starving and goes first (guards.py, "Starvation floor").
     starvation_s: float = 30.0
-    # Share of engine time that recomputing parked requests may take (algorithm.py, step 4).
-    park_budget: float = 0.05
+    # Share of engine time that recomputing parked requests may take (algorithm.py, step 4);
+    # None: what the throughput floor lets go, 1 - min_throughput_share (park_share says why).
+    park_budget: float | None = None
     # Admissions leave headroom for the running set's growth until the next full decision
     # (algorithm.py, step 5, growth()).
     admission_headroom: bool = True
@@ -41,7 +42,8 @@ class AndesConfig:
             _number(name, getattr(self, name), low=0.0, open_low=True)
         for name in ("min_run_s", "resume_cushion_s", "decide_every_s"):
             _number(name, getattr(self, name), low=0.0)
-        _number("park_budget", self.park_budget, low=0.0, high=1.0)
+        if self.park_budget is not None:
+            _number("park_budget", self.park_budget, low=0.0, high=1.0)
         _number("min_throughput_share", self.min_throughput_share, low=0.0, high=1.0)
         fr = self.batch_fractions
         if not (
@@ -57,6 +59,20 @@ class AndesConfig:
         for name in ("overhead_aware", "latency_trigger", "admission_headroom"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+
+    @property
+    def park_share(self) -> float:
+        """The park budget in force: ``park_budget``, or by default the share of the token rate
+        that the throughput floor lets go, ``1 - min_throughput_share``.
+
+        Why the floor: a park's recompute is work the engine does twice, so the budget is token
+        throughput given up, the same currency as the floor that bounds smaller batches. A budget
+        above it lets parks alone break the floor where readers leave much buffered: on the
+        engine grid (2026-12-07, default setting, readers at half their trace pace) a budget of
+        0.05 cost 4–6% of stock vLLM's token rate, and one of 0.02 cost none (BENCHMARKS.md,
+        "engine-grid: the park budget"). Raise ``park_budget`` to buy QoE with throughput."""
+        return 1.0 - self.min_throughput_share if self.park_budget is None else self.park_budget
 
 
 def _number(

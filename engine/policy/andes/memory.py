@@ -48,7 +48,7 @@ class Memory:
         self.config = config
         self.step = -1  # steps seen (schedule calls), the current one included
         self._admitted: dict[str, tuple[int, float]] = {}  # req_id -> (step, seconds)
-        self._credit = config.park_budget * _BURST_S
+        self._credit = config.park_share * _BURST_S
         self._credit_at: float | None = None
         self._last: tuple[float, StepState, Decision] | None = None  # the last full decision
 
@@ -81,16 +81,16 @@ class Memory:
         return list(self._admitted)
 
     def park_credit(self, now_s: float, config: AndesConfig) -> float:
-        """Engine seconds of recompute the budget allows now (it accrues at ``park_budget``)."""
+        """Engine seconds of recompute the budget allows now (it accrues at ``park_share``)."""
         if self._credit_at is not None and now_s > self._credit_at:
-            cap = config.park_budget * _BURST_S
-            self._credit = min(cap, self._credit + config.park_budget * (now_s - self._credit_at))
+            cap = config.park_share * _BURST_S
+            self._credit = min(cap, self._credit + config.park_share * (now_s - self._credit_at))
         self._credit_at = now_s if self._credit_at is None else max(self._credit_at, now_s)
         return self._credit
 
     def burst_s(self, config: AndesConfig) -> float:
         """The most the budget holds at once (its credit never exceeds this)."""
-        return config.park_budget * _BURST_S
+        return config.park_share * _BURST_S
 
     def reuse(self, now_s: float, state: StepState,
               live: Callable[[str], bool]) -> Decision | None:  # fmt: skip

@@ -308,3 +308,22 @@ def test_a_smaller_batch_is_tried_only_where_it_keeps_the_token_rate() -> None:
                                                                                       100]
     # Without the latency trigger there is one size, the largest.
     assert batch_sizes(100, cap(lambda b: 0.002 * b), cfg, ("kv",)) == [100]
+
+
+def test_the_park_budget_is_what_the_throughput_floor_lets_go_unless_set() -> None:
+    from engine.policy.andes.config import AndesConfig
+    from engine.policy.andes.memory import Memory
+
+    assert AndesConfig().park_share == pytest.approx(0.02)  # 1 - the default floor, 0.98
+    assert AndesConfig(min_throughput_share=0.9).park_share == pytest.approx(0.1)
+    assert AndesConfig(min_throughput_share=0.9, park_budget=0.05).park_share == 0.05
+    assert AndesConfig(park_budget=0.0).park_share == 0.0  # no parks for admissions at all
+    with pytest.raises(ValueError, match="park_budget"):
+        AndesConfig(park_budget=1.5)
+    # The credit the refiner may spend accrues at that share of engine time, up to a burst.
+    cfg = AndesConfig()
+    memory = Memory(cfg)
+    start = memory.park_credit(0.0, cfg)
+    memory.spend(start)  # spent it all at t = 0
+    assert memory.park_credit(10.0, cfg) == pytest.approx(0.02 * 10.0)
+    assert memory.park_credit(10_000.0, cfg) == pytest.approx(memory.burst_s(cfg)) == start
