@@ -60,7 +60,6 @@ class AndesConfig:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
-
     @property
     def park_share(self) -> float:
         """The park budget in force: ``park_budget``, or by default the share of the token rate
