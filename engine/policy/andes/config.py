@@ -69,8 +69,9 @@ class AndesConfig:
         throughput given up, the same currency as the floor that bounds smaller batches. A budget
         above it lets parks alone break the floor where readers leave much buffered: on the
         engine grid (2026-12-07, default setting, readers at half their trace pace) a budget of
-        0.05 cost 4–6% of stock vLLM's token rate, and one of 0.02 cost none (BENCHMARKS.md,
-        "engine-grid: the park budget"). Raise ``park_budget`` to buy QoE with throughput."""
+        0.05 cost 4–6% of stock vLLM's token rate, and one of 0.02 none at the same points
+        (BENCHMARKS.md, "engine-grid: the park budget"). Raise ``park_budget`` to buy QoE with
+        throughput."""
         return 1.0 - self.min_throughput_share if self.park_budget is None else self.park_budget
 
 
