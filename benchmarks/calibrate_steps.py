@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import numpy as np
 
 from benchmarks.calibrate_cpu import PROFILE_JSON, _nnls
+from benchmarks.decision_trace import records
 from benchmarks.record import machine_line
 from engine.sim.profile import LatencyProfile
 
@@ -55,16 +55,8 @@ FIELDS = ("t", "step", "scheduled", "decode", "tokens", "context")
 def steps(lines: Iterable[str]) -> list[tuple[float, int, int, int]]:
     """(duration s, decoding, prefill tokens, context tokens) of each step of a trace whose next
     step was traced too."""
-    rows = []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a killed engine
-        if isinstance(rec, dict) and all(k in rec for k in FIELDS):
-            rows.append(rec)
     out = []
-    for a, b in itertools.pairwise(rows):
+    for a, b in itertools.pairwise(records(lines, FIELDS)):
         if b["step"] != a["step"] + 1 or not a["scheduled"]:
             continue
         dt = b["t"] - a["t"] - b.get("policy_ms", 0.0) / 1e3

@@ -24,18 +24,24 @@ from pathlib import Path
 from typing import Any
 
 
-def loads(lines: Iterable[str], gap_s: float = 20.0) -> list[list[dict[str, Any]]]:
-    """The trace's steps, one list per load (split where ``gap_s`` passes without a step)."""
-    steps = []
+def records(lines: Iterable[str], fields: Iterable[str] = ("t",)) -> list[dict[str, Any]]:
+    """The trace's steps that carry ``fields`` (older engines wrote fewer), in order."""
+    need = tuple(fields)
+    out = []
     for line in lines:
         try:
             rec = json.loads(line)
         except ValueError:
             continue  # a line cut by a killed engine
-        if isinstance(rec, dict) and "t" in rec:
-            steps.append(rec)
+        if isinstance(rec, dict) and all(k in rec for k in need):
+            out.append(rec)
+    return out
+
+
+def loads(lines: Iterable[str], gap_s: float = 20.0) -> list[list[dict[str, Any]]]:
+    """The trace's steps, one list per load (split where ``gap_s`` passes without a step)."""
     out: list[list[dict[str, Any]]] = []
-    for prev, rec in itertools.pairwise([None, *steps]):
+    for prev, rec in itertools.pairwise([None, *records(lines)]):
         if prev is None or rec["t"] - prev["t"] > gap_s:
             out.append([])
         out[-1].append(rec)
