@@ -36,7 +36,12 @@ request when it is due and never caps concurrency (its pool is as large as the p
 average and p10 QoE, share ≥ 0.9, TTFT p50/p99, token throughput and wall time for the whole
 load. **And where the engine is** (vLLM's own Prometheus metrics, deltas over the load): TTFT and
 ``request_queue_time`` p50/p99 (from histogram buckets, interpolated), preemptions, prefix-cache
-hit rate. Results go to section ``engine-grid`` of BENCHMARKS.md.
+hit rate (vLLM counts only first admissions there: a resumed request's hits are not in it).
+With ``--trace-dir DIR`` every engine, stock included, writes each step to a trace
+(``DIR/<setting>_<policy>.jsonl``; the stock engine runs vLLM's own scheduler with its steps
+traced, nothing else changed): ``benchmarks/decision_trace.py`` sums each load's tokens, prefill
+tokens (prompts plus every recompute a preemption caused) and preemptions, for both side by side.
+Results go to section ``engine-grid`` of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -334,7 +339,12 @@ def run_setting(setting: Setting, knee: float, points: Sequence[Point], args: ar
         for pol in policies:
             if any(p == pol for _, p in todo):
                 log = args.runs_dir / f"engine_{setting.name}_{pol}.log"
-                engine = stack.enter_context(EngineProcess(setting.engine(pol), log_path=log,
+                config = setting.engine(pol)
+                if args.trace_dir is not None:
+                    args.trace_dir.mkdir(parents=True, exist_ok=True)
+                    trace = args.trace_dir.resolve() / f"{setting.name}_{pol}.jsonl"
+                    config = config.replace(decision_log=str(trace))
+                engine = stack.enter_context(EngineProcess(config, log_path=log,
                                                            ready_timeout_s=READY_TIMEOUT_S))
                 asyncio.run(_warm_up(engine.base_url))
                 engines[pol] = engine
@@ -499,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="report the saved runs of these settings and points; run nothing")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--trace-dir", type=Path, default=None,
+                   help="trace every engine step into DIR/<setting>_<policy>.jsonl (stock engines"
+                        " too, with vLLM's own scheduler; benchmarks/decision_trace.py sums them)")
     args = p.parse_args(argv)
     if args.quick:
         args.duration = min(args.duration, 30.0)

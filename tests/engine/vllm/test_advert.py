@@ -55,6 +55,19 @@ def test_andes_engine_adds_the_middleware_and_stock_vllm_does_not() -> None:
     assert "--middleware" not in EngineConfig(port=0, stock=True).command("/model")
 
 
+def test_a_traced_stock_engine_is_stock_vllm_and_says_nothing_of_andes() -> None:
+    # A decision log on a stock engine: vLLM's own scheduler with its steps traced, no header
+    # (a gateway must still take it for an engine that does not schedule by QoE), no ANDES_*
+    # policy settings.
+    config = EngineConfig(port=0, stock=True, decision_log="/tmp/steps.jsonl")
+    cmd = config.command("/model")
+    assert cmd[cmd.index("--scheduler-cls") + 1] == "engine.vllm.scheduler.StepTraceAutoScheduler"
+    assert "--middleware" not in cmd
+    env = config.environment({})
+    assert env["ANDES_DECISION_LOG"] == "/tmp/steps.jsonl" and "ANDES_POLICY" not in env
+    assert "--scheduler-cls" not in EngineConfig(port=0, stock=True).command("/model")
+
+
 def _models_header(base: str) -> str | None:
     with urllib.request.urlopen(base + "/v1/models", timeout=30) as resp:
         json.loads(resp.read())

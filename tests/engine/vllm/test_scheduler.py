@@ -25,6 +25,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.utils.hashing import sha256_cbor
 from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
 from vllm.v1.core.sched.output import SchedulerOutput
+from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.kv_cache_interface import (
     FullAttentionSpec,
     KVCacheConfig,
@@ -48,6 +49,9 @@ from engine.vllm.scheduler import (
     AndesAsyncScheduler,
     AndesAutoScheduler,
     AndesScheduler,
+    StepTraceAsyncScheduler,
+    StepTraceAutoScheduler,
+    StepTraceScheduler,
     check_vllm_version,
 )
 
@@ -639,3 +643,64 @@ def test_the_auto_scheduler_follows_vllms_async_setting(
         _, new = step(sched)
         received += new.get("A", [])
     assert received == expected_tokens(20, 4)
+
+
+def _contended(sched) -> list[tuple[dict[str, int], list[str]]]:  # type: ignore[no-untyped-def]
+    """Run four requests that must contend for 8 blocks to the end: each step's scheduled
+    tokens and preemptions."""
+    for i, rid in enumerate("ABCD"):
+        sched.add_request(create_request(rid, prompt_len=30, max_tokens=20, arrival_s=float(i)))
+    steps = []
+    while sched.requests:
+        out, _ = step(sched)
+        steps.append((dict(out.num_scheduled_tokens), sorted(out.preempted_req_ids or ())))
+    return steps
+
+
+def test_the_step_trace_scheduler_is_stock_vllm_with_its_steps_written(
+    model_dir: ModelConfig, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    import json
+
+    stock = _contended(create_scheduler(model_dir, num_blocks=8, cls=Scheduler))
+    log = tmp_path / "steps.jsonl"
+    monkeypatch.setenv("ANDES_DECISION_LOG", str(log))
+    traced_sched = create_scheduler(model_dir, num_blocks=8, cls=StepTraceAutoScheduler)
+    assert type(traced_sched) is StepTraceScheduler
+    traced = _contended(traced_sched)
+    traced_sched.shutdown()
+    assert traced == stock  # the same steps, the same preemptions: nothing changed
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, len(stock) + 1))
+    assert [x["tokens"] for x in lines] == [sum(s.values()) for s, _ in stock]
+    assert [x["preempted"] for x in lines] == [len(p) for _, p in stock]
+    assert sum(x["preempted"] for x in lines) > 0  # the 8 blocks made it preempt
+    assert all({"t", "running", "waiting", "free_blocks", "decode", "context"} <= set(x)
+               for x in lines)  # fmt: skip
+    assert type(create_scheduler(model_dir, cls=StepTraceAutoScheduler, resolved_async=True)) is (
+        StepTraceAsyncScheduler
+    )
+
+
+def test_the_andes_trace_covers_every_step_and_says_which_the_policy_decided(
+    model_dir: ModelConfig, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    import json
+
+    log = tmp_path / "steps.jsonl"
+    monkeypatch.setenv("ANDES_DECISION_LOG", str(log))
+    monkeypatch.setenv("ANDES_POLICY", "andes")
+    sched = create_scheduler(model_dir)
+    sched.add_request(create_request("A", max_tokens=6))
+    sched.add_request(create_request("B", max_tokens=6))
+    n = 0
+    while sched.requests:
+        step(sched)
+        n += 1
+    sched.shutdown()
+    lines = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, n + 1))
+    # The first step had two requests waiting: asked. Then nothing bound: not asked.
+    assert "policy_ms" in lines[0] and "asked" not in lines[0]
+    assert all(x["asked"] is False and "policy_ms" not in x for x in lines[1:])
+    assert sum(x["tokens"] for x in lines) == 2 * 20 + 2 * 5  # prompts, then 5 decode steps each
