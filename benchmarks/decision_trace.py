@@ -3,6 +3,7 @@
 ::
 
     python benchmarks/decision_trace.py TRACE.jsonl [--gap-s 20]
+    python benchmarks/decision_trace.py ANDES.jsonl --against STOCK.jsonl  # the same loads
 
 ``ANDES_DECISION_LOG`` (engine/vllm/scheduler.py) appends one JSON line per engine step; a stock
 engine writes the same step fields with ``StepTraceAutoScheduler`` (``engine_grid.py
@@ -13,6 +14,14 @@ recompute of every preempted request: beside the prompts' own total, what preemp
 preemptions, the parks (and how many were for the running set's own growth, which the park
 budget does not bound), the recompute they were priced at and the plug-in's own time, each also
 as a share of the span, the mean running requests and the median step.
+
+``--against`` sets two engines' traces of the same loads side by side (load by load, in order):
+what each ran, and the engine time that work takes by the latency model the simulator was
+calibrated with (``--profile``: per step, overhead + per decoding sequence + per context token
+read + per prefill token), the plug-in's measured time added for the first. The same requests
+produce the same tokens on both, so the ratio of the two times is the token-throughput ratio the
+work implies, free of how fast the machine happened to be during each run (single runs on this
+machine differ by several percent in tokens per second; the work they did does not).
 """
 
 from __future__ import annotations
@@ -25,6 +34,13 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.sim.profile import LatencyProfile, ProfileError
+
+PROFILE = Path(__file__).resolve().parent / "results" / "cpu_smollm2_loaded_profile.json"
 
 
 def records(lines: Iterable[str], fields: Iterable[str] = ("t",)) -> list[dict[str, Any]]:
@@ -68,15 +84,60 @@ def summary(load: list[dict[str, Any]]) -> dict[str, float]:
             "step_s": statistics.median(gaps) if gaps else 0.0}  # fmt: skip
 
 
+def work_s(load: list[dict[str, Any]], profile: LatencyProfile) -> float:
+    """Engine seconds the load's steps take by ``profile``'s latency model (steps that ran
+    nothing are not counted)."""
+    total = 0.0
+    for r in load:
+        if not r.get("scheduled"):
+            continue
+        decode = r.get("decode", 0)
+        total += (profile.overhead_s + profile.decode_s_per_seq * decode
+                  + profile.kv_read_s_per_token * r.get("context", 0)
+                  + profile.prefill_s_per_token * (r.get("tokens", 0) - decode))  # fmt: skip
+    return total
+
+
+def compare(
+    ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]], profile: LatencyProfile
+) -> list[str]:
+    """The table of ``--against``: one row per load both traces have."""
+    rows = ["| load | steps | tokens | prefill | preempted | plug-in s | modeled engine s |"
+            " modeled throughput |", "|" + "---|" * 8]  # fmt: skip
+    for k, (a, b) in enumerate(zip(ours, theirs, strict=False), 1):
+        sa, sb = summary(a), summary(b)
+        wa, wb = work_s(a, profile) + sa["policy_s"], work_s(b, profile) + sb["policy_s"]
+        rows.append(
+            f"| {k} | {sa['steps']} / {sb['steps']} | {sa['tokens']} / {sb['tokens']} |"
+            f" {sa['prefill']} / {sb['prefill']} | {sa['preempted']} / {sb['preempted']} |"
+            f" {sa['policy_s']:.1f} / {sb['policy_s']:.1f} | {wa:.1f} / {wb:.1f} |"
+            f" {wb / wa:.1%} |" if wa > 0 else f"| {k} | (no steps) |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("trace", type=Path)
     p.add_argument("--gap-s", type=float, default=20.0, help="a pause that starts a new load")
+    p.add_argument("--against", type=Path, default=None,
+                   help="another engine's trace of the same loads (e.g. stock's), side by side")
+    p.add_argument("--profile", type=Path, default=PROFILE,
+                   help="the latency model for --against (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         lines = args.trace.read_text().splitlines()
+        other = args.against.read_text().splitlines() if args.against else None
     except OSError as exc:
-        p.error(f"cannot read {args.trace}: {exc.strerror or exc}")
+        p.error(f"cannot read {exc.filename}: {exc.strerror or exc}")
+    if other is not None:
+        try:
+            profile = LatencyProfile.load(args.profile)
+        except ProfileError as exc:  # a missing or malformed profile: one line
+            p.error(str(exc))
+        print(f"{args.trace.name} / {args.against.name}; modeled by {args.profile.name}")
+        print("\n".join(compare(loads(lines, args.gap_s), loads(other, args.gap_s), profile)))
+        return 0
     print("| load | steps | span s | tokens (prefill) | preempted | parks (for growth) |"
           " priced recompute s (share) | plug-in s (share) | running | step ms |")  # fmt: skip
     print("|" + "---|" * 10)
