@@ -62,7 +62,7 @@ PROFILE_JSON = eg.RESULTS / "cpu_smollm2_profile.json"
 CHUNK = 2048  # vLLM's max_num_batched_tokens for the OpenAI server on CPU
 KV_TOKENS_DEFAULT = 46_592  # what vLLM reports for 1 GiB of KV on this model (engine log)
 SETTING_SHAPES = {  # (KV tokens, block size, batch limit) of engine_grid's settings
-    "default": (KV_TOKENS_DEFAULT, 16, 128),
+    "default": (KV_TOKENS_DEFAULT, 128, 128),  # vLLM's CPU build: 128-token blocks by default
     "memory-bound": (8192, 32, 64),
 }
 GPU_PROFILES = ("opt-66b-4xa100-80gb", "llama-3.1-70b-8xa100-40gb")
