@@ -11,6 +11,13 @@ trace-estimated prompt lengths, its readers), fcfs / andes inferring / andes wit
 client model, scored on the readers' clocks, with QoE per kind of reader and preemptions.
 ``headline``: one rate of ``sim_headline.py`` (the paper's trace, Poisson, seed 0), andes with
 each ``--opts`` in turn.
+``grid``: the 2x points of ``engine_grid.py`` for one setting in the simulator (the profile fitted
+to the engine under load, ``sim_grid.py``'s shapes; the evaluation part of the trace unless
+``--holdout``), fcfs against andes with each ``--opts``: average QoE and its ratio, token
+throughput against fcfs's, preemptions per request::
+
+    python benchmarks/policy_sweep.py grid --setting default \
+        --opts '{}' '{"park_budget": 0.1}' '{"park_budget": 0.5}'
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ from benchmarks.closed_loop_report import CPU_CHUNKED_PREFILL_TOKENS, PROFILE_JS
 from engine.policy import get_policy
 from engine.sim.profile import LatencyProfile, get_profile
 from engine.sim.simulator import SimConfig, simulate
+
+LOADED_PROFILE = Path(__file__).resolve().parent / "results" / "cpu_smollm2_loaded_profile.json"
+KNEES = {"default": 4.0, "memory-bound": 1.0}  # req/s: engine_grid's knees (2026-12-03 search)
 
 
 def _closed_loop(args: argparse.Namespace, opts: dict[str, object]) -> None:
@@ -80,6 +90,26 @@ def _headline(args: argparse.Namespace, all_opts: list[dict[str, object]]) -> No
               f"  preempt/req {pre:.2f}", flush=True)  # fmt: skip
 
 
+def _grid(args: argparse.Namespace, all_opts: list[dict[str, object]]) -> None:
+    from benchmarks import engine_grid as eg
+    from benchmarks import sim_grid as sg
+
+    prof = sg.cpu_profile(args.setting, Path(args.profile))
+    part = eg.HOLDOUT if args.holdout else eg.EVAL
+    config = SimConfig(chunked_prefill_tokens=sg.CHUNK)
+    for point in (pt for pt in eg.POINTS if pt.load > 1):
+        plan = eg.Plan(args.setting, point.key, point.load * args.knee, point.arrivals,
+                       point.tds_scale, args.duration, part)  # fmt: skip
+        work, times = sg.plan_workload(plan)
+        f = sg.run(work, times, "fcfs", prof, config)
+        line = f"{args.setting} {point.key}: fcfs {f['avg']:.3f} (preempt/req {f['pre']:.2f})"
+        for opts in all_opts:
+            s = sg.run(work, times, "andes", prof, config, opts)
+            line += (f" | andes {json.dumps(opts)} {s['avg']:.3f} ({s['avg'] / f['avg']:.2f}x),"
+                     f" throughput {s['tput'] / f['tput']:.1%}, preempt/req {s['pre']:.2f}")
+        print(line, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="mode", required=True)
@@ -92,10 +122,22 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--profile", default="llama-3.1-70b-8xa100-40gb")
     h.add_argument("--rate", type=float, default=28.01)
     h.add_argument("--opts", nargs="+", default=["{}"], help="JSON objects of andes options")
+    g = sub.add_parser("grid", help="engine_grid.py's 2x points in the simulator")
+    g.add_argument("--setting", choices=("default", "memory-bound"), default="default")
+    g.add_argument("--knee", type=float, default=None,
+                   help="req/s (default: the knee engine_grid.py uses for the setting)")
+    g.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
+    g.add_argument("--holdout", action="store_true", help="the held-out part of the trace")
+    g.add_argument("--profile", default=str(LOADED_PROFILE))
+    g.add_argument("--opts", nargs="+", default=["{}"], help="JSON objects of andes options")
     args = p.parse_args(argv)
     try:
         if args.mode == "closed-loop":
             _closed_loop(args, json.loads(args.opts))
+        elif args.mode == "grid":
+            if args.knee is None:
+                args.knee = KNEES[args.setting]
+            _grid(args, [json.loads(o) for o in args.opts])
         else:
             _headline(args, [json.loads(o) for o in args.opts])
     except (ValueError, json.JSONDecodeError) as exc:
