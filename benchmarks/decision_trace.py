@@ -18,7 +18,8 @@ as a share of the span, the mean running requests and the median step.
 ``--against`` sets two engines' traces of the same loads side by side (load by load, in order):
 what each ran, and the engine time that work takes by the latency model the simulator was
 calibrated with (``--profile``: per step, overhead + per decoding sequence + per context token
-read + per prefill token), the plug-in's measured time added for the first. The same requests
+read + per prefill token), the plug-in's measured time added (its wall time; in brackets its
+CPU time, which leaves out what it waited for the GIL or a core). The same requests
 produce the same tokens on both, so the ratio of the two times is the token-throughput ratio the
 work implies, free of how fast the machine happened to be during each run (single runs on this
 machine differ by several percent in tokens per second; the work they did does not).
@@ -72,6 +73,7 @@ def summary(load: list[dict[str, Any]]) -> dict[str, float]:
     gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(load)]
     park_s = sum(r.get("park_s", 0.0) for r in load)
     policy_s = sum(r.get("policy_ms", 0.0) for r in load) / 1e3
+    policy_cpu_s = sum(r.get("policy_cpu_ms", r.get("policy_ms", 0.0)) for r in load) / 1e3
     tokens = sum(r.get("tokens", 0) for r in load)
     return {"steps": len(load), "span_s": span, "tokens": tokens,
             "prefill": tokens - sum(r.get("decode", 0) for r in load),
@@ -79,7 +81,7 @@ def summary(load: list[dict[str, Any]]) -> dict[str, float]:
             "parks": sum(r.get("park", 0) for r in load),
             "relieved": sum(r.get("relieved", 0) for r in load), "park_s": park_s,
             "park_share": park_s / span if span > 0 else 0.0, "policy_s": policy_s,
-            "policy_share": policy_s / span if span > 0 else 0.0,
+            "policy_share": policy_s / span if span > 0 else 0.0, "policy_cpu_s": policy_cpu_s,
             "running": statistics.mean(r.get("running", 0) for r in load),
             "step_s": statistics.median(gaps) if gaps else 0.0}  # fmt: skip
 
@@ -102,16 +104,20 @@ def compare(
     ours: list[list[dict[str, Any]]], theirs: list[list[dict[str, Any]]], profile: LatencyProfile
 ) -> list[str]:
     """The table of ``--against``: one row per load both traces have."""
-    rows = ["| load | steps | tokens | prefill | preempted | plug-in s | modeled engine s |"
-            " modeled throughput |", "|" + "---|" * 8]  # fmt: skip
+    rows = ["| load | steps | tokens | prefill | preempted | plug-in s (CPU s) |"
+            " modeled engine s | modeled throughput (plug-in by CPU) |",
+            "|" + "---|" * 8]  # fmt: skip
     for k, (a, b) in enumerate(zip(ours, theirs, strict=False), 1):
         sa, sb = summary(a), summary(b)
-        wa, wb = work_s(a, profile) + sa["policy_s"], work_s(b, profile) + sb["policy_s"]
+        ma, mb = work_s(a, profile), work_s(b, profile)
+        wa, wb = ma + sa["policy_s"], mb + sb["policy_s"]
+        ca, cb = ma + sa["policy_cpu_s"], mb + sb["policy_cpu_s"]
         rows.append(
             f"| {k} | {sa['steps']} / {sb['steps']} | {sa['tokens']} / {sb['tokens']} |"
             f" {sa['prefill']} / {sb['prefill']} | {sa['preempted']} / {sb['preempted']} |"
-            f" {sa['policy_s']:.1f} / {sb['policy_s']:.1f} | {wa:.1f} / {wb:.1f} |"
-            f" {wb / wa:.1%} |" if wa > 0 else f"| {k} | (no steps) |"
+            f" {sa['policy_s']:.1f} ({sa['policy_cpu_s']:.1f}) / {sb['policy_s']:.1f} |"
+            f" {wa:.1f} / {wb:.1f} | {wb / wa:.1%} ({cb / ca:.1%}) |"
+            if wa > 0 and ca > 0 else f"| {k} | (no steps) |"
         )
     return rows
 

@@ -43,7 +43,8 @@ requests, those decoding, tokens, the context tokens it reads, and every preempt
 policy's parks and any vLLM made itself under memory pressure). A step the policy was asked
 about adds its decision: what bound, the batch size chosen, the parks (how many were for the
 running set's own growth, and the recompute they were priced at) and the plug-in's own time
-that step (snapshot, decision and carrying it out, ``policy_ms``); one it was not asked about
+that step (snapshot, decision and carrying it out: ``policy_ms`` wall, ``policy_cpu_ms`` the
+CPU time of the scheduling thread); one it was not asked about
 says ``"asked": false``. To see, on a real load, which limit binds and what each decision cost;
 :class:`StepTraceScheduler` writes the same step fields for stock vLLM. Off by default (no cost).
 
@@ -176,10 +177,13 @@ class AndesSchedulerMixin:
         held_running: list[Request] = []
         held_waiting: list[Request] = []
         if self._has_decision_to_make():
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), time.thread_time()
             held_running, held_waiting = self._apply_policy(now_s)
-            if self._pending_trace is not None:  # what the plug-in's own work took this step
+            if self._pending_trace is not None:  # what the plug-in's own work took this step:
+                # wall time, and the CPU time of this thread (the difference is time it waited:
+                # for the GIL, held by the engine's output thread, or for a core)
                 self._pending_trace["policy_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+                self._pending_trace["policy_cpu_ms"] = round((time.thread_time() - cpu0) * 1e3, 3)
         try:
             output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
         finally:

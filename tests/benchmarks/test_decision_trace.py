@@ -48,7 +48,10 @@ def test_two_engines_traces_are_set_side_by_side_by_the_work_they_did(tmp_path) 
     theirs = [[step, {**step, "t": 0.2}]]
     rows = compare(ours, theirs, profile)
     # ours: 0.021 + 0.031 + 0.009 = 0.061 s; theirs: 0.042 s
-    assert rows[-1].endswith(f"| {0.042 / 0.061:.1%} |")
+    assert rows[-1].endswith(f"| {0.042 / 0.061:.1%} ({0.042 / 0.061:.1%}) |")
+    ours[0][1]["policy_cpu_ms"] = 4.0  # it waited 5 ms of its 9 (the GIL): 0.056 s by CPU
+    by_cpu = f"| {0.042 / 0.061:.1%} ({0.042 / 0.056:.1%}) |"
+    assert compare(ours, theirs, profile)[-1].endswith(by_cpu)
     a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     a.write_text("\n".join(json.dumps(r) for r in ours[0]))
     b.write_text("\n".join(json.dumps(r) for r in theirs[0]))

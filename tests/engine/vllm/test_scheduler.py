@@ -702,5 +702,6 @@ def test_the_andes_trace_covers_every_step_and_says_which_the_policy_decided(
     assert [x["step"] for x in lines] == list(range(1, n + 1))
     # The first step had two requests waiting: asked. Then nothing bound: not asked.
     assert "policy_ms" in lines[0] and "asked" not in lines[0]
+    assert 0.0 <= lines[0]["policy_cpu_ms"] <= lines[0]["policy_ms"] + 1.0  # CPU within wall
     assert all(x["asked"] is False and "policy_ms" not in x for x in lines[1:])
     assert sum(x["tokens"] for x in lines) == 2 * 20 + 2 * 5  # prompts, then 5 decode steps each
