@@ -18,7 +18,7 @@ variable                        meaning                                         
 ``ANDES_PREFILL_S_PER_TOKEN``   prior for the prefill cost (seconds per prompt token)      0.0005
 ``ANDES_OFFLOAD_S_PER_TOKEN``   with vLLM's KV offloading: seconds to load one token's     5e-6
                                 KV back from host memory (prices a park's resume)
-``ANDES_DECISION_LOG``          a file to append one JSON line per policy step to          (off)
+``ANDES_DECISION_LOG``          a file to append one JSON line per engine step to          (off)
                                 (what bound, batch, parks; see engine/vllm/scheduler.py)
 ==============================  =========================================================  =======
 """
