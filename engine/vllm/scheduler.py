@@ -184,6 +184,11 @@ class AndesSchedulerMixin:
                 # for the GIL, held by the engine's output thread, or for a core)
                 self._pending_trace["policy_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
                 self._pending_trace["policy_cpu_ms"] = round((time.thread_time() - cpu0) * 1e3, 3)
+        elif self._decision_log is not None:
+            # Traced too (what the engine ran), so a trace sums to the whole load, as a stock
+            # engine's does (StepTraceScheduler).
+            self._pending_trace = queue_fields(self, now_s, len(self.waiting))
+            self._pending_trace.update(held=len(self._held), asked=False)
         try:
             output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
         finally:
@@ -192,8 +197,8 @@ class AndesSchedulerMixin:
             self.running.extend(held_running)
             self.waiting.extend(held_waiting)
         self._mark_step(output, now_s)
-        if self._decision_log is not None:
-            self._write_trace(output, now_s)
+        if self._pending_trace is not None:
+            self._write_trace(output)
         return output
 
     def update_from_output(
@@ -462,10 +467,8 @@ class AndesSchedulerMixin:
 
     def _trace(self, now_s: float, decision: Any, waiting: int) -> dict[str, Any]:
         last = getattr(self.andes_policy, "last", None)
-        pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
         return {
-            "t": round(now_s, 4), "running": len(self.running), "waiting": waiting,
-            "held": len(self._held), "free_blocks": pool.get_num_free_blocks(),
+            **queue_fields(self, now_s, waiting), "held": len(self._held),
             "binds": list(getattr(last, "binds", ())), "batch": getattr(last, "batch", None),
             "reused": getattr(last, "reused", None),
             "run": None if decision is None else len(decision.run),
@@ -474,15 +477,9 @@ class AndesSchedulerMixin:
             "relieved": getattr(last, "notes", {}).get("relieved", 0),  # of them, for growth
         }  # fmt: skip
 
-    def _write_trace(self, output: SchedulerOutput, now_s: float) -> None:
-        # A step the policy was not asked about is traced too (what the engine ran), so a
-        # trace sums to the whole load, as a stock engine's does (StepTraceScheduler).
+    def _write_trace(self, output: SchedulerOutput) -> None:
         trace, self._pending_trace = self._pending_trace, None
-        if trace is None:
-            pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
-            trace = {"t": round(now_s, 4), "running": len(self.running),
-                     "waiting": len(self.waiting), "held": len(self._held),
-                     "free_blocks": pool.get_num_free_blocks(), "asked": False}  # fmt: skip
+        assert trace is not None
         trace.update(step_fields(self.requests, output, self._steps))
         self._decision_log.write(json.dumps(trace) + "\n")
 
@@ -553,6 +550,14 @@ class AndesAutoScheduler:
         return chosen(*args, **kwargs)  # type: ignore[return-value]
 
 
+def queue_fields(scheduler: Any, now_s: float, waiting: int) -> dict[str, Any]:
+    """Where the engine stood as a step began, for the trace: the time, the running and waiting
+    requests, the free KV blocks."""
+    pool = scheduler.kv_cache_manager.block_pool
+    return {"t": round(now_s, 4), "running": len(scheduler.running), "waiting": waiting,
+            "free_blocks": pool.get_num_free_blocks()}  # fmt: skip
+
+
 def step_fields(
     requests: dict[str, Request], output: SchedulerOutput, step: int
 ) -> dict[str, int]:
@@ -588,15 +593,12 @@ class _StepTraceMixin:
         self._step_count = 0
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
-        now_s = time.time()
         self._step_count += 1
-        output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        trace = None
         if self._step_log is not None:
-            pool = self.kv_cache_manager.block_pool  # type: ignore[attr-defined]
-            trace: dict[str, Any] = {
-                "t": round(now_s, 4), "running": len(self.running), "waiting": len(self.waiting),
-                "free_blocks": pool.get_num_free_blocks(),
-            }  # fmt: skip
+            trace = queue_fields(self, time.time(), len(self.waiting))
+        output: SchedulerOutput = super().schedule(*args, **kwargs)  # type: ignore[misc]
+        if trace is not None:
             trace.update(step_fields(self.requests, output, self._step_count))
             self._step_log.write(json.dumps(trace) + "\n")
         return output
