@@ -1,4 +1,5 @@
-"""What an andes engine's decision trace says about each load it ran.
+"""What an engine's step trace says about each load it ran (an andes engine's, with its decisions,
+or a stock one's).
 
 ::
 
@@ -15,7 +16,8 @@ preemptions, the parks (and how many were for the running set's own growth, whic
 budget does not bound), the recompute they were priced at and the plug-in's own time, each also
 as a share of the span, the mean running requests and the median step.
 
-``--against`` sets two engines' traces of the same loads side by side (load by load, in order):
+``--against`` sets two engines' traces of the same loads side by side (load by load, in order;
+an engine's warm-up closer than ``--gap-s`` to its first load counts with it, a few tokens):
 what each ran, and the engine time that work takes by the latency model the simulator was
 calibrated with (``--profile``: per step, overhead + per decoding sequence + per context token
 read + per prefill token), the plug-in's measured time added (its wall time; in brackets its
