@@ -53,6 +53,8 @@ from engine.sim.profile import LatencyProfile
 
 RESULTS = engine_qoe.RESULTS
 PROFILE_JSON = RESULTS / "cpu_smollm2_profile.json"
+# The profile fitted to the engine's own steps under load (benchmarks/calibrate_steps.py)
+LOADED_PROFILE_JSON = RESULTS / "cpu_smollm2_loaded_profile.json"
 RAW_JSON = RESULTS / "cpu_calibration_raw.json"
 SECTION = "sim-calibration"
 CPU_CHUNKED_PREFILL_TOKENS = 2048  # vLLM's max_num_batched_tokens for the OpenAI server on CPU

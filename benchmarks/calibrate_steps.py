@@ -42,12 +42,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import numpy as np
 
-from benchmarks.calibrate_cpu import PROFILE_JSON, _nnls
+from benchmarks.calibrate_cpu import LOADED_PROFILE_JSON, PROFILE_JSON, _nnls
 from benchmarks.decision_trace import records
 from benchmarks.record import machine_line
 from engine.sim.profile import LatencyProfile
 
-LOADED_PROFILE_JSON = PROFILE_JSON.with_name("cpu_smollm2_loaded_profile.json")
 OUTLIER = 5.0  # steps longer than this many medians are a pause, not a step
 FIELDS = ("t", "step", "scheduled", "decode", "tokens", "context")
 

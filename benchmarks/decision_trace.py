@@ -41,9 +41,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.calibrate_cpu import LOADED_PROFILE_JSON
 from engine.sim.profile import LatencyProfile, ProfileError
-
-PROFILE = Path(__file__).resolve().parent / "results" / "cpu_smollm2_loaded_profile.json"
 
 
 def records(lines: Iterable[str], fields: Iterable[str] = ("t",)) -> list[dict[str, Any]]:
@@ -130,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gap-s", type=float, default=20.0, help="a pause that starts a new load")
     p.add_argument("--against", type=Path, default=None,
                    help="another engine's trace of the same loads (e.g. stock's), side by side")
-    p.add_argument("--profile", type=Path, default=PROFILE,
+    p.add_argument("--profile", type=Path, default=LOADED_PROFILE_JSON,
                    help="the latency model for --against (default: %(default)s)")
     args = p.parse_args(argv)
     try:

@@ -35,12 +35,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.reader_slack import ReaderSlack
 from benchmarks import closed_loop
 from benchmarks import sim_headline as sh
+from benchmarks.calibrate_cpu import LOADED_PROFILE_JSON
 from benchmarks.closed_loop_report import CPU_CHUNKED_PREFILL_TOKENS, PROFILE_JSON, _kind
 from engine.policy import get_policy
 from engine.sim.profile import LatencyProfile, get_profile
 from engine.sim.simulator import SimConfig, simulate
 
-LOADED_PROFILE = Path(__file__).resolve().parent / "results" / "cpu_smollm2_loaded_profile.json"
 KNEES = {"default": 4.0, "memory-bound": 1.0}  # req/s: engine_grid's knees (2026-12-03 search)
 
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="req/s (default: the knee engine_grid.py uses for the setting)")
     g.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
     g.add_argument("--holdout", action="store_true", help="the held-out part of the trace")
-    g.add_argument("--profile", default=str(LOADED_PROFILE))
+    g.add_argument("--profile", default=str(LOADED_PROFILE_JSON))
     g.add_argument("--opts", nargs="+", default=["{}"], help="JSON objects of andes options")
     args = p.parse_args(argv)
     try:
