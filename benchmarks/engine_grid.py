@@ -52,9 +52,8 @@ import json
 import math
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +67,7 @@ from bench.client import EndpointConfig
 from bench.plan import PlanConfig, PlannedRequest, build_plan
 from bench.result import BenchRun
 from bench.runner import RunConfig, run_load
+from benchmarks.engine_metrics import EngineMetrics
 from benchmarks.record import command_line, machine_line, record
 from engine.sim.arrivals import ArrivalSpec
 
@@ -159,86 +159,6 @@ class Plan:
         # Never the same request twice (a repeat would be a prefix-cache hit): a load that would
         # need more than the part holds ends with the part.
         return build_plan(workload, cfg, texts)[: len(workload)]
-
-
-# -- the engine's side ------------------------------------------------------------------------
-
-
-@dataclass
-class EngineMetrics:
-    """vLLM's Prometheus metrics that matter here: counters and histograms, summed over labels."""
-
-    counters: dict[str, float] = field(default_factory=dict)
-    buckets: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # le -> count
-
-    @classmethod
-    def scrape(cls, base_url: str) -> EngineMetrics:
-        try:
-            with urllib.request.urlopen(base_url + "/metrics", timeout=10) as resp:
-                text = resp.read().decode("utf-8", errors="replace")
-        except OSError:
-            return cls()
-        m = cls()
-        hist: dict[str, dict[float, float]] = {}
-        for line in text.splitlines():
-            if not line.startswith("vllm:"):
-                continue
-            name_labels, _, value = line.rpartition(" ")
-            name = name_labels.split("{", 1)[0]
-            try:
-                v = float(value)
-            except ValueError:
-                continue
-            if name.endswith("_bucket"):
-                le = name_labels.split('le="', 1)[1].split('"', 1)[0]
-                h = hist.setdefault(name[: -len("_bucket")], {})
-                bound = math.inf if le == "+Inf" else float(le)
-                h[bound] = h.get(bound, 0.0) + v
-            elif name.endswith("_total") or name.endswith("_count") or name.endswith("_sum"):
-                m.counters[name] = m.counters.get(name, 0.0) + v
-        m.buckets = {k: sorted(v.items()) for k, v in hist.items()}
-        return m
-
-    def minus(self, before: EngineMetrics) -> EngineMetrics:
-        out = EngineMetrics()
-        out.counters = {k: v - before.counters.get(k, 0.0) for k, v in self.counters.items()}
-        for k, b in self.buckets.items():
-            old = dict(before.buckets.get(k, []))
-            out.buckets[k] = [(le, c - old.get(le, 0.0)) for le, c in b]
-        return out
-
-    def quantile(self, name: str, q: float) -> float:
-        """The ``q`` quantile of histogram ``name`` (linear within its bucket; nan if empty)."""
-        b = self.buckets.get(name)
-        if not b or b[-1][1] <= 0:
-            return math.nan
-        total, lo, prev = b[-1][1], 0.0, 0.0
-        for le, cum in b:
-            if cum >= q * total:
-                if math.isinf(le):
-                    return lo
-                frac = (q * total - prev) / (cum - prev) if cum > prev else 1.0
-                return lo + (le - lo) * frac
-            lo, prev = le, cum
-        return lo
-
-    def counter(self, *names: str) -> float:
-        for n in names:
-            if n in self.counters:
-                return self.counters[n]
-        return math.nan
-
-    def summary(self) -> dict[str, float]:
-        queries = self.counter("vllm:prefix_cache_queries_total")
-        hits = self.counter("vllm:prefix_cache_hits_total")
-        return {
-            "engine_ttft_p50_s": self.quantile("vllm:time_to_first_token_seconds", 0.5),
-            "engine_ttft_p99_s": self.quantile("vllm:time_to_first_token_seconds", 0.99),
-            "queue_p50_s": self.quantile("vllm:request_queue_time_seconds", 0.5),
-            "queue_p99_s": self.quantile("vllm:request_queue_time_seconds", 0.99),
-            "preemptions": self.counter("vllm:num_preemptions_total"),
-            "prefix_hit_rate": hits / queries if queries and queries > 0 else math.nan,
-        }
 
 
 # -- running ------------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ from bench.client import EndpointConfig
 from bench.plan import PlanConfig, PlannedRequest, build_plan
 from bench.result import BenchRun, RequestRecord
 from bench.runner import RunConfig, run_load
+from benchmarks.engine_metrics import BusyClock, EngineMetrics
 from benchmarks.record import command_line, machine_line, record
 from engine.sim.arrivals import ArrivalSpec
 
@@ -292,15 +293,25 @@ def measure(engine: Engine, name: str, args: Sequence[str], rate: float, setting
     if REPORT_ONLY:
         raise SystemExit(f"--report-only: no saved run {path.name} with these settings")
     plan = settings.plan(rate)
+    before = [EngineMetrics.scrape(u) for u in engine.base_urls]
     with gateway(engine.base_urls, args, runs_dir / f"{name}_rate{rate:.4g}.gateway.log") as url:
         endpoint = EndpointConfig(url, model=engine.model, vllm_extras=engine.vllm_extras,
                                   qoe_field=True, cache_salt=f"{name}-{rate}-{time.time():.0f}"
                                   if engine.vllm_extras else None,
                                   extra_fields=engine.extra_fields, request_timeout_s=3600,
                                   read_timeout_s=900)
-        run = asyncio.run(run_load(plan, endpoint, RunConfig(
-            max_concurrency=4096, progress=progress, label=f"{name} @ {rate:.3g}/s")))
+        with BusyClock(list(engine.base_urls)) as busy:
+            run = asyncio.run(run_load(plan, endpoint, RunConfig(
+                max_concurrency=4096, progress=progress, label=f"{name} @ {rate:.3g}/s")))
         metrics = _settled_metrics(url)
+    # The engine's side (vLLM's own metrics; nothing from an engine without them): the first
+    # replica's latencies, every replica's tokens and preemptions.
+    deltas = [EngineMetrics.scrape(u).minus(b) for u, b in zip(engine.base_urls, before,
+                                                               strict=True)]  # fmt: skip
+    side = deltas[0].summary()
+    for key in ("generation_tokens", "prompt_tokens", "preemptions"):
+        side[key] = sum(d.summary()[key] for d in deltas)
+    run.meta.update(engine=dict(side, busy_s=busy.busy_s))
     run.meta.update(settings=asdict(settings), rate_rps=rate, config=name, args=list(args),
                     parks=_metric(metrics, "andes_gateway_parks_total"),
                     seams_ok=_metric(metrics, 'andes_gateway_seams_total{result="ok"}'),
@@ -366,6 +377,11 @@ class Row:
     resume_ttft_s: float
     queue_wait_mean_s: float
     queue_wait_p99_s: float
+    # The engine's side, from vLLM's metrics (nan from an engine without them): tokens it
+    # generated per second it had requests, its own queue's p99 and its preemptions.
+    engine_tok_s: float = math.nan
+    engine_queue_p99_s: float = math.nan
+    engine_preemptions: float = math.nan
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -423,22 +439,38 @@ def summarize(engine: str, config: str, load: str, run: BenchRun,
                int(m.get("parks", 0)), int(m.get("resumes", 0)),
                int(m.get("seam_defects", 0) + m.get("seams_unchecked", 0))
                + sum(_short(r) for r in recs), *text_diffs(run, unparked), cost,
-               statistics.fmean(waits) if waits else 0.0, _pct(waits, 0.99))
+               statistics.fmean(waits) if waits else 0.0, _pct(waits, 0.99),
+               *_engine_side(m.get("engine")))
+
+
+def _engine_side(side: dict[str, float] | None) -> tuple[float, float, float]:
+    """(generated tokens per busy second, queue p99 s, preemptions) from a run's engine meta."""
+    if not side or not side.get("busy_s") or math.isnan(side.get("generation_tokens", math.nan)):
+        return math.nan, math.nan, math.nan
+    return (side["generation_tokens"] / side["busy_s"], side.get("queue_p99_s", math.nan),
+            side.get("preemptions", math.nan))  # fmt: skip
 
 
 def table(rows: Sequence[Row]) -> str:
     head = ("| engine | config | load | req/s | n | err | avg QoE | p10 QoE | TTFT p50 s |"
             " TTFT p99 s | tok/s | parks | resumes | seam defects | parked streams: text ≠"
-            " unparked | control: unparked ≠ | resume TTFT s | queue wait mean/p99 s |")
-    out = [head, "|" + "---|" * 18]
+            " unparked | control: unparked ≠ | resume TTFT s | queue wait mean/p99 s |"
+            " engine tok/s busy | engine queue p99 s | preemptions |")
+    out = [head, "|" + "---|" * 21]
     for r in rows:
         out.append(f"| {r.engine} | {r.config} | {r.load} | {r.rate:.3g} | {r.n} | {r.errors} |"
                    f" {r.avg_qoe:.3f} | {r.p10_qoe:.3f} | {r.ttft_p50_s:.2f} |"
                    f" {r.ttft_p99_s:.2f} | {r.throughput_tok_s:.1f} | {r.parks} | {r.resumes} |"
                    f" {r.seam_defects} | {r.parked_text_diff}/{r.parked_streams} |"
                    f" {r.control_text_diff} | {r.resume_ttft_s:.3f} |"
-                   f" {r.queue_wait_mean_s:.2f}/{r.queue_wait_p99_s:.2f} |")
+                   f" {r.queue_wait_mean_s:.2f}/{r.queue_wait_p99_s:.2f} |"
+                   f" {_num(r.engine_tok_s, 1)} | {_num(r.engine_queue_p99_s, 2)} |"
+                   f" {_num(r.engine_preemptions, 0)} |")
     return "\n".join(out)
+
+
+def _num(v: float, digits: int) -> str:
+    return "–" if math.isnan(v) else f"{v:.{digits}f}"
 
 
 def targets(rows: Sequence[Row], base: str, cand: str) -> list[str]:
@@ -452,9 +484,13 @@ def targets(rows: Sequence[Row], base: str, cand: str) -> list[str]:
         tput = c.throughput_tok_s / b.throughput_tok_s if b.throughput_tok_s > 0 else math.nan
         qoe_t = ("target ≥ 1.5×: " + ("met" if ratio >= 1.5 else "missed")
                  if b.avg_qoe <= 0.6 else f"{base} > 0.6: no QoE target")
+        engine_tput = (c.engine_tok_s / b.engine_tok_s
+                       if b.engine_tok_s > 0 and not math.isnan(c.engine_tok_s) else math.nan)
+        engine_part = ("" if math.isnan(engine_tput) else
+                       f"; the engine's, while it had requests: {engine_tput:.1%}")
         lines.append(f"- {engine} {load}: avg QoE {b.avg_qoe:.3f} → {c.avg_qoe:.3f}"
                      f" (**{ratio:.2f}×**, {qoe_t}); throughput {tput:.1%} of {base}"
-                     f" (target ≥ 95%: {'met' if tput >= 0.95 else 'missed'})")
+                     f" (target ≥ 95%: {'met' if tput >= 0.95 else 'missed'}){engine_part}")
     return lines
 
 

@@ -59,3 +59,29 @@ def test_bursty_arrivals_are_gamma_gaps_recorded_apart_from_the_poisson_runs() -
     assert 0.8 < cv_of(gaps(1.0)) < 1.2 and cv_of(gaps(3.0)) > 2.0
     assert Settings("t", "dev", 0, 1.0, 1.0, 1, 1).arrivals == "Poisson"
     assert Settings("t", "dev", 0, 1.0, 1.0, 1, 1, 3.0).arrivals == "bursty (Gamma CV 3)"
+
+
+def test_the_engines_side_is_in_the_row_and_the_throughput_line() -> None:
+    from bench.result import BenchRun
+    from benchmarks.gateway_sched import summarize, table, targets
+
+    def run(config: str, engine: dict[str, float] | None) -> BenchRun:
+        r = BenchRun(records=[_record(parks=0, delivered=64, usage=64)],
+                     meta={"rate_rps": 1.0, "config": config})
+        if engine is not None:
+            r.meta["engine"] = engine
+        return r
+
+    side = {"generation_tokens": 3000.0, "busy_s": 10.0, "queue_p99_s": 0.5, "preemptions": 2.0}
+    base = summarize("stock_vllm", "pacing", "1× knee", run("pacing", side))
+    cand = summarize("stock_vllm", "sched", "1× knee",
+                     run("sched", dict(side, generation_tokens=2850.0)))
+    assert (base.engine_tok_s, base.engine_queue_p99_s, base.engine_preemptions) == (300, 0.5, 2)
+    assert "| 300.0 | 0.50 | 2 |" in table([base])
+    assert "the engine's, while it had requests: 95.0%" in targets([base, cand], "pacing",
+                                                                   "sched")[0]
+    # A run from before the engine's side was measured, or an engine without vLLM's metrics.
+    old = summarize("llama_cpp", "pacing", "1× knee", run("pacing", None))
+    assert "| – | – | – |" in table([old])
+    assert "while it had requests" not in targets(
+        [old, summarize("llama_cpp", "sched", "1× knee", run("sched", None))], "pacing", "sched")[0]
