@@ -33,11 +33,30 @@ than waiting — over a window of ``horizon_s`` *after its first token*, which c
 learned TTFT (resume TTFT for a parked stream): at the engine a first token takes one step, at
 the gateway it can take seconds (a prompt's prefill on a one-slot CPU server), and a window
 that ended before it would value every waiting stream at nothing. The reader is where the
-gateway measures it (slack, pace). Candidates (parked, then queued) are taken by value, and
-each is placed where it does the most good. A ticket's value falls the longer it has waited
-(the QoE it can still reach is smaller), so under sustained overload the valuation serves the
-requests it can still make whole and leaves late ones to ``queue_timeout_s``: measured, that
-gives readers on average far more than first come, first served, which serves every one late.
+gateway measures it (slack, pace). Each candidate is placed where it does the most good, in
+this order (:meth:`Scheduler._ordered`):
+
+1. parked streams whose readers will run dry within the window (value > 0), most valuable
+   first: a stream already started is finished before new ones start;
+2. queued streams **by the QoE a second of waiting costs them per token of service**. Unlike
+   the engine's step, admission commits an upstream to a whole stream: what matters is the
+   stream's *final* QoE and how long it will hold its place. A response of ``l`` tokens served
+   after its reader's TTFT allowance plus ``d`` seconds, at least at its reader's pace ``p``,
+   scores ``q(d) = 1 / (1 + 2·d·p / l)`` (DESIGN.md's check; exact to a few thousandths when
+   the engine outpaces the reader), so a second more costs it ``-q'(d) = (2p/l) / (1 +
+   2dp/l)²``, and serving it holds a place on the upstream for about ``l`` tokens. Smith's rule
+   (order by loss rate over service time, which minimises the summed loss) gives the key
+   ``2p / (l + 2dp)²``: the stream's length plus twice what its reader would have read while
+   it was late, smallest first, faster readers first. Short answers go before long ones (a
+   second costs them more and their place is back soon), and a stream that has waited goes
+   after fresher ones of its size (its QoE falls ever slower: the valuation serves the
+   requests it can still make whole and leaves the late ones to ``queue_timeout_s``; measured,
+   that gives readers on average far more than first come, first served, which serves every
+   one late). ``l`` is what the request may still produce (its ``max_tokens``); where it says
+   nothing, the mean length of the streams this gateway has served (the order then falls back
+   to lateness and pace);
+3. parked streams with seconds to spare.
+
 An operator who prefers fewer timeouts sets ``starvation_s``: a ticket queued that long goes
 first, oldest first.
 
@@ -67,7 +86,6 @@ at its load; among swaps, the best value (what the parked stream's slack can abs
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -79,6 +97,7 @@ __all__ = ["Plan", "Scheduler", "SchedulerConfig", "Ticket", "TicketState", "Ups
 
 TicketState = Literal["queued", "running", "parked", "done"]
 _EPS = 1e-6
+_DEFAULT_TOKENS = 256.0  # a stream's length before any was served (the queue's order only)
 
 
 class Reader(Protocol):
@@ -204,6 +223,10 @@ class Scheduler:
         self.upstreams = list(upstreams)
         self.queue: list[Ticket] = []
         self.parked: list[Ticket] = []
+        # Tokens per stream served here (a running mean): the length of a request that does not
+        # say (no max_tokens), for the queue's order.
+        self.mean_tokens = _DEFAULT_TOKENS
+        self._served = 0
 
     # -- bookkeeping ------------------------------------------------------------------------------
 
@@ -229,6 +252,7 @@ class Scheduler:
             self.parked.remove(ticket)
         elif ticket.state == "running" and ticket.upstream is not None:
             self.upstreams[ticket.upstream].discard(ticket)
+            self._served_one(ticket)
         ticket.state = "done"
 
     def release(self, ticket: Ticket) -> None:
@@ -236,7 +260,14 @@ class Scheduler:
         its reader reads on (it is neither queued nor parkable from now)."""
         if ticket.state == "running" and ticket.upstream is not None:
             self.upstreams[ticket.upstream].discard(ticket)
+            self._served_one(ticket)
             ticket.state = "done"
+
+    def _served_one(self, ticket: Ticket) -> None:
+        n = ticket.tracker.num_tokens
+        if n > 0:
+            self._served += 1
+            self.mean_tokens += (n - self.mean_tokens) / self._served
 
     def unpark(self, ticket: Ticket, now_s: float) -> None:
         """A park the plan asked for was not carried out: the ticket runs on."""
@@ -479,23 +510,41 @@ class Scheduler:
         return out
 
     def _ordered(self, now_s: float) -> list[Ticket]:
-        """Parked and queued tickets by their best value (parked first on ties, then FIFO)."""
-        scored: list[tuple[float, int, float, Ticket]] = []
+        """Starving tickets (oldest first), parked ones whose readers run dry within the window
+        (by value), queued ones by :meth:`_urgency`, then the other parked ones (module
+        docstring, "Planning"); ties first come, first served."""
+        scored: list[tuple[int, float, float, Ticket]] = []
         starving = self.config.starvation_s
-        for rank, group in ((0, self.parked), (1, self.queue)):
-            for t in group:
-                if rank == 1 and 0 < starving <= now_s - t.queued_at_s:
-                    scored.append((-math.inf, 1, t.queued_at_s, t))
-                    continue
-                best = 0.0
-                for i in self._where(t):
-                    u = self.upstreams[i]
-                    gain, _ = self._candidate_gain(
-                        t, u, u.in_flight, u.capacity.token_latency_s(u.in_flight + 1), now_s)
-                    best = max(best, gain)
-                scored.append((-best, rank, t.queued_at_s, t))
+        for t in self.parked:
+            best = 0.0
+            for i in self._where(t):
+                u = self.upstreams[i]
+                gain, _ = self._candidate_gain(
+                    t, u, u.in_flight, u.capacity.token_latency_s(u.in_flight + 1), now_s)
+                best = max(best, gain)
+            scored.append((1, -best, t.queued_at_s, t) if best > _EPS
+                          else (3, 0.0, t.queued_at_s, t))  # fmt: skip
+        for t in self.queue:
+            if 0 < starving <= now_s - t.queued_at_s:
+                scored.append((0, 0.0, t.queued_at_s, t))
+                continue
+            ttft = min((self._ttft_s(self.upstreams[i], self.upstreams[i].in_flight)
+                        for i in self._where(t)), default=0.0)  # fmt: skip
+            scored.append((2, -self._urgency(t, now_s, ttft), t.queued_at_s, t))
         scored.sort(key=lambda s: s[:3])
         return [s[3] for s in scored]
+
+    def _urgency(self, t: Ticket, now_s: float, ttft_s: float) -> float:
+        """A queued ticket's order: the final QoE a second of waiting costs it, per token it will
+        hold its upstream for, ``2p / (l + 2dp)²`` (module docstring, "Planning"): ``l`` the
+        tokens it may produce, ``p`` its reader's pace, ``d`` how late its first token will be
+        if it is sent now (``ttft_s``: the upstream's expected TTFT) past its reader's
+        allowance."""
+        left = t.left()
+        length = float(left) if left else self.mean_tokens
+        pace = max(t.reader.pace_tok_s, _EPS)
+        late = max(now_s - t.queued_at_s + ttft_s - t.spec.ttft_s, 0.0)
+        return 2.0 * pace / (max(length, 1.0) + 2.0 * late * pace) ** 2
 
     def _where(self, t: Ticket) -> list[int]:
         if t.state == "parked" and t.upstream is not None and self.upstreams[t.upstream].healthy:

@@ -152,7 +152,9 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         now = loop.time()
         ticket = Ticket(id=stream.id, spec=stream.spec, tracker=stream.arrivals, reader=stream,
-                        model=str(body.get("model")), queued_at_s=now)  # fmt: skip
+                        model=str(body.get("model")), queued_at_s=now,
+                        # what it asked for (the queue's order); the upstream's limit once placed
+                        max_new_tokens=remaining_tokens(endpoint, body, stream.progress) or None)
         self._tickets[stream.id] = ticket
         self._requests[stream.id] = (endpoint, body)
         stream.on_end = self._ended

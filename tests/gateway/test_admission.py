@@ -108,6 +108,70 @@ def test_the_queue_is_ordered_by_value_and_bounded() -> None:
     assert floored._ordered(10.5)[0] is old
 
 
+def _served_qoe(spec: QoESpec, waited_s: float, start_s: float, tokens: int,
+                rate_tok_s: float) -> float:
+    """The exact QoE of a stream queued ``waited_s`` before now, sent at ``start_s`` (from now)
+    and served ``tokens`` tokens at ``rate_tok_s`` (its first token one token time later)."""
+    tracker = QoETracker(spec, -waited_s)
+    for i in range(tokens):
+        tracker.add(start_s + (i + 1) / rate_tok_s)
+    return tracker.qoe()
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ((200, 0.0, 5.0), (20, 0.0, 5.0)),  # a long answer and a short one, both fresh
+        ((200, 0.0, 5.0), (20, 6.0, 5.0)),  # the short one has been late for seconds
+        ((100, 0.0, 5.0), (100, 8.0, 5.0)),  # one size, a fresh and a late one
+        ((100, 0.0, 3.0), (100, 0.0, 10.0)),  # one size, a slow and a fast reader
+        ((64, 2.0, 4.0), (256, 0.0, 8.0)),
+    ],
+)
+def test_the_queue_goes_first_where_it_loses_least_by_the_exact_qoe(
+        a: tuple[int, float, float], b: tuple[int, float, float]) -> None:  # fmt: skip
+    """Queued tickets (tokens asked for, seconds queued, reader's pace): of the two orders a
+    one-slot upstream can serve them in, the scheduler's first choice gives the higher summed
+    exact QoE (the order's reason, Smith's rule on the QoE formula: module docstring)."""
+    now, rate = 100.0, 25.0
+    up = UpstreamView(_capacity(0.0, 0.04), in_flight=1)
+    s = Scheduler(SchedulerConfig(parking=False, max_in_flight=1), [up])
+    tickets = []
+    for name, (tokens, waited, pace) in zip("ab", (a, b), strict=True):
+        t = _ticket(name, now - waited, FakeReader(pace_tok_s=pace), max_new_tokens=tokens)
+        t.spec = QoESpec(1.0, pace)
+        t.tracker = QoETracker(t.spec, now - waited)
+        s.add(t, now - waited)
+        tickets.append(t)
+
+    def total(first: Ticket, second: Ticket) -> float:
+        (n1, w1, _), (n2, w2, _) = (a if t is tickets[0] else b for t in (first, second))
+        return (_served_qoe(first.spec, w1, 0.0, n1, rate)
+                + _served_qoe(second.spec, w2, n1 / rate, n2, rate))  # fmt: skip
+
+    chosen = s._ordered(now)
+    other = list(reversed(chosen))
+    assert total(*chosen) > total(*other)
+
+
+def test_a_length_nobody_gave_is_the_mean_of_the_streams_served() -> None:
+    up = UpstreamView(_capacity(0.0, 0.04), in_flight=0)
+    s = Scheduler(SchedulerConfig(parking=False), [up])
+    for i, n in enumerate((10, 30)):
+        t = _ticket(f"done{i}", 0.0, tokens=n)
+        s.start(t, 0, 0.0)
+        s.release(t)  # its engine request ended: its length is known
+        s.remove(t)  # and its reader is done (counted once)
+    assert s.mean_tokens == pytest.approx(20.0)
+    up.in_flight = 1
+    s.config = SchedulerConfig(parking=False, max_in_flight=1)
+    unsaid = _ticket("unsaid", 0.0)  # no max_tokens: taken to be 20 tokens long
+    longer = _ticket("longer", 0.0, max_new_tokens=40)
+    s.add(longer, 0.0)
+    s.add(unsaid, 0.0)
+    assert s._ordered(0.0) == [unsaid, longer]
+
+
 def test_a_stream_with_seconds_buffered_yields_its_slot() -> None:
     up = UpstreamView(_capacity(0.0, 0.05), in_flight=1)
     rich = _ticket("rich", 0.0, FakeReader(buffered=60.0), tokens=80, parkable=True)

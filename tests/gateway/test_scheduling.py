@@ -194,3 +194,27 @@ async def test_closing_a_stream_ourselves_is_no_engine_failure(upstream) -> None
         assert replica.failures == 0 and replica.healthy
     finally:
         await up.close()
+
+
+async def test_a_short_answer_queued_after_a_long_one_goes_first(make_gateway, upstream) -> None:
+    """The queue's order reads each request's max_tokens (admission.py, "Planning"): with one
+    upstream slot taken, a request for 5 tokens that came after one for 200 is sent first."""
+    gw = await make_gateway(max_upstream_streams=1, parking="off")
+    upstream.script = Script(tokens=["a "] * 10, gap_s=0.05)
+    async with aiohttp.ClientSession() as s:
+        first = await s.post(gw.url + "/v1/chat/completions", json=dict(BODY, max_tokens=10))
+        long = asyncio.create_task(
+            s.post(gw.url + "/v1/chat/completions", json=dict(BODY, max_tokens=200)))
+        await asyncio.sleep(0.2)  # queued first
+        short = asyncio.create_task(
+            s.post(gw.url + "/v1/chat/completions", json=dict(BODY, max_tokens=5)))
+        await asyncio.sleep(0.2)
+        assert upstream.requests == 1
+        await _events(first)
+        first.release()
+        for task in (short, long):
+            resp = await asyncio.wait_for(task, 20)
+            assert resp.status == 200
+            await _events(resp)
+            resp.release()
+    assert [r.body["max_tokens"] for r in upstream.records] == [10, 5, 200]
