@@ -103,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
       help="serve the upstream's model UPSTREAM_ID (e.g. a GGUF path) as PUBLIC (repeat)")
     g = parser.add_argument_group(
         "scheduling", "QoE scheduling in front of engines Andes does not control: a queue "
-        "ordered by QoE value, parking by continuation, routing among replicas")
+        "ordered by what waiting costs each reader's QoE (short answers by max_tokens and fast "
+        "readers first), parking by continuation, routing among replicas")
     b = g.add_argument
     b("--admission", action=argparse.BooleanOptionalAction, default=None,
       help=f"hold new streams in the gateway's queue when admitting them would push admitted "
@@ -124,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b("--queue-starvation-s", type=float, metavar="S",
       help="a stream queued this long goes before any valued one, oldest first (fewer 429s, "
            "every stream later under overload); 0, or at or above --queue-timeout-s: the queue "
-           "is ordered by QoE value alone (default 0)")
+           "is ordered by what waiting costs each reader alone (default 0)")
     b("--sched-horizon-s", type=float, metavar="S",
       help=f"look-ahead of the QoE valuation (default {_D.sched_horizon_s})")
     b("--sched-interval-s", type=float, metavar="S",
