@@ -107,19 +107,24 @@ class EngineMetrics:
 
 
 class BusyClock:
-    """A thread that samples vLLM's ``num_requests_running`` and ``num_requests_waiting`` every
-    ``period_s`` on each of ``base_urls`` while in its ``with`` block; ``busy_s`` is the time
-    any of them had a request (0 where none reports the gauges: another engine)."""
+    """A thread that samples vLLM's ``num_requests_running``, ``num_requests_waiting`` and
+    ``generation_tokens_total`` every ``period_s`` on each of ``base_urls`` while in its
+    ``with`` block. ``busy_s`` is the time any of them had a request (0 where none reports the
+    gauges: another engine); :meth:`rate` the tokens generated per second between two moments
+    of the block (seconds from its start)."""
 
     def __init__(self, base_urls: list[str], period_s: float = 0.5) -> None:
         self.base_urls = base_urls
         self.period_s = period_s
         self.busy_s = 0.0
         self.samples = 0
+        self.series: list[tuple[float, float]] = []  # (seconds from the start, tokens so far)
+        self._start = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="busy-clock", daemon=True)
 
     def __enter__(self) -> BusyClock:
+        self._start = time.monotonic()
         self._thread.start()
         return self
 
@@ -132,20 +137,37 @@ class BusyClock:
         last = time.monotonic()
         while not self._stop.wait(self.period_s):
             now = time.monotonic()
-            if any(_has_requests(_get(url)) for url in self.base_urls):
+            gauges = [_gauges(_get(url)) for url in self.base_urls]
+            if any(busy for busy, _ in gauges):
                 self.busy_s += now - last
+            tokens = [t for _, t in gauges]
+            if all(t is not None for t in tokens):
+                self.series.append((now - self._start, sum(tokens)))  # type: ignore[arg-type]
             self.samples += 1
             last = now
 
+    def rate(self, from_s: float, to_s: float) -> float:
+        """Tokens generated per second from ``from_s`` to ``to_s`` (the samples nearest inside
+        that span; nan with fewer than two there)."""
+        inside = [(t, n) for t, n in self.series if from_s <= t <= to_s]
+        if len(inside) < 2 or inside[-1][0] <= inside[0][0]:
+            return math.nan
+        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
-def _has_requests(text: str | None) -> bool:
-    if not text:
-        return False
-    for line in text.splitlines():
-        if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+
+def _gauges(text: str | None) -> tuple[bool, float | None]:
+    """(whether the engine has a request, its generated tokens so far) from its metrics."""
+    busy, tokens = False, None
+    for line in (text or "").splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
+                    "vllm:generation_tokens_total"):  # fmt: skip
             try:
-                if float(line.rsplit(" ", 1)[1]) > 0:
-                    return True
+                value = float(line.rsplit(" ", 1)[1])
             except ValueError:
                 continue
-    return False
+            if name == "vllm:generation_tokens_total":
+                tokens = (tokens or 0.0) + value
+            elif value > 0:
+                busy = True
+    return busy, tokens

@@ -63,17 +63,22 @@ def test_counters_are_read_and_differenced(engine: _Engine) -> None:
     assert math.isnan(EngineMetrics.scrape("http://127.0.0.1:9").summary()["generation_tokens"])
 
 
-def test_the_busy_clock_counts_only_time_with_requests(engine: _Engine) -> None:
+def test_the_busy_clock_counts_only_time_with_requests_and_the_tokens_over_time(
+        engine: _Engine) -> None:  # fmt: skip
     with BusyClock([engine.url], period_s=0.05) as clock:
         time.sleep(0.5)  # idle
         engine.waiting = 2  # queued only: busy too
         time.sleep(0.5)
         engine.waiting, engine.running = 0, 1
+        engine.generated = 1000.0  # 1,000 tokens within the third half-second
         time.sleep(0.5)
         engine.running = 0
         time.sleep(0.5)
     assert clock.samples >= 10
     assert 0.6 <= clock.busy_s <= 1.4  # the second and third half-seconds, one sample's slack
+    assert clock.rate(0.0, 0.9) == 0.0
+    assert clock.rate(0.0, 10.0) == pytest.approx(1000.0 / clock.series[-1][0], rel=0.2)
+    assert math.isnan(clock.rate(5.0, 10.0))  # no samples there
 
 
 def test_an_engine_without_the_gauges_is_never_busy() -> None:

@@ -72,16 +72,18 @@ def test_the_engines_side_is_in_the_row_and_the_throughput_line() -> None:
             r.meta["engine"] = engine
         return r
 
-    side = {"generation_tokens": 3000.0, "busy_s": 10.0, "queue_p99_s": 0.5, "preemptions": 2.0}
+    side = {"generation_tokens": 3000.0, "busy_s": 10.0, "queue_p99_s": 0.5, "preemptions": 2.0,
+            "arriving_tok_s": 320.0}
     base = summarize("stock_vllm", "pacing", "1× knee", run("pacing", side))
     cand = summarize("stock_vllm", "sched", "1× knee",
-                     run("sched", dict(side, generation_tokens=2850.0)))
-    assert (base.engine_tok_s, base.engine_queue_p99_s, base.engine_preemptions) == (300, 0.5, 2)
-    assert "| 300.0 | 0.50 | 2 |" in table([base])
-    assert "the engine's, while it had requests: 95.0%" in targets([base, cand], "pacing",
-                                                                   "sched")[0]
+                     run("sched", dict(side, generation_tokens=2850.0, arriving_tok_s=288.0)))
+    assert (base.engine_tok_s, base.engine_arriving_tok_s) == (300, 320)
+    assert (base.engine_queue_p99_s, base.engine_preemptions) == (0.5, 2)
+    assert "| 300.0 / 320.0 | 0.50 | 2 |" in table([base])
+    line = targets([base, cand], "pacing", "sched")[0]
+    assert "the engine's: 95.0% while it had requests, 90.0% while the load arrived" in line
     # A run from before the engine's side was measured, or an engine without vLLM's metrics.
     old = summarize("llama_cpp", "pacing", "1× knee", run("pacing", None))
-    assert "| – | – | – |" in table([old])
+    assert "| – / – | – | – |" in table([old])
     assert "while it had requests" not in targets(
         [old, summarize("llama_cpp", "sched", "1× knee", run("sched", None))], "pacing", "sched")[0]
