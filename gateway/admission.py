@@ -42,7 +42,7 @@ this order (:meth:`Scheduler._ordered`):
    the engine's step, admission commits an upstream to a whole stream: what matters is the
    stream's *final* QoE and how long it will hold its place. A response of ``l`` tokens served
    after its reader's TTFT allowance plus ``d`` seconds, at least at its reader's pace ``p``,
-   scores ``q(d) = 1 / (1 + 2·d·p / l)`` (DESIGN.md's check; exact to a few thousandths when
+   scores ``q(d) = 1 / (1 + 2·d·p / l)`` (DESIGN.md's check; within 0.01 of the exact QoE when
    the engine outpaces the reader), so a second more costs it ``-q'(d) = (2p/l) / (1 +
    2dp/l)²``, and serving it holds a place on the upstream for about ``l`` tokens. Smith's rule
    (order by loss rate over service time, which minimises the summed loss) gives the key
