@@ -38,9 +38,14 @@ greedy (temperature 0; on llama.cpp ``repeat_penalty`` 1, the setting it can par
 readers' paces scaled by ``--tds-scale`` as in ``bench/plan.py``. QoE, TTFT (from arrival at the
 gateway, queue included) and tokens are the gateway's own measurement at delivery, from the
 ``andes`` field of each stream's final chunk — with server pacing the client sees coalesced
-frames, not tokens. Seam defects: parks whose seams failed (or could not get) the gateway's
-checks (``andes_gateway_seams_total``; docs/continuation.md: the token-id echo on vLLM,
-re-tokenization on llama.cpp) plus parked streams that did not get exactly their forced length.
+frames, not tokens. The engine's side comes from vLLM's own metrics
+(:mod:`benchmarks.engine_metrics`): its generated tokens per second while it had requests and
+per second while the load arrived — the client's tok/s falls whenever the gateway refuses
+requests, which it does by design under overload, so the engine's rate is what says whether a
+configuration cost throughput — its queue's p99 and its preemptions. Seam defects: parks
+whose seams failed (or could not get) the gateway's checks (``andes_gateway_seams_total``;
+docs/continuation.md: the token-id echo on vLLM, re-tokenization on llama.cpp) plus parked
+streams that did not get exactly their forced length.
 
 **Held-out workload.** The trace's first half (requests 0 … N/2-1) is the development split: the
 defaults above (horizon, park thresholds, loads) were chosen on it, and ``--quick`` runs on it.
