@@ -313,9 +313,10 @@ def measure(engine: Engine, name: str, args: Sequence[str], rate: float, setting
     # replica's latencies, every replica's tokens and preemptions.
     deltas = [EngineMetrics.scrape(u).minus(b) for u, b in zip(engine.base_urls, before,
                                                                strict=True)]  # fmt: skip
-    side = deltas[0].summary()
+    summaries = [d.summary() for d in deltas]
+    side = dict(summaries[0])
     for key in ("generation_tokens", "prompt_tokens", "preemptions"):
-        side[key] = sum(d.summary()[key] for d in deltas)
+        side[key] = sum(m[key] for m in summaries)
     # While the load arrives (its first eighth left out: the gateway's capacity is still
     # being learned then) both configurations face the same overload: a gap in this rate is
     # throughput the configuration cost, not requests it refused or a drain it ended sooner.

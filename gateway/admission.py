@@ -524,12 +524,12 @@ class Scheduler:
                 best = max(best, gain)
             scored.append((1, -best, t.queued_at_s, t) if best > _EPS
                           else (3, 0.0, t.queued_at_s, t))  # fmt: skip
+        ttfts = [self._ttft_s(u, u.in_flight) for u in self.upstreams]  # once per plan
         for t in self.queue:
             if 0 < starving <= now_s - t.queued_at_s:
                 scored.append((0, 0.0, t.queued_at_s, t))
                 continue
-            ttft = min((self._ttft_s(self.upstreams[i], self.upstreams[i].in_flight)
-                        for i in self._where(t)), default=0.0)  # fmt: skip
+            ttft = min((ttfts[i] for i in self._where(t)), default=0.0)
             scored.append((2, -self._urgency(t, now_s, ttft), t.queued_at_s, t))
         scored.sort(key=lambda s: s[:3])
         return [s[3] for s in scored]
