@@ -24,6 +24,10 @@ the second gets nothing until the first ends; such an engine is time-sliced by s
 queued into. And no rule sends a stream more than a step (a quarter) above the highest
 concurrency whose token rate was measured until that step is measured
 (:meth:`CapacityModel.frontier`): a plan never sends a queue's worth of untested requests.
+Above the plateau (where the rate is saturated) streams go one at a time, each once the one
+before it had its first token (:meth:`Scheduler._starting`): the rate cannot see a KV cache
+that holds fewer long streams than short ones, and each newcomer there tests that the engine
+serves it at once. The rule that sent each stream is counted (``andes_gateway_admissions``).
 This fast path costs no prediction, so an unloaded gateway adds nothing.
 
 **Planning** (:meth:`Scheduler.plan`, every tick while anything waits). The paper's valuation
@@ -93,9 +97,16 @@ from typing import Literal, Protocol
 from core.qoe import QoESpec, QoETracker, predict_serve_gain
 from gateway.capacity import CapacityModel
 
-__all__ = ["Plan", "Scheduler", "SchedulerConfig", "Ticket", "TicketState", "UpstreamView"]
+__all__ = [
+    "AdmitRule", "Plan", "Scheduler", "SchedulerConfig", "Ticket", "TicketState", "UpstreamView",
+]
 
 TicketState = Literal["queued", "running", "parked", "done"]
+# Why a stream was sent upstream: ``idle`` (nothing in flight there), ``controlled`` (the engine
+# schedules itself), ``rate_grows`` (its token rate is not saturated), ``keeps_pace`` (everyone
+# keeps their reader's pace with one more), ``value`` (added onto a saturated upstream for its
+# value), ``swap`` (in place of a parked stream), ``route`` (admission off).
+AdmitRule = Literal["idle", "controlled", "rate_grows", "keeps_pace", "value", "swap", "route"]
 _EPS = 1e-6
 _DEFAULT_TOKENS = 256.0  # a stream's length before any was served (the queue's order only)
 
@@ -127,6 +138,8 @@ class Ticket:
     run_since_s: float = 0.0  # when its current run started (anti-thrash)
     parkable: bool = False  # an exact continuation exists for it on its upstream
     admitted_pace: float = 0.0  # its reader's pace when it joined its upstream's running set
+    # The rule that started its current run (AdmitRule), for metrics and the debug log.
+    admitted_by: str = ""
 
     def left(self) -> int | None:
         if self.max_new_tokens is None:
@@ -234,8 +247,9 @@ class Scheduler:
         """A new request: the upstream to send it to now, or None (queued). Raises
         :class:`OverflowError` when the queue is full."""
         if not self.queue:
-            u = self._fast_path(ticket, now_s)
-            if u is not None:
+            fast = self._fast_path(ticket, now_s)
+            if fast is not None:
+                u, ticket.admitted_by = fast
                 self.start(ticket, u, now_s)
                 return u
         if len(self.queue) >= self.config.queue_max:
@@ -308,47 +322,53 @@ class Scheduler:
                 if u.healthy and u.serves(ticket.model)
                 and (limit <= 0 or u.in_flight < limit)]  # fmt: skip
 
-    def _fast_path(self, ticket: Ticket, now_s: float) -> int | None:
-        """An upstream where one more stream keeps everyone at their reader's pace."""
+    def _fast_path(self, ticket: Ticket, now_s: float) -> tuple[int, AdmitRule] | None:
+        """An upstream where one more stream keeps everyone at their reader's pace, and the
+        rule that lets it in."""
         eligible = self._eligible(ticket)
         if not eligible:
             return None
         if self.config.routing == "least_busy":
-            return min(eligible, key=lambda i: self.upstreams[i].in_flight)
-        best: tuple[float, int, int] | None = None
+            return min(eligible, key=lambda i: self.upstreams[i].in_flight), "route"
+        best: tuple[float, int, int, AdmitRule] | None = None
         for i in eligible:
             u = self.upstreams[i]
-            if not self._admits(u, ticket, now_s):
+            rule = self._admits(u, ticket, now_s)
+            if rule is None:
                 continue
-            key = (self._ttft_s(u, u.in_flight), u.in_flight, i)
-            if best is None or key < best:
+            key = (self._ttft_s(u, u.in_flight), u.in_flight, i, rule)
+            if best is None or key[:3] < best[:3]:
                 best = key
-        return None if best is None else best[2]
+        return None if best is None else (best[2], best[3])
 
     def _admits(self, u: UpstreamView, ticket: Ticket, now_s: float,
-                queues: bool | None = None) -> bool:  # fmt: skip
-        """Whether one more stream goes onto ``u`` now (the module docstring's admission): it is
-        idle or schedules itself; else not while a request waits in ``u``'s own queue
-        (``queues``: :meth:`_engine_queues`, computed here when not given); else if its token
-        rate still grows, or everyone keeps pace with one more — and not where a newcomer was
-        measured to wait behind the others for its first token."""
+                queues: bool | None = None) -> AdmitRule | None:  # fmt: skip
+        """Whether one more stream goes onto ``u`` now (the module docstring's admission), by
+        which rule: it is idle or schedules itself; else not while a request waits in ``u``'s
+        own queue (``queues``: :meth:`_engine_queues`, computed here when not given); else if
+        its token rate still grows, or everyone keeps pace with one more — and not where a
+        newcomer was measured to wait behind the others for its first token. None: it waits."""
         k = u.in_flight
-        if k == 0 or u.controlled:
-            return True
+        if k == 0:
+            return "idle"
+        if u.controlled:
+            return "controlled"
         if self._engine_queues(u, now_s) if queues is None else queues:
-            return False
+            return None
         # Measured: a newcomer at this concurrency waits behind the others (one request more
         # would wait, adding nothing to the throughput either).
         if u.capacity.queueing_s(k, now_s) > ticket.spec.ttft_s:
-            return False
+            return None
         if not self._saturated(u):
-            return True
-        if self._untested(u):
-            return False
+            return "rate_grows"
+        if self._untested(u) or self._starting(u):
+            return None
         # Everyone keeps pace with one more even if the engine produces no more than the best
         # rate measured: the line alone, extrapolated, would let a queue's worth through.
         pace = max(ticket.reader.pace_tok_s, u.max_pace())
-        return u.capacity.token_latency_s(k + 1, flat=True) <= 1.0 / pace
+        if u.capacity.token_latency_s(k + 1, flat=True) <= 1.0 / pace:
+            return "keeps_pace"
+        return None
 
     def _engine_queues(self, u: UpstreamView, now_s: float) -> bool:
         """Whether a request on ``u`` has waited for its first token longer than an idle ``u``
@@ -372,7 +392,7 @@ class Scheduler:
             return min(eligible, key=lambda i: self.upstreams[i].in_flight)
         fast = self._fast_path(ticket, now_s)
         if fast is not None:
-            return fast
+            return fast[0]
         ups = self.upstreams
         return min(eligible,
                    key=lambda i: (self._ttft_s(ups[i], ups[i].in_flight), ups[i].in_flight))
@@ -385,6 +405,17 @@ class Scheduler:
         whose effect nobody has seen."""
         frontier = u.capacity.frontier()
         return frontier is not None and u.in_flight >= frontier
+
+    def _starting(self, u: UpstreamView) -> bool:
+        """A request on ``u`` has not had its first token yet. Where ``u``'s token rate is
+        saturated, a stream is sent there only if the engine serves it at once (it adds no
+        throughput): each newcomer tests that, and the next goes once it started. Why: the token
+        rate cannot see what else binds — a KV cache that holds fewer long streams than short
+        ones — and a plan that sent many on the rate's word alone put them all in the engine's
+        own queue, or made it preempt (measured on the development split: 11 in one plan, vLLM
+        waiting 0 → 10 and its KV cache at 98%). Above the plateau this costs no throughput, by
+        the plateau's definition; below it, the rate rule sends at once."""
+        return any(r.tracker.num_tokens == 0 for r in u.running)
 
     def _saturated(self, u: UpstreamView) -> bool:
         """More in flight on ``u`` would not raise its token rate (holding costs no throughput)."""
@@ -491,7 +522,7 @@ class Scheduler:
                 rejects += 1
                 continue
             rejects = 0
-            u, victim = choice
+            u, victim, t.admitted_by = choice
             losses.pop(u, None)
             if victim is not None:
                 view = self.upstreams[u]
@@ -552,8 +583,9 @@ class Scheduler:
         return [i for i, u in enumerate(self.upstreams) if u.healthy and u.serves(t.model)]
 
     def _place(self, t: Ticket, now_s: float, losses: dict[int, float],
-               queues: dict[int, bool]) -> tuple[int, Ticket | None] | None:  # fmt: skip
-        """Where ``t`` goes now: (upstream, ticket to park there or None), or None (it waits).
+               queues: dict[int, bool]) -> tuple[int, Ticket | None, AdmitRule] | None:  # fmt: skip
+        """Where ``t`` goes now: (upstream, ticket to park there or None, the rule), or None
+        (it waits).
         ``losses`` and ``queues`` cache :meth:`_loss` and :meth:`_engine_queues` per upstream
         for one plan."""
         limit = self.config.max_in_flight
@@ -562,11 +594,15 @@ class Scheduler:
         for i in where:
             if i not in queues:
                 queues[i] = self._engine_queues(ups[i], now_s)
-        open_ = [(self._ttft_s(ups[i], ups[i].in_flight), i) for i in where
-                 if (limit <= 0 or ups[i].in_flight < limit)
-                 and self._admits(ups[i], t, now_s, queues[i])]  # fmt: skip
+        open_: list[tuple[float, int, AdmitRule]] = []
+        for i in where:
+            rule = (self._admits(ups[i], t, now_s, queues[i])
+                    if limit <= 0 or ups[i].in_flight < limit else None)  # fmt: skip
+            if rule is not None:
+                open_.append((self._ttft_s(ups[i], ups[i].in_flight), i, rule))
         if open_:
-            return min(open_)[1], None
+            _, i, rule = min(open_, key=lambda o: o[:2])
+            return i, None, rule
         best: tuple[float, int, Ticket | None] | None = None
         for i in where:
             u = ups[i]
@@ -574,7 +610,8 @@ class Scheduler:
             options: list[tuple[float, Ticket | None]] = []
             # Add onto a saturated upstream (not one whose own queue holds a request: it would
             # only join it; not beyond the measured step), valued over the horizon.
-            if (limit <= 0 or k < limit) and not queues[i] and not self._untested(u):
+            if ((limit <= 0 or k < limit) and not queues[i] and not self._untested(u)
+                    and not self._starting(u)):
                 lat = u.capacity.token_latency_s(k + 1)
                 first = self._first_s(t, u, k) + lat
                 gain = self._gain(t, now_s, lat, first, self.config.horizon_s)
@@ -589,7 +626,7 @@ class Scheduler:
                     best = (value, i, v)
         if best is None:
             return None
-        return best[1], best[2]
+        return best[1], best[2], "value" if best[2] is None else "swap"
 
     # -- state for metrics ----------------------------------------------------------------------
 

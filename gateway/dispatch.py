@@ -23,6 +23,7 @@ its KV cache and batch, and gets every stream's slack.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -67,6 +68,10 @@ class DispatchHooks:
 
     def seam_refused(self) -> None:
         """A park was called off: the seam was not exact at that point."""
+
+    def admitted(self, rule: str) -> None:
+        """A stream was sent upstream (a first request or a resume) by ``rule``
+        (:data:`gateway.admission.AdmitRule`)."""
 
 
 class Dispatcher:
@@ -165,6 +170,8 @@ class Dispatcher:
             if index is None:
                 raise UpstreamUnavailable("no upstream serves this model")
             self.scheduler.start(ticket, index, now)
+            ticket.admitted_by = "route"
+            self.hooks.admitted(ticket.admitted_by)
             return self._place(stream, ticket, index, endpoint, body)
         try:
             index = self.scheduler.add(ticket, now)
@@ -189,6 +196,9 @@ class Dispatcher:
             self.hooks.queued(stream.queued_s, "admitted")
         else:
             self.hooks.queued(0.0, "direct")
+            log.debug("stream %s sent at once (%s); in flight there: %d", stream.id,
+                      ticket.admitted_by, self.views[index].in_flight)
+        self.hooks.admitted(ticket.admitted_by)
         return self._place(stream, ticket, index, endpoint, body)
 
     def _place(self, stream: Stream, ticket: Ticket, index: int, endpoint: Endpoint,
@@ -249,6 +259,8 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), self.config.sched_interval_s)
 
     def _carry_out(self, plan: Plan, now: float) -> None:
+        if plan and log.isEnabledFor(logging.DEBUG):
+            self._log_plan(plan)
         for ticket in plan.expired:
             fut = self._waiting.get(ticket)
             if fut is not None and not fut.done():
@@ -265,7 +277,22 @@ class Dispatcher:
         for ticket in plan.park:
             self._park(ticket, now)
         for ticket, index in plan.resume:
+            self.hooks.admitted(ticket.admitted_by)
             self._spawn(self._resume(ticket, index), f"andes-resume-{ticket.id}")
+
+    def _log_plan(self, plan: Plan) -> None:
+        """One debug line per plan that did something: what, by which rule, and each upstream's
+        state as admission saw it (in flight, where its token rate was seen to flatten, the
+        most it may test)."""
+        rules = collections.Counter(t.admitted_by for t, _ in plan.admit + plan.resume)
+        share = self.scheduler.config.min_throughput_share
+        ups = "; ".join(
+            f"{r.base}: in_flight={v.in_flight} plateau={v.capacity.plateau(share)}"
+            f" frontier={v.capacity.frontier()}"
+            for v, r in zip(self.views, self.upstream.replicas, strict=True))
+        log.debug("plan: admitted=%d resumed=%d parked=%d expired=%d by=%s queue=%d | %s",
+                  len(plan.admit), len(plan.resume), len(plan.park), len(plan.expired),
+                  dict(rules), len(self.scheduler.queue), ups)
 
     def _stream(self, ticket: Ticket) -> Stream:
         stream = ticket.reader

@@ -39,7 +39,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from gateway.stream import StreamHooks, StreamResult
@@ -62,6 +69,9 @@ class Metrics:
     def __init__(self, active: Callable[[], float], buffered: Callable[[], float]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_cpu_seconds_total, resident memory, open fds: on a machine the engine shares,
+        # what the gateway's CPU takes from it is measured, not guessed.
+        ProcessCollector(registry=r)
         self.qoe = Histogram("andes_gateway_stream_qoe", "QoE of finished streams, at delivery",
                              ["model"], buckets=_QOE_BUCKETS, registry=r)
         self.ttft = Histogram("andes_gateway_ttft_seconds", "Time to the first delivered token",
@@ -95,6 +105,9 @@ class Metrics:
                                     "Parks called off: the seam was not exact", registry=r)
         self.seams = Counter("andes_gateway_seams", "Seams of parked streams, as checked",
                              ["result"], registry=r)
+        self.admissions = Counter("andes_gateway_admissions",
+                                  "Streams sent upstream (first requests and resumes), by the"
+                                  " admission rule that let them go", ["rule"], registry=r)
         self.resume_ttft = Histogram("andes_gateway_resume_ttft_seconds",
                                      "Time to first token of a continuation",
                                      buckets=_TTFT_BUCKETS, registry=r)
@@ -144,6 +157,9 @@ class Metrics:
 
             def seam_refused(self) -> None:
                 metrics.park_refused.inc()
+
+            def admitted(self, rule: str) -> None:
+                metrics.admissions.labels(rule or "unknown").inc()
 
         return _Hooks()
 

@@ -422,3 +422,34 @@ def test_a_plan_sends_no_more_than_a_step_above_the_concurrency_measured() -> No
         s.queue.append(_ticket(f"q{i}", 4.0))
     plan = s.plan(4.0)
     assert len(plan.admit) == 2 and up.in_flight == 10 and len(s.queue) == 48
+
+
+def test_above_the_plateau_one_stream_at_a_time_each_once_the_last_one_started() -> None:
+    # The token rate is flat from 4 in flight (measured at 4 and 8: 40 tok/s), and by it 8
+    # streams still get 5 tok/s each: readers at 2 tok/s keep pace with more. What the rate
+    # cannot see is whether the engine can hold them (a KV cache full of long streams queues
+    # newcomers, or preempts). So above the plateau a plan sends one, and the next only once
+    # that one had its first token (measured before: 11 in one plan, all into vLLM's queue).
+    m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
+    t = 0.0
+    for k in (4, 8, 4, 8):
+        m.in_flight(k, t)
+        for i in range(40):
+            m.tokens(1, t + (i + 1) / 40 * 0.999)
+        t += 1.0
+    m.first_token(0.05, 0)
+    assert m.plateau(0.98) == 4 and m.frontier() == 10
+    up = UpstreamView(m, in_flight=6)
+    s = Scheduler(SchedulerConfig(parking=False), [up])
+    slow = FakeReader(pace_tok_s=2.0)
+    for i in range(6):
+        r = _ticket(f"r{i}", 0.0, slow, tokens=3)
+        r.state, r.upstream = "running", 0
+        up.add(r)
+    for i in range(5):
+        s.queue.append(_ticket(f"q{i}", t, slow))
+    plan = s.plan(t)
+    assert [x.id for x, _ in plan.admit] == ["q0"] and plan.admit[0][0].admitted_by == "keeps_pace"
+    assert not s.plan(t + 0.1).admit  # q0 still waits for its first token
+    plan.admit[0][0].tracker.add(t + 0.2)
+    assert [x.id for x, _ in s.plan(t + 0.3).admit] == ["q1"]

@@ -288,6 +288,9 @@ async def test_park_and_resume_is_seamless(engine: Engine, make_gateway: Any,
             and not line.startswith("#")]
     assert final["andes"].get("parks", 0) >= 1, (final["andes"], other_andes, diag)
     assert _metric_sum(metrics, "andes_gateway_resumes_total") >= 1
+    # Every stream sent upstream is counted by the rule that sent it: both first requests and
+    # the resume.
+    assert _metric_sum(metrics, "andes_gateway_admissions_total") >= 3, diag
     assert _text(events) == reference, "the parked stream reads exactly as the unparked one"
     assert _text(other)
     # A park closes the engine's stream itself: that is no engine failure (counted as one, a few
