@@ -331,7 +331,9 @@ def measure(engine: Engine, name: str, args: Sequence[str], rate: float, setting
                                             'andes_gateway_seams_total{result="unchecked"}'),
                     resumes=_metric(metrics, "andes_gateway_resumes_total"),
                     resume_ttft_sum=_metric(metrics, "andes_gateway_resume_ttft_seconds_sum"),
-                    resume_ttft_count=_metric(metrics, "andes_gateway_resume_ttft_seconds_count"))
+                    resume_ttft_count=_metric(metrics, "andes_gateway_resume_ttft_seconds_count"),
+                    # On a machine it shares with the engine, the gateway's CPU is the engine's.
+                    gateway_cpu_s=_metric(metrics, "process_cpu_seconds_total"))
     if run.interrupted:
         raise KeyboardInterrupt
     run.save(path)
@@ -395,6 +397,7 @@ class Row:
     engine_arriving_tok_s: float = math.nan
     engine_queue_p99_s: float = math.nan
     engine_preemptions: float = math.nan
+    gateway_cpu_s: float = math.nan  # the gateway process's CPU seconds over the whole run
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -453,7 +456,7 @@ def summarize(engine: str, config: str, load: str, run: BenchRun,
                int(m.get("seam_defects", 0) + m.get("seams_unchecked", 0))
                + sum(_short(r) for r in recs), *text_diffs(run, unparked), cost,
                statistics.fmean(waits) if waits else 0.0, _pct(waits, 0.99),
-               *_engine_side(m.get("engine")))
+               *_engine_side(m.get("engine")), float(m.get("gateway_cpu_s", math.nan)))
 
 
 def _engine_side(side: dict[str, float] | None) -> tuple[float, float, float, float]:
@@ -469,8 +472,8 @@ def table(rows: Sequence[Row]) -> str:
     head = ("| engine | config | load | req/s | n | err | avg QoE | p10 QoE | TTFT p50 s |"
             " TTFT p99 s | tok/s | parks | resumes | seam defects | parked streams: text ≠"
             " unparked | control: unparked ≠ | resume TTFT s | queue wait mean/p99 s |"
-            " engine tok/s busy / arriving | engine queue p99 s | preemptions |")
-    out = [head, "|" + "---|" * 21]
+            " engine tok/s busy / arriving | engine queue p99 s | preemptions | gateway CPU s |")
+    out = [head, "|" + "---|" * 22]
     for r in rows:
         out.append(f"| {r.engine} | {r.config} | {r.load} | {r.rate:.3g} | {r.n} | {r.errors} |"
                    f" {r.avg_qoe:.3f} | {r.p10_qoe:.3f} | {r.ttft_p50_s:.2f} |"
@@ -480,7 +483,7 @@ def table(rows: Sequence[Row]) -> str:
                    f" {r.queue_wait_mean_s:.2f}/{r.queue_wait_p99_s:.2f} |"
                    f" {_num(r.engine_tok_s, 1)} / {_num(r.engine_arriving_tok_s, 1)} |"
                    f" {_num(r.engine_queue_p99_s, 2)} |"
-                   f" {_num(r.engine_preemptions, 0)} |")
+                   f" {_num(r.engine_preemptions, 0)} | {_num(r.gateway_cpu_s, 1)} |")
     return "\n".join(out)
 
 
@@ -638,10 +641,14 @@ def _where_recorded(args: argparse.Namespace) -> tuple[Path, str]:
         args.seam_requests = "20"
     if args.arrivals_cv <= 0:
         build_parser().error(f"--arrivals-cv must be > 0, got {args.arrivals_cv:g}")
+    section = SECTION
+    # Development-split runs (what tuning looks at) never replace the held-out ones.
+    if args.split == "dev" and not args.quick:
+        runs_dir, section = runs_dir / "dev", f"{section}-dev"
     if args.arrivals_cv == 1.0:
-        return runs_dir, SECTION
+        return runs_dir, section
     # Bursty runs beside the Poisson ones, not over them.
-    return runs_dir / f"cv{args.arrivals_cv:g}", f"{SECTION}-cv{args.arrivals_cv:g}"
+    return runs_dir / f"cv{args.arrivals_cv:g}", f"{section}-cv{args.arrivals_cv:g}"
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -44,6 +44,8 @@ def test_bursty_arrivals_are_gamma_gaps_recorded_apart_from_the_poisson_runs() -
     assert _where_recorded(poisson) == (RESULTS, SECTION)
     bursty = build_parser().parse_args(["--arrivals-cv", "3"])
     assert _where_recorded(bursty) == (RESULTS / "cv3", "gateway-sched-cv3")
+    dev = build_parser().parse_args(["--split", "dev", "--arrivals-cv", "3"])
+    assert _where_recorded(dev) == (RESULTS / "dev" / "cv3", "gateway-sched-dev-cv3")
     with pytest.raises(SystemExit):
         _where_recorded(build_parser().parse_args(["--arrivals-cv", "0"]))
 
