@@ -411,10 +411,10 @@ class Scheduler:
         saturated, a stream is sent there only if the engine serves it at once (it adds no
         throughput): each newcomer tests that, and the next goes once it started. Why: the token
         rate cannot see what else binds — a KV cache that holds fewer long streams than short
-        ones — and a plan that sent many on the rate's word alone put them all in the engine's
-        own queue, or made it preempt (measured on the development split: 11 in one plan, vLLM
-        waiting 0 → 10 and its KV cache at 98%). Above the plateau this costs no throughput, by
-        the plateau's definition; below it, the rate rule sends at once."""
+        ones — and a plan that sent many on the rate's word alone filled the engine's KV cache
+        to where it queues or preempts (measured on the development split: 11 in one plan took
+        vLLM to 40 running with its KV cache 98% full). Above the plateau this costs no
+        throughput, by the plateau's definition; below it, the rate rule sends at once."""
         return any(r.tracker.num_tokens == 0 for r in u.running)
 
     def _saturated(self, u: UpstreamView) -> bool:

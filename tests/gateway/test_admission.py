@@ -429,7 +429,7 @@ def test_above_the_plateau_one_stream_at_a_time_each_once_the_last_one_started()
     # streams still get 5 tok/s each: readers at 2 tok/s keep pace with more. What the rate
     # cannot see is whether the engine can hold them (a KV cache full of long streams queues
     # newcomers, or preempts). So above the plateau a plan sends one, and the next only once
-    # that one had its first token (measured before: 11 in one plan, all into vLLM's queue).
+    # that one had its first token (measured before: 11 in one plan, vLLM's KV cache 98% full).
     m = CapacityModel(CapacityConfig(window_s=0.5), now_s=0.0)
     t = 0.0
     for k in (4, 8, 4, 8):
