@@ -277,7 +277,8 @@ class CapacityModel:
         more in flight was seen to give no more. None while no concurrency is. The mean, not the
         best single rate: on a flat curve the best is the noisiest sample, so a plateau set
         against it moved up with every lucky window (measured on the development split: from 22
-        to 50 in flight in one run, while vLLM's KV cache held about 35 and queued the rest)."""
+        to 50 in flight in one run, while vLLM ran 30–43 with its KV cache full and queued the
+        rest)."""
         measured = [(k, tok / t, t) for k, (tok, t, _) in sorted(self._rate.items())
                     if t >= self.config.min_rate_time_s]  # fmt: skip
         above_tok = above_t = 0.0
