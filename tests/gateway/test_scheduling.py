@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import aiohttp
@@ -196,9 +197,12 @@ async def test_closing_a_stream_ourselves_is_no_engine_failure(upstream) -> None
         await up.close()
 
 
-async def test_a_short_answer_queued_after_a_long_one_goes_first(make_gateway, upstream) -> None:
+async def test_a_short_answer_queued_after_a_long_one_goes_first(make_gateway, upstream,
+                                                                caplog) -> None:  # fmt: skip
     """The queue's order reads each request's max_tokens (admission.py, "Planning"): with one
-    upstream slot taken, a request for 5 tokens that came after one for 200 is sent first."""
+    upstream slot taken, a request for 5 tokens that came after one for 200 is sent first.
+    At debug level every admission is logged with the rule that made it."""
+    caplog.set_level(logging.DEBUG, logger="andes.gateway")
     gw = await make_gateway(max_upstream_streams=1, parking="off")
     upstream.script = Script(tokens=["a "] * 10, gap_s=0.05)
     async with aiohttp.ClientSession() as s:
@@ -218,3 +222,7 @@ async def test_a_short_answer_queued_after_a_long_one_goes_first(make_gateway, u
             await _events(resp)
             resp.release()
     assert [r.body["max_tokens"] for r in upstream.records] == [10, 5, 200]
+    lines = [r.getMessage() for r in caplog.records if r.name == "andes.gateway"]
+    assert any("sent at once (idle)" in line for line in lines), lines
+    plans = [line for line in lines if line.startswith("plan: admitted=1")]
+    assert len(plans) == 2 and all("by={'idle': 1}" in line for line in plans), plans
