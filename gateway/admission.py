@@ -138,8 +138,7 @@ class Ticket:
     run_since_s: float = 0.0  # when its current run started (anti-thrash)
     parkable: bool = False  # an exact continuation exists for it on its upstream
     admitted_pace: float = 0.0  # its reader's pace when it joined its upstream's running set
-    # The rule that started its current run (AdmitRule), for metrics and the debug log.
-    admitted_by: str = ""
+    admitted_by: AdmitRule | None = None  # the rule that started its current run (metrics)
 
     def left(self) -> int | None:
         if self.max_new_tokens is None:

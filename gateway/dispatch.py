@@ -69,7 +69,7 @@ class DispatchHooks:
     def seam_refused(self) -> None:
         """A park was called off: the seam was not exact at that point."""
 
-    def admitted(self, rule: str) -> None:
+    def admitted(self, rule: str | None) -> None:
         """A stream was sent upstream (a first request or a resume) by ``rule``
         (:data:`gateway.admission.AdmitRule`)."""
 

@@ -158,7 +158,7 @@ class Metrics:
             def seam_refused(self) -> None:
                 metrics.park_refused.inc()
 
-            def admitted(self, rule: str) -> None:
+            def admitted(self, rule: str | None) -> None:
                 metrics.admissions.labels(rule or "unknown").inc()
 
         return _Hooks()
